@@ -1,0 +1,97 @@
+//! Every setting the server reads, from flags or the environment, in one place, so the
+//! README's settings table and the binary cannot drift apart.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "rtcio-signal",
+    version,
+    about = "WebRTC signaling server speaking the rtc.io protocol over Socket.IO"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// TCP port to listen on (0 picks a free one; the chosen port is printed).
+    #[arg(long, env = "PORT", default_value_t = 3001)]
+    pub port: u16,
+
+    /// Origins allowed by CORS, comma-separated, or `*` for any.
+    #[arg(long, env = "ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+
+    /// Engine.IO ping interval in milliseconds.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO ping timeout in milliseconds.
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 60_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Largest event a client may send, in bytes. Larger events are refused with an
+    /// `error` reply; frames over 16 times this close the connection.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    pub max_payload_bytes: usize,
+
+    /// Most members one room may hold; the next joiner gets `join-error` `room-full`.
+    #[arg(long, env = "MAX_PEERS_PER_ROOM", default_value_t = 50)]
+    pub max_peers_per_room: usize,
+
+    /// HS256 secret for verifying client tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for verifying client tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` claim, if set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, if set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Development mode: a random secret made at start and `GET /dev/token` to mint tokens.
+    /// Never use it in production.
+    #[arg(long, env = "DEV_MODE")]
+    pub dev: bool,
+
+    /// Directory served at `/` (the browser demo is `client-demo`).
+    #[arg(long, env = "DEMO_DIR")]
+    pub demo_dir: Option<PathBuf>,
+
+    /// ICE servers handed to browsers by `GET /client-config`, as a JSON array of
+    /// RTCIceServer objects.
+    #[arg(long, env = "ICE_SERVERS", default_value = "[]")]
+    pub ice_servers: String,
+
+    /// Redis URL for cluster mode; without it the server keeps all state in memory.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// How long a shutdown may take before the process exits anyway, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Config {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

@@ -1,0 +1,17 @@
+//! rtcio-signal: a WebRTC signaling server that speaks the rtc.io protocol over Socket.IO.
+//!
+//! - [`protocol`]: the wire contract (event names, payloads, validation).
+//! - [`auth`]: JWT verification at connect time.
+//! - [`rooms`]: room membership and its per-room ordering.
+//! - [`session`]: per-socket state and in-order event handling.
+//! - [`signaling`]: the socket handlers.
+//! - [`server`]: HTTP routes, the listener and graceful shutdown.
+//! - [`config`]: every setting.
+
+pub mod auth;
+pub mod config;
+pub mod protocol;
+pub mod rooms;
+pub mod server;
+pub mod session;
+pub mod signaling;

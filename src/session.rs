@@ -1,0 +1,148 @@
+//! Per-socket state: the verified identity, the rooms the socket has joined, and the queue
+//! that runs its events one after another.
+//!
+//! socketioxide spawns a task per incoming event, so two events from one client could be
+//! handled out of order (a relayed ICE candidate overtaking its offer, a `media-state`
+//! overtaking the `join-room` before it). Node handles a socket's events in arrival order and
+//! rtc.io clients rely on that, so every event of a socket goes through its [`Serial`] queue.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use socketioxide::socket::Sid;
+
+use crate::auth::Identity;
+
+pub struct Session {
+    pub sid: Sid,
+    /// The id as peers see it, rendered once.
+    pub sid_str: Arc<str>,
+    pub identity: Identity,
+    rooms: Mutex<Vec<Arc<str>>>,
+    serial: Arc<Serial>,
+}
+
+impl Session {
+    pub fn new(sid: Sid, identity: Identity) -> Session {
+        Session {
+            sid,
+            sid_str: sid.to_string().into(),
+            identity,
+            rooms: Mutex::new(Vec::new()),
+            serial: Arc::new(Serial::default()),
+        }
+    }
+
+    /// Rooms this socket has joined, in joining order.
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        lock(&self.rooms).clone()
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        lock(&self.rooms).iter().any(|r| &**r == room)
+    }
+
+    pub fn add_room(&self, room: &str) {
+        let mut rooms = lock(&self.rooms);
+        if !rooms.iter().any(|r| &**r == room) {
+            rooms.push(room.into());
+        }
+    }
+
+    pub fn remove_room(&self, room: &str) {
+        lock(&self.rooms).retain(|r| &**r != room);
+    }
+
+    /// Queues `job` behind this socket's earlier events; false if the queue is full.
+    pub fn run_in_order(&self, job: impl Future<Output = ()> + Send + 'static) -> bool {
+        self.serial.run(job)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data that is still consistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Most events one socket may have waiting; beyond it the client is told to slow down.
+pub const MAX_QUEUED_EVENTS: usize = 1024;
+
+/// Runs jobs one at a time in submission order. A drain task exists only while there is work,
+/// so an idle socket costs no task.
+#[derive(Default)]
+struct Serial {
+    state: Mutex<SerialState>,
+}
+
+#[derive(Default)]
+struct SerialState {
+    draining: bool,
+    queue: VecDeque<Job>,
+}
+
+impl Serial {
+    fn run(self: &Arc<Self>, job: impl Future<Output = ()> + Send + 'static) -> bool {
+        {
+            let mut state = lock(&self.state);
+            if state.draining {
+                if state.queue.len() >= MAX_QUEUED_EVENTS {
+                    return false;
+                }
+                state.queue.push_back(Box::pin(job));
+                return true;
+            }
+            state.draining = true;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            job.await;
+            loop {
+                let next = {
+                    let mut state = lock(&this.state);
+                    let next = state.queue.pop_front();
+                    if next.is_none() {
+                        state.draining = false;
+                    }
+                    next
+                };
+                match next {
+                    Some(job) => job.await,
+                    None => return,
+                }
+            }
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_run_in_submission_order() {
+        let serial = Arc::new(Serial::default());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut done_tx = Some(done_tx);
+        for i in 0..500u32 {
+            let seen = seen.clone();
+            let done = if i == 499 { done_tx.take() } else { None };
+            assert!(serial.run(async move {
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                lock(&seen).push(i);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }));
+        }
+        done_rx.await.expect("last job ran");
+        assert_eq!(*lock(&seen), (0..500).collect::<Vec<_>>());
+    }
+}
