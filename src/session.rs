@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use socketioxide::socket::Sid;
@@ -22,11 +23,21 @@ pub struct Session {
     pub identity: Identity,
     rooms: Mutex<Vec<Arc<str>>>,
     serial: Arc<Serial>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Session {
-    pub fn new(sid: Sid, identity: Identity) -> Session {
+    /// `live` counts sessions in existence: one more until this one is dropped.
+    pub fn new(sid: Sid, identity: Identity, live: Arc<AtomicUsize>) -> Session {
+        live.fetch_add(1, Ordering::Relaxed);
         Session {
+            live,
             sid,
             sid_str: sid.to_string().into(),
             identity,

@@ -15,7 +15,7 @@ use socketioxide::handler::{MessageHandler, Value};
 use socketioxide::socket::{Sid, Socket};
 use socketioxide_core::adapter::DefinedAdapter;
 
-use crate::auth::{AuthError, Identity, Verifier};
+use crate::auth::{AuthError, Verifier};
 use crate::protocol::{self as p, Frame, JoinRequest, Refusal, RelayRequest};
 use crate::rooms::{JoinOutcome, Member, RoomStore, RoomTurns};
 use crate::session::Session;
@@ -34,7 +34,8 @@ pub struct Signaling<A: Adapter> {
     turns: RoomTurns,
     verifier: Arc<Verifier>,
     limits: Limits,
-    connected: AtomicUsize,
+    /// Live sessions; each [`Session`] counts itself in and out.
+    connected: Arc<AtomicUsize>,
 }
 
 /// The adapter room carrying a protocol room's echoes. Prefixed so a client-chosen room id
@@ -61,24 +62,25 @@ impl<A: Adapter> Signaling<A> {
             turns: RoomTurns::default(),
             verifier,
             limits,
-            connected: AtomicUsize::new(0),
+            connected: Arc::default(),
         })
     }
 
-    /// Registers the default namespace: token check, then the event handlers. With a remote
-    /// adapter the result is a future that resolves once the adapter is ready.
+    /// Registers the default namespace. All the work happens in the connect middleware:
+    /// socketioxide acknowledges the CONNECT before it runs the connect handler, so handlers
+    /// registered there could miss a client's first events. With a remote adapter the result
+    /// is a future that resolves once the adapter is ready.
     pub fn attach(self: &Arc<Self>) -> A::InitRes
     where
         A: DefinedAdapter,
     {
         use socketioxide::handler::ConnectHandler;
-        let on_auth = Arc::clone(self);
-        let on_connect = Arc::clone(self);
+        let signaling = Arc::clone(self);
         self.io.ns(
             "/",
-            (async move |socket: SocketRef<A>| on_connect.connected(socket)).with(
+            (async || {}).with(
                 async move |socket: SocketRef<A>, Data(auth): Data<Option<serde_json::Value>>| {
-                    on_auth.authenticate(&socket, auth.as_ref())
+                    signaling.admit(&socket, auth.as_ref())
                 },
             ),
         )
@@ -92,43 +94,39 @@ impl<A: Adapter> Signaling<A> {
         self.rooms.local_room_count()
     }
 
-    fn authenticate(
-        &self,
+    /// Checks the token, then sets the socket up: its delivery room, its event dispatcher and
+    /// its disconnect handling.
+    fn admit(
+        self: &Arc<Self>,
         socket: &SocketRef<A>,
         auth: Option<&serde_json::Value>,
     ) -> Result<(), AuthError> {
         let identity = self.verifier.verify(auth).inspect_err(|e| {
             tracing::info!(sid = %socket.id, reason = %e, "connection refused");
         })?;
-        socket.extensions.insert(identity);
-        Ok(())
-    }
-
-    fn connected(self: Arc<Self>, socket: SocketRef<A>) {
-        let Some(identity) = socket.extensions.remove::<Identity>() else {
-            // Unreachable: the auth middleware runs first. Refuse rather than trust.
-            let _ = socket.disconnect();
-            return;
-        };
         tracing::debug!(sid = %socket.id, user = %identity.user_id, "connected");
-        self.connected.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session::new(
+            socket.id,
+            identity,
+            Arc::clone(&self.connected),
+        ));
         socket.join(socket_key(socket.id));
-        let session = Arc::new(Session::new(socket.id, identity));
         socket.on_fallback(Dispatcher {
-            signaling: Arc::clone(&self),
+            signaling: Arc::clone(self),
             session: Arc::clone(&session),
         });
+        let signaling = Arc::clone(self);
         socket.on_disconnect(async move |socket: SocketRef<A>| {
-            let signaling = Arc::clone(&self);
-            let session_for_job = Arc::clone(&session);
+            let job_session = Arc::clone(&session);
             // Queued like any event, so it runs after everything the socket sent before.
             let queued = session.run_in_order(async move {
-                signaling.disconnected(&socket, &session_for_job).await;
+                signaling.disconnected(&socket, &job_session).await;
             });
             if !queued {
-                tracing::warn!(sid = %session.sid, "disconnect queued behind a full event queue");
+                tracing::warn!(sid = %session.sid, "disconnect dropped behind a full event queue");
             }
         });
+        Ok(())
     }
 
     // ---- client -> server, one method per row of the contract ----
@@ -281,7 +279,6 @@ impl<A: Adapter> Signaling<A> {
         for room in session.rooms() {
             self.leave(socket, session, &room).await;
         }
-        self.connected.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(sid = %session.sid, "disconnected");
     }
 

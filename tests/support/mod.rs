@@ -1,0 +1,254 @@
+//! Shared by the integration tests: starts the real server binary on a loopback port, mints
+//! tokens, and connects real Socket.IO clients to it.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sioclient::{Client, ConnectError, Event, Options};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rtcio-signal")
+}
+
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub child: Child,
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+impl Server {
+    /// HS256 with [`SECRET`], default settings.
+    pub async fn start() -> Server {
+        Server::start_with(&[], &[("JWT_SECRET", SECRET)]).await
+    }
+
+    pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(server_bin());
+        cmd.args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env_remove("JWT_SECRET")
+            .env_remove("JWT_PUBLIC_KEY_FILE")
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn server");
+        let addr = wait_listening(&mut child).await;
+        Server {
+            addr,
+            child,
+            key: EncodingKey::from_secret(SECRET.as_bytes()),
+            alg: Algorithm::HS256,
+        }
+    }
+
+    /// Tokens from now on are signed with this key and algorithm.
+    pub fn signing_with(mut self, key: EncodingKey, alg: Algorithm) -> Server {
+        self.key = key;
+        self.alg = alg;
+        self
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.key).expect("sign")
+    }
+
+    /// A valid token for user `sub`.
+    pub fn token(&self, sub: &str) -> String {
+        self.sign(&json!({ "sub": sub, "exp": unix_now() + 600 }))
+    }
+
+    pub async fn connect_with(&self, auth: Option<Value>) -> Result<Client, ConnectError> {
+        Client::connect(Options::new(self.addr, auth)).await
+    }
+
+    /// A connected client for user `sub`.
+    pub async fn client(&self, sub: &str) -> Peer {
+        let client = self
+            .connect_with(Some(json!({ "token": self.token(sub) })))
+            .await
+            .expect("connect");
+        Peer { client }
+    }
+
+    /// A client that has joined `room` under `name` (its `join-ok` consumed, its backfill
+    /// returned).
+    pub async fn joined(&self, sub: &str, room: &str) -> (Peer, Vec<Event>) {
+        let mut peer = self.client(sub).await;
+        peer.join(room, sub);
+        let backfill = peer.until("join-ok").await;
+        (peer, backfill)
+    }
+
+    pub async fn health(&self) -> Value {
+        http_get_json(self.addr, "/health").await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("server pid")
+    }
+}
+
+async fn wait_listening(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("rtcio-signal listening on http://") {
+                return url.parse::<SocketAddr>().expect("listening address");
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not start listening within 30 s");
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A tiny HTTP/1.1 GET over a raw socket, enough for `/health` and friends.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("http connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("http write");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("http read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("http status");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = http_get(addr, path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} body {body:?}: {e}"))
+}
+
+/// A test's handle on one client, with waiting helpers that fail loudly.
+pub struct Peer {
+    pub client: Client,
+}
+
+impl Peer {
+    pub fn id(&self) -> &str {
+        &self.client.sid
+    }
+
+    pub fn emit(&self, event: &str, data: Value) {
+        self.client.emit(event, &data);
+    }
+
+    pub fn join(&self, room: &str, name: &str) {
+        self.emit("join-room", json!({ "roomId": room, "name": name }));
+    }
+
+    pub fn relay(&self, target: &str, data: Value) {
+        self.emit(
+            "#rtcio:message",
+            json!({ "source": "spoofed", "target": target, "data": data }),
+        );
+    }
+
+    /// The next event, whatever it is.
+    pub async fn next(&mut self) -> Event {
+        self.client
+            .next_event_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{}: no event within {WAIT:?}", self.client.sid))
+    }
+
+    /// The next event, which must be `name`; returns its payload.
+    pub async fn expect(&mut self, name: &str) -> Value {
+        let event = self.next().await;
+        assert_eq!(
+            event.name, name,
+            "{}: expected {name}, got {} {}",
+            self.client.sid, event.name, event.data
+        );
+        event.data
+    }
+
+    /// Every event up to and including the first `name`.
+    pub async fn until(&mut self, name: &str) -> Vec<Event> {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next().await;
+            let done = event.name == name;
+            seen.push(event);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Proves nothing else is pending for this client: `from` relays a probe to it, and the
+    /// probe must be the very next event (a socket's events arrive in order).
+    pub async fn assert_nothing_before_probe(&mut self, from: &Peer) {
+        let nonce = format!("probe-{}", unix_now_nanos());
+        from.relay(self.id(), json!({ "probe": nonce }));
+        let data = self.expect("#rtcio:message").await;
+        assert_eq!(data["data"]["probe"], json!(nonce), "unexpected relay {data}");
+    }
+
+    /// Waits for the server to close this client.
+    pub async fn expect_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.client.next_event()).await {
+                Ok(None) => return,
+                Ok(Some(_)) => continue,
+                Err(_) => panic!("{}: still connected after {WAIT:?}", self.client.sid),
+            }
+        }
+    }
+}
+
+fn unix_now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos()
+}
