@@ -129,7 +129,10 @@ impl Verifier {
 
     fn new(key: DecodingKey, alg: Algorithm, config: &Config) -> Verifier {
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        required.extend(config.jwt_issuer.as_ref().map(|_| "iss"));
+        required.extend(config.jwt_audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         validation.leeway = 5;
         match &config.jwt_issuer {
             Some(iss) => validation.set_issuer(&[iss]),

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// One event received from the server: `42["name", data]`.
@@ -133,10 +134,17 @@ impl Client {
         let stream = socket.connect(opts.addr).await.map_err(|e| io(&e))?;
         stream.set_nodelay(true).map_err(|e| io(&e))?;
         let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", opts.addr);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
-                .await
-                .map_err(|e| io(&e))?;
+        // tungstenite's default 128 KiB read buffer is zero-filled before every read, which
+        // costs the load generator CPU and memory per connection; 4 KiB (engineioxide's own
+        // default) holds any signaling frame but large SDP in one or two reads.
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            MaybeTlsStream::Plain(stream),
+            Some(config),
+        )
+        .await
+        .map_err(|e| io(&e))?;
 
         // Engine.IO OPEN, then the Socket.IO CONNECT for namespace `/`.
         let open = next_text(&mut ws).await?;
