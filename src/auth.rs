@@ -208,7 +208,8 @@ fn random_secret() -> String {
     random_hex(32)
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
     use rand::RngExt;
     let mut rng = rand::rng();
     (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()

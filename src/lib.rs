@@ -6,11 +6,14 @@
 //! - [`session`]: per-socket state and in-order event handling.
 //! - [`signaling`]: the socket handlers.
 //! - [`server`]: HTTP routes, the listener and graceful shutdown.
+//! - [`cluster`]: room state in Redis for several processes; [`pubsub`]: their transport.
 //! - [`config`]: every setting.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod protocol;
+pub mod pubsub;
 pub mod rooms;
 pub mod server;
 pub mod session;

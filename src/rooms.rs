@@ -117,6 +117,7 @@ impl MemoryRooms {
 /// Where room state lives: in this process, or (cluster mode) shared through Redis.
 pub enum RoomStore {
     Memory(MemoryRooms),
+    Redis(crate::cluster::RedisRooms),
 }
 
 /// Room state could not be read or written (cluster mode only: Redis unreachable).
@@ -138,12 +139,14 @@ impl RoomStore {
     ) -> Result<JoinOutcome, StoreError> {
         match self {
             RoomStore::Memory(rooms) => Ok(rooms.join(room, member, max_members)),
+            RoomStore::Redis(rooms) => rooms.join(room, member, max_members).await,
         }
     }
 
     pub async fn leave(&self, room: &str, sid: Sid) -> Result<Option<Vec<Sid>>, StoreError> {
         match self {
             RoomStore::Memory(rooms) => Ok(rooms.leave(room, sid)),
+            RoomStore::Redis(rooms) => rooms.leave(room, sid).await,
         }
     }
 
@@ -155,6 +158,7 @@ impl RoomStore {
     ) -> Result<bool, StoreError> {
         match self {
             RoomStore::Memory(rooms) => Ok(rooms.set_media(room, sid, state)),
+            RoomStore::Redis(rooms) => rooms.set_media(room, sid, state).await,
         }
     }
 
@@ -162,14 +166,21 @@ impl RoomStore {
     pub async fn shares_room(&self, rooms: &[Arc<str>], target: Sid) -> Result<bool, StoreError> {
         match self {
             RoomStore::Memory(memory) => Ok(rooms.iter().any(|r| memory.is_member(r, target))),
+            RoomStore::Redis(redis) => redis.shares_room(rooms, target).await,
         }
     }
 
-    /// Rooms held in this process's memory.
+    /// Rooms held in this process's memory (none in cluster mode).
     pub fn local_room_count(&self) -> usize {
         match self {
             RoomStore::Memory(rooms) => rooms.room_count(),
+            RoomStore::Redis(_) => 0,
         }
+    }
+
+    /// Whether other processes share this state (and may hold the sockets we address).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, RoomStore::Redis(_))
     }
 }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -12,7 +13,8 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use socketioxide::{SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -20,6 +22,8 @@ use tower_http::services::ServeDir;
 
 use crate::auth::{DEV_TOKEN_SECONDS, Verifier};
 use crate::config::Config;
+use crate::cluster::{HEARTBEAT_EVERY, RedisRooms};
+use crate::pubsub::PubSub;
 use crate::rooms::{MemoryRooms, RoomStore};
 use crate::signaling::{Limits, Signaling};
 
@@ -69,22 +73,102 @@ pub async fn run(
     if !ice_servers.is_array() {
         return Err(StartError("ICE_SERVERS must be a JSON array".into()));
     }
-    if config.redis_url.is_some() {
-        return Err(StartError("cluster mode is not available in this build".into()));
-    }
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
         .map_err(|e| StartError(format!("cannot listen on {}:{}: {e}", config.host, config.port)))?;
+    let limits = limits(&config);
 
-    let (layer, io) = socket_io_builder(&config).build_layer();
-    let signaling = Signaling::new(
-        io.clone(),
-        RoomStore::Memory(MemoryRooms::default()),
-        Arc::clone(&verifier),
-        limits(&config),
-    );
-    signaling.attach();
-    serve(config, listener, layer, io, signaling, verifier, ice_servers, shutdown).await
+    let Some(redis_url) = config.redis_url.clone() else {
+        let (layer, io) = socket_io_builder(&config).build_layer();
+        let store = RoomStore::Memory(MemoryRooms::default());
+        let signaling = Signaling::new(io.clone(), store, Arc::clone(&verifier), limits);
+        signaling.attach();
+        return serve(config, listener, layer, io, signaling, verifier, ice_servers, shutdown).await;
+    };
+
+    let client = redis::Client::open(with_resp3(&redis_url))
+        .map_err(|e| StartError(format!("REDIS_URL is not usable: {e}")))?;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        StartError(format!("cannot reach Redis at {}: {e}", redact(&redis_url)))
+    };
+    let connect = async {
+        let pubsub = PubSub::connect(client.clone()).await.map_err(|e| unreachable(&e))?;
+        let rooms = RedisRooms::connect(client).await.map_err(|e| unreachable(&e))?;
+        Ok::<_, StartError>((pubsub, rooms))
+    };
+    let (pubsub, rooms) = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| unreachable(&"no answer within 10 s"))??;
+    tracing::info!(node = rooms.node(), "cluster mode: room state in Redis");
+    let adapter = RedisAdapterCtr::new_with_driver(pubsub, RedisAdapterConfig::default());
+    let (layer, io) = socket_io_builder(&config)
+        .with_adapter::<ClusterAdapter>(adapter)
+        .build_layer();
+    let signaling = Signaling::new(io.clone(), RoomStore::Redis(rooms), Arc::clone(&verifier), limits);
+    signaling.attach().await.map_err(|e| unreachable(&e))?;
+
+    let heartbeat = tokio::spawn(keep_node_alive(Arc::clone(&signaling), io.clone()));
+    let grace = config.shutdown_grace();
+    let served = serve(config, listener, layer, io, Arc::clone(&signaling), verifier, ice_servers, shutdown).await;
+    // The heartbeat runs until this node's sockets have left their rooms; if they don't in
+    // time, the node's entries stay and the survivors reap them once the heartbeat lapses.
+    if signaling.drained(grace).await {
+        heartbeat.abort();
+        if let Err(e) = signaling.deregister_node().await {
+            tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");
+        }
+    } else {
+        heartbeat.abort();
+    }
+    served
+}
+
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type ClusterAdapter = CustomRedisAdapter<Emitter, PubSub>;
+
+/// The pub/sub transport needs RESP3; add it unless the URL says otherwise.
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Cluster mode: refresh this node's heartbeat, and announce the members of nodes that died.
+async fn keep_node_alive(signaling: Arc<Signaling<ClusterAdapter>>, io: SocketIo<ClusterAdapter>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match signaling.heartbeat().await {
+            Ok(true) => {}
+            Ok(false) => {
+                // The others may have announced our members as gone: make every client
+                // reconnect and rejoin so the rooms agree again.
+                tracing::error!("this node's heartbeat had lapsed; disconnecting its clients so they rejoin");
+                if let Err(e) = io.local().disconnect().await {
+                    tracing::warn!(cause = %e, "disconnecting clients failed");
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "heartbeat failed; Redis unreachable"),
+        }
+        match signaling.reap_dead_nodes().await {
+            Ok(()) => {}
+            Err(e) => tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable"),
+        }
+    }
 }
 
 fn socket_io_builder(config: &Config) -> SocketIoBuilder<LocalAdapter> {

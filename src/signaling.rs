@@ -17,7 +17,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::auth::{AuthError, Verifier};
 use crate::protocol::{self as p, Frame, JoinRequest, Refusal, RelayRequest};
-use crate::rooms::{JoinOutcome, Member, RoomStore, RoomTurns};
+use crate::rooms::{JoinOutcome, Member, RoomStore, RoomTurns, StoreError};
 use crate::session::Session;
 
 /// Limits that shape what clients may send.
@@ -110,7 +110,9 @@ impl<A: Adapter> Signaling<A> {
             identity,
             Arc::clone(&self.connected),
         ));
-        socket.join(socket_key(socket.id));
+        if self.rooms.is_shared() {
+            socket.join(socket_key(socket.id));
+        }
         socket.on_fallback(Dispatcher {
             signaling: Arc::clone(self),
             session: Arc::clone(&session),
@@ -296,24 +298,77 @@ impl<A: Adapter> Signaling<A> {
         };
         session.remove_room(room);
         socket.leave(room_key(room));
-        let me = p::PeerId {
-            id: &session.sid_str,
+        self.announce_departure(&session.sid_str, &remaining).await;
+        true
+    }
+
+    /// Tells the members left in a room that `sid` is gone.
+    async fn announce_departure(&self, sid: &str, remaining: &[Sid]) {
+        let gone = p::PeerId { id: sid };
+        self.send_to(remaining, p::PEER_LEFT, &gone).await;
+        self.send_to(remaining, p::USER_DISCONNECTED, &gone).await;
+    }
+
+    // ---- cluster upkeep ----
+
+    /// Refreshes this node's heartbeat; false if it had lapsed (see `cluster`).
+    pub async fn heartbeat(&self) -> Result<bool, StoreError> {
+        match &self.rooms {
+            RoomStore::Redis(redis) => redis.heartbeat().await,
+            RoomStore::Memory(_) => Ok(true),
+        }
+    }
+
+    /// Removes the members of nodes that died and tells whoever is left in their rooms.
+    pub async fn reap_dead_nodes(&self) -> Result<(), StoreError> {
+        let RoomStore::Redis(redis) = &self.rooms else {
+            return Ok(());
         };
-        self.send_to(&remaining, p::PEER_LEFT, &me).await;
-        self.send_to(&remaining, p::USER_DISCONNECTED, &me).await;
+        for departure in redis.reap_dead_nodes().await? {
+            let _turn = self.turns.take(&departure.room).await;
+            let sid = departure.sid.to_string();
+            self.announce_departure(&sid, &departure.remaining).await;
+        }
+        Ok(())
+    }
+
+    pub async fn deregister_node(&self) -> Result<(), StoreError> {
+        match &self.rooms {
+            RoomStore::Redis(redis) => redis.deregister().await,
+            RoomStore::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Waits until every session has ended (their leaves are recorded), up to `within`.
+    pub async fn drained(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.connections() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         true
     }
 
     // ---- delivery ----
 
-    /// Emits to exactly these sockets, wherever they are connected.
+    /// Emits to exactly these sockets, wherever they are connected: straight to the ones on
+    /// this node, and (cluster mode) through the adapter to the rest.
     async fn send_to<T: Serialize + ?Sized>(&self, sids: &[Sid], event: &str, data: &T) {
-        if sids.is_empty() {
+        let mut remote = Vec::new();
+        for sid in sids {
+            match self.io.get_socket(*sid) {
+                Some(socket) => send(&socket, event, data),
+                None if self.rooms.is_shared() => remote.push(socket_key(*sid)),
+                None => {} // gone from this single node: nobody to tell
+            }
+        }
+        if remote.is_empty() {
             return;
         }
-        let rooms: Vec<String> = sids.iter().map(|sid| socket_key(*sid)).collect();
-        if let Err(e) = self.io.to(rooms).emit(event, data).await {
-            tracing::warn!(event, cause = %e, "delivery failed");
+        if let Err(e) = self.io.to(remote).emit(event, data).await {
+            tracing::warn!(event, cause = %e, "cross-node delivery failed");
         }
     }
 

@@ -1,0 +1,363 @@
+//! Room state shared by every node of a cluster, in Redis.
+//!
+//! Each membership change is one Lua script, so Redis runs it atomically: a join reads the
+//! room and adds the newcomer in the same step, which is what keeps two nodes' simultaneous
+//! joins from missing each other. Layout (standalone Redis; scripts touch keys they compute):
+//! - `rtcio:room:{room}`   hash sid -> "seq|{name,user}"  (seq orders the snapshot by join)
+//! - `rtcio:media:{room}`  hash sid -> "mic,cam" (0/1)
+//! - `rtcio:node:{id}:members` set of "room\nsid" this node's sockets hold
+//! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
+//! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
+//!
+//! A node that stops refreshing its heartbeat (killed, partitioned) is reaped by whichever
+//! survivor notices first: one script removes all its entries and returns who was in which
+//! room, so the survivor can announce the departures exactly once.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use socketioxide::socket::Sid;
+
+use crate::protocol::MediaState;
+use crate::rooms::{JoinOutcome, Member, StoreError};
+
+const PREFIX: &str = "rtcio:";
+/// A node whose heartbeat is this old is presumed dead.
+pub const NODE_TTL: Duration = Duration::from_secs(5);
+/// How often a node refreshes its heartbeat and looks for dead nodes.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+const JOIN: &str = r#"
+local room, media, mine, seqkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sid, record, max, entry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if redis.call('HEXISTS', room, sid) == 1 then return {'already', {}, {}} end
+if redis.call('HLEN', room) >= max then return {'full', {}, {}} end
+local members = redis.call('HGETALL', room)
+local states = redis.call('HGETALL', media)
+local seq = redis.call('INCR', seqkey)
+redis.call('HSET', room, sid, seq .. '|' .. record)
+redis.call('SADD', mine, entry)
+return {'joined', members, states}
+"#;
+
+const LEAVE: &str = r#"
+local room, media, mine = KEYS[1], KEYS[2], KEYS[3]
+local sid, entry = ARGV[1], ARGV[2]
+redis.call('SREM', mine, entry)
+if redis.call('HDEL', room, sid) == 0 then return {0, {}} end
+redis.call('HDEL', media, sid)
+return {1, redis.call('HKEYS', room)}
+"#;
+
+const SET_MEDIA: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"#;
+
+const SHARES_ROOM: &str = r#"
+for _, room in ipairs(KEYS) do
+  if redis.call('HEXISTS', room, ARGV[1]) == 1 then return 1 end
+end
+return 0
+"#;
+
+/// Removes a dead node's entries; returns a flat list of room, sid, remaining sids (joined
+/// by spaces) per departure. Runs only if the node is still registered and its heartbeat is
+/// gone, so two survivors cannot both announce the same departures.
+const REAP: &str = r#"
+local nodes, mine, alive = KEYS[1], KEYS[2], KEYS[3]
+local node, prefix = ARGV[1], ARGV[2]
+if redis.call('EXISTS', alive) == 1 then return {} end
+if redis.call('SREM', nodes, node) == 0 then return {} end
+local out = {}
+for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
+  local cut = string.find(entry, '\n', 1, true)
+  local room, sid = string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1)
+  local roomkey = prefix .. 'room:' .. room
+  if redis.call('HDEL', roomkey, sid) == 1 then
+    redis.call('HDEL', prefix .. 'media:' .. room, sid)
+    table.insert(out, room)
+    table.insert(out, sid)
+    table.insert(out, table.concat(redis.call('HKEYS', roomkey), ' '))
+  end
+end
+redis.call('DEL', mine)
+return out
+"#;
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    name: String,
+    user: String,
+}
+
+/// A member of a dead node, removed from a room, and who is left to tell.
+pub struct Departure {
+    pub room: String,
+    pub sid: Sid,
+    pub remaining: Vec<Sid>,
+}
+
+pub struct RedisRooms {
+    conn: ConnectionManager,
+    node: Arc<str>,
+    join: Script,
+    leave: Script,
+    set_media: Script,
+    shares_room: Script,
+    reap: Script,
+}
+
+fn store_error(e: redis::RedisError) -> StoreError {
+    StoreError(format!("redis: {e}"))
+}
+
+fn room_key(room: &str) -> String {
+    format!("{PREFIX}room:{room}")
+}
+
+fn media_key(room: &str) -> String {
+    format!("{PREFIX}media:{room}")
+}
+
+fn members_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:members")
+}
+
+fn alive_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:alive")
+}
+
+fn nodes_key() -> String {
+    format!("{PREFIX}nodes")
+}
+
+fn entry(room: &str, sid: Sid) -> String {
+    format!("{room}\n{sid}")
+}
+
+fn encode_media(state: MediaState) -> String {
+    format!("{},{}", u8::from(state.mic), u8::from(state.cam))
+}
+
+fn decode_media(text: &str) -> Option<MediaState> {
+    let (mic, cam) = text.split_once(',')?;
+    Some(MediaState {
+        mic: mic == "1",
+        cam: cam == "1",
+    })
+}
+
+/// Pairs a flat `HGETALL` reply.
+fn pairs(flat: Vec<String>) -> impl Iterator<Item = (String, String)> {
+    let mut it = flat.into_iter();
+    std::iter::from_fn(move || Some((it.next()?, it.next()?)))
+}
+
+fn sids(list: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<Sid> {
+    list.into_iter()
+        .filter_map(|s| Sid::from_str(s.as_ref()).ok())
+        .collect()
+}
+
+impl RedisRooms {
+    /// Connects and registers this node.
+    pub async fn connect(client: redis::Client) -> Result<RedisRooms, StoreError> {
+        let conn = ConnectionManager::new(client).await.map_err(store_error)?;
+        let node: Arc<str> = crate::auth::random_hex(8).into();
+        let rooms = RedisRooms {
+            conn,
+            node,
+            join: Script::new(JOIN),
+            leave: Script::new(LEAVE),
+            set_media: Script::new(SET_MEDIA),
+            shares_room: Script::new(SHARES_ROOM),
+            reap: Script::new(REAP),
+        };
+        rooms.heartbeat().await?;
+        Ok(rooms)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub async fn join(&self, room: &str, member: Member, max: usize) -> Result<JoinOutcome, StoreError> {
+        let record = serde_json::to_string(&Record {
+            name: member.name.to_string(),
+            user: member.user_id.to_string(),
+        })
+        .map_err(|e| StoreError(e.to_string()))?;
+        let (status, flat_members, flat_media): (String, Vec<String>, Vec<String>) = self
+            .join
+            .key(room_key(room))
+            .key(media_key(room))
+            .key(members_key(&self.node))
+            .key(format!("{PREFIX}seq"))
+            .arg(member.sid.to_string())
+            .arg(record)
+            .arg(max)
+            .arg(entry(room, member.sid))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        match status.as_str() {
+            "already" => return Ok(JoinOutcome::AlreadyMember),
+            "full" => return Ok(JoinOutcome::Full),
+            _ => {}
+        }
+        let media: std::collections::HashMap<String, MediaState> = pairs(flat_media)
+            .filter_map(|(sid, state)| Some((sid, decode_media(&state)?)))
+            .collect();
+        let mut existing: Vec<(u64, Member)> = pairs(flat_members)
+            .filter_map(|(sid_text, value)| {
+                let (seq, json) = value.split_once('|')?;
+                let record: Record = serde_json::from_str(json).ok()?;
+                let member = Member {
+                    sid: Sid::from_str(&sid_text).ok()?,
+                    name: record.name.into(),
+                    user_id: record.user.into(),
+                    media: media.get(&sid_text).copied(),
+                };
+                Some((seq.parse().ok()?, member))
+            })
+            .collect();
+        existing.sort_by_key(|(seq, _)| *seq);
+        Ok(JoinOutcome::Joined(existing.into_iter().map(|(_, m)| m).collect()))
+    }
+
+    pub async fn leave(&self, room: &str, sid: Sid) -> Result<Option<Vec<Sid>>, StoreError> {
+        let (was_member, remaining): (bool, Vec<String>) = self
+            .leave
+            .key(room_key(room))
+            .key(media_key(room))
+            .key(members_key(&self.node))
+            .arg(sid.to_string())
+            .arg(entry(room, sid))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(was_member.then(|| sids(remaining)))
+    }
+
+    pub async fn set_media(&self, room: &str, sid: Sid, state: MediaState) -> Result<bool, StoreError> {
+        self.set_media
+            .key(room_key(room))
+            .key(media_key(room))
+            .arg(sid.to_string())
+            .arg(encode_media(state))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    pub async fn shares_room(&self, rooms: &[Arc<str>], target: Sid) -> Result<bool, StoreError> {
+        if rooms.is_empty() {
+            return Ok(false);
+        }
+        let mut call = self.shares_room.prepare_invoke();
+        for room in rooms {
+            call.key(room_key(room));
+        }
+        call.arg(target.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    /// Refreshes this node's heartbeat. Returns false if the heartbeat had lapsed, meaning the
+    /// other nodes may already have announced this node's members as gone.
+    pub async fn heartbeat(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let (previous, _): (Option<String>, i64) = redis::pipe()
+            .cmd("SET")
+            .arg(alive_key(&self.node))
+            .arg("1")
+            .arg("PX")
+            .arg(NODE_TTL.as_millis() as u64)
+            .arg("GET")
+            .cmd("SADD")
+            .arg(nodes_key())
+            .arg(&*self.node)
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        Ok(previous.is_some())
+    }
+
+    /// Finds nodes whose heartbeat lapsed and removes their members.
+    pub async fn reap_dead_nodes(&self) -> Result<Vec<Departure>, StoreError> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(nodes_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        let mut departures = Vec::new();
+        for node in nodes.iter().filter(|n| **n != *self.node) {
+            let flat: Vec<String> = self
+                .reap
+                .key(nodes_key())
+                .key(members_key(node))
+                .key(alive_key(node))
+                .arg(node)
+                .arg(PREFIX)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if !flat.is_empty() {
+                tracing::warn!(node, members = flat.len() / 3, "reaped a node whose heartbeat stopped");
+            }
+            for chunk in flat.chunks_exact(3) {
+                let Ok(sid) = Sid::from_str(&chunk[1]) else { continue };
+                departures.push(Departure {
+                    room: chunk[0].clone(),
+                    sid,
+                    remaining: sids(chunk[2].split(' ').filter(|s| !s.is_empty())),
+                });
+            }
+        }
+        Ok(departures)
+    }
+
+    /// Unregisters this node on a clean shutdown (after its sockets have left their rooms).
+    pub async fn deregister(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("SREM")
+            .arg(nodes_key())
+            .arg(&*self.node)
+            .cmd("DEL")
+            .arg(alive_key(&self.node))
+            .arg(members_key(&self.node))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_round_trips() {
+        for (mic, cam) in [(true, false), (false, true)] {
+            let state = MediaState { mic, cam };
+            assert_eq!(decode_media(&encode_media(state)), Some(state));
+        }
+        assert_eq!(decode_media("junk"), None);
+    }
+
+    #[test]
+    fn flat_replies_pair_up() {
+        let flat = vec!["a".to_string(), "1".into(), "b".into(), "2".into()];
+        let got: Vec<_> = pairs(flat).collect();
+        assert_eq!(got, vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+    }
+}
