@@ -2,6 +2,8 @@
 //! tokens, and connects real Socket.IO clients to it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod storm;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,6 +85,11 @@ impl Server {
 
     pub async fn connect_with(&self, auth: Option<Value>) -> Result<Client, ConnectError> {
         Client::connect(Options::new(self.addr, auth)).await
+    }
+
+    /// [`Server::client`] taking an owned name, for building many at once.
+    pub async fn client_named(&self, sub: String) -> Peer {
+        self.client(&sub).await
     }
 
     /// A connected client for user `sub`.
