@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushInfo, PushKind, Value};
@@ -71,15 +72,42 @@ impl std::fmt::Display for PubSubError {
 
 impl std::error::Error for PubSubError {}
 
+impl PubSub {
+    /// Round trip on the subscriber connection. Called on every heartbeat so a connection
+    /// that died with Redis is rebuilt (and resubscribed) even when this node publishes
+    /// nothing.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async(&mut conn).await
+    }
+}
+
+/// Publishing retries this often when the connection was just lost: the manager reconnects
+/// in the background and the message still goes out if Redis is back.
+const PUBLISH_RETRIES: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(400),
+];
+
 impl Driver for PubSub {
     type Error = PubSubError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         let mut conn = self.conn.clone();
-        conn.publish::<_, _, Value>(chan, val)
-            .await
-            .map(drop)
-            .map_err(PubSubError)
+        let mut retries = PUBLISH_RETRIES.iter();
+        loop {
+            match conn.publish::<_, _, Value>(&chan, &val).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal() => {
+                    match retries.next() {
+                        Some(wait) => tokio::time::sleep(*wait).await,
+                        None => return Err(PubSubError(e)),
+                    }
+                }
+                Err(e) => return Err(PubSubError(e)),
+            }
+        }
     }
 
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {

@@ -100,14 +100,14 @@ pub async fn run(
         .await
         .map_err(|_| unreachable(&"no answer within 10 s"))??;
     tracing::info!(node = rooms.node(), "cluster mode: room state in Redis");
-    let adapter = RedisAdapterCtr::new_with_driver(pubsub, RedisAdapterConfig::default());
+    let adapter = RedisAdapterCtr::new_with_driver(pubsub.clone(), RedisAdapterConfig::default());
     let (layer, io) = socket_io_builder(&config)
         .with_adapter::<ClusterAdapter>(adapter)
         .build_layer();
     let signaling = Signaling::new(io.clone(), RoomStore::Redis(rooms), Arc::clone(&verifier), limits);
     signaling.attach().await.map_err(|e| unreachable(&e))?;
 
-    let heartbeat = tokio::spawn(keep_node_alive(Arc::clone(&signaling), io.clone()));
+    let heartbeat = tokio::spawn(keep_node_alive(Arc::clone(&signaling), io.clone(), pubsub));
     let grace = config.shutdown_grace();
     let served = serve(config, listener, layer, io, Arc::clone(&signaling), verifier, ice_servers, shutdown).await;
     // The heartbeat runs until this node's sockets have left their rooms; if they don't in
@@ -147,7 +147,11 @@ fn redact(url: &str) -> String {
 }
 
 /// Cluster mode: refresh this node's heartbeat, and announce the members of nodes that died.
-async fn keep_node_alive(signaling: Arc<Signaling<ClusterAdapter>>, io: SocketIo<ClusterAdapter>) {
+async fn keep_node_alive(
+    signaling: Arc<Signaling<ClusterAdapter>>,
+    io: SocketIo<ClusterAdapter>,
+    pubsub: PubSub,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -163,6 +167,9 @@ async fn keep_node_alive(signaling: Arc<Signaling<ClusterAdapter>>, io: SocketIo
                 }
             }
             Err(e) => tracing::error!(cause = %e, "heartbeat failed; Redis unreachable"),
+        }
+        if let Err(e) = pubsub.ping().await {
+            tracing::error!(cause = %e, "cluster pub/sub connection down");
         }
         match signaling.reap_dead_nodes().await {
             Ok(()) => {}

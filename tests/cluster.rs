@@ -1,0 +1,251 @@
+//! Cluster mode: several server processes against one real `redis-server` (each test starts
+//! its own on a free loopback port), with clients spread across them.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{SECRET, Server};
+use tokio::process::{Child, Command};
+
+/// A private `redis-server`, killed on drop.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = free_port();
+        Redis::start_on(port).await
+    }
+
+    async fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (run scripts/setup)");
+        let redis = Redis { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.connection().await.is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await; // waiting for a process to listen
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    async fn stop(mut self) {
+        self.child.kill().await.expect("kill redis");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn node(redis: &Redis) -> Server {
+    Server::start_with(&[], &[("JWT_SECRET", SECRET), ("REDIS_URL", &redis.url())]).await
+}
+
+#[tokio::test]
+async fn a_call_spans_two_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+
+    let (mut alice, _) = a.joined("alice", "x").await;
+    alice.emit("media-state", json!({ "roomId": "x", "mic": false, "cam": true }));
+    let mut bob = b.client("bob").await;
+    bob.join("x", "bob");
+    let backfill = bob.until("join-ok").await;
+    assert_eq!(backfill[0].name, "user-connected");
+    assert_eq!(backfill[0].data["id"], json!(alice.id()));
+
+    assert_eq!(alice.expect("user-connected").await["id"], json!(bob.id()));
+    assert_eq!(alice.expect("#rtcio:init-offer").await, json!({ "source": bob.id() }));
+
+    let offer = json!({ "description": { "type": "offer", "sdp": "v=0\r\n" } });
+    alice.relay(bob.id(), offer.clone());
+    let got = bob.until("#rtcio:message").await.pop().expect("relay").data;
+    assert_eq!((got["source"].clone(), got["data"].clone()), (json!(alice.id()), offer));
+    for i in 0..20 {
+        bob.relay(alice.id(), json!({ "candidate": { "candidate": format!("c{i}") } }));
+    }
+    for i in 0..20 {
+        let got = alice.expect("#rtcio:message").await;
+        assert_eq!(got["source"], json!(bob.id()));
+        assert_eq!(got["data"]["candidate"]["candidate"], json!(format!("c{i}")), "order kept across nodes");
+    }
+
+    bob.emit("stopScreenShare", json!({ "roomId": "x" }));
+    assert_eq!(alice.expect("stopScreenShare").await["id"], json!(bob.id()));
+
+    // A third node's newcomer is backfilled with both, including alice's cached state.
+    let c = node(&redis).await;
+    let mut carol = c.client("carol").await;
+    carol.join("x", "carol");
+    let backfill = carol.until("join-ok").await;
+    let summary: Vec<(String, serde_json::Value)> = backfill
+        .iter()
+        .map(|e| (e.name.clone(), e.data["id"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("user-connected".into(), json!(alice.id())),
+            ("media-state".into(), json!(alice.id())),
+            ("user-connected".into(), json!(bob.id())),
+            ("join-ok".into(), json!(null)),
+        ]
+    );
+    assert_eq!((backfill[1].data["mic"].clone(), backfill[1].data["cam"].clone()), (json!(false), json!(true)));
+
+    // Leaving on node B is heard on nodes A and C exactly once.
+    bob.client.close();
+    for peer in [&mut alice, &mut carol] {
+        let seen = peer.until("user-disconnected").await;
+        let left: Vec<&str> = seen.iter().map(|e| e.name.as_str()).collect();
+        assert!(left.ends_with(&["#rtcio:peer-left", "user-disconnected"]), "{left:?}");
+        assert_eq!(seen.last().expect("event").data["id"], json!(bob.id()));
+    }
+    alice.assert_nothing_before_probe(&carol).await;
+    carol.assert_nothing_before_probe(&alice).await;
+}
+
+#[tokio::test]
+async fn isolation_holds_across_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (mut alice, _) = a.joined("alice", "private").await;
+    let (bob, _) = b.joined("bob", "private").await;
+    alice.until("#rtcio:init-offer").await;
+    let (mut mallory, _) = b.joined("mallory", "elsewhere").await;
+
+    mallory.relay(alice.id(), json!({ "x": 1 }));
+    assert_eq!(mallory.expect("error").await["code"], json!("unknown-target"));
+    mallory.emit("media-state", json!({ "roomId": "private", "mic": true, "cam": true }));
+    assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
+    mallory.emit("stopScreenShare", json!({ "roomId": "private" }));
+    assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
+    alice.assert_nothing_before_probe(&bob).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_joins_across_nodes_keep_every_invariant() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    for round in 0..6 {
+        support::storm::storm(&[&a, &b], 25, 4, &format!("c{round}")).await;
+    }
+    // Two at a time in one room, many times: the pair always meets exactly once.
+    for round in 0..30 {
+        support::storm::storm(&[&a, &b], 1, 2, &format!("pair{round}")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_is_announced_and_purged() {
+    let redis = Redis::start().await;
+    let (mut a, b) = (node(&redis).await, node(&redis).await);
+    let (alice, _) = a.joined("alice", "k").await;
+    let (mut bob, _) = b.joined("bob", "k").await;
+    let (mut carol, _) = b.joined("carol", "k").await;
+    bob.until("#rtcio:init-offer").await;
+    let alice_id = alice.id().to_string();
+
+    let killed = Instant::now();
+    a.child.start_kill().expect("kill -9");
+    a.child.wait().await.expect("reaped");
+    for peer in [&mut bob, &mut carol] {
+        let seen = peer.until("user-disconnected").await;
+        assert_eq!(seen.last().expect("event").data["id"], json!(alice_id));
+        assert!(seen.iter().any(|e| e.name == "#rtcio:peer-left" && e.data["id"] == json!(alice_id)));
+    }
+    let noticed = killed.elapsed();
+    assert!(noticed < Duration::from_secs(10), "survivors heard after {noticed:?}");
+    println!("survivors notified {} ms after kill -9", noticed.as_millis());
+
+    let mut conn = redis.connection().await.expect("redis");
+    let members: Vec<String> = redis::cmd("HKEYS").arg("rtcio:room:k").query_async(&mut conn).await.expect("hkeys");
+    assert_eq!(members.len(), 2, "alice purged, bob and carol remain: {members:?}");
+    assert!(!members.contains(&alice_id));
+    drop(alice);
+    bob.assert_nothing_before_probe(&carol).await;
+
+    // After everyone leaves, nothing of the room, the dead node or its members is left.
+    drop((bob, carol));
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("rtcio:*").query_async(&mut conn).await.expect("keys");
+        let leftovers: Vec<&String> = keys
+            .iter()
+            .filter(|k| !k.ends_with(":alive") && *k != "rtcio:nodes" && *k != "rtcio:seq")
+            .collect();
+        if leftovers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left in redis: {leftovers:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling redis state
+    }
+}
+
+#[tokio::test]
+async fn redis_unreachable_at_start_is_a_clear_error() {
+    let port = free_port();
+    let out = Command::new(support::server_bin())
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .env("JWT_SECRET", SECRET)
+        .env("REDIS_URL", format!("redis://:hunter2@127.0.0.1:{port}"))
+        .output()
+        .await
+        .expect("run server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
+}
+
+#[tokio::test]
+async fn losing_redis_is_survived_and_recovered_from() {
+    let redis = Redis::start().await;
+    let port = redis.port;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (mut alice, _) = a.joined("alice", "before").await;
+    let (mut bob, _) = b.joined("bob", "before").await;
+    alice.until("#rtcio:init-offer").await;
+    redis.stop().await;
+
+    // Meanwhile: a clear error, and the server keeps answering.
+    alice.join("during", "alice");
+    let err = alice.expect("join-error").await;
+    assert_eq!(err["reason"], json!("unavailable"));
+    assert_eq!(a.health().await["status"], json!("ok"));
+
+    // Redis comes back empty, as after a restart. Each node finds its heartbeat lapsed and
+    // disconnects its clients so they rejoin; then calls across nodes work again.
+    let _redis = Redis::start_on(port).await;
+    alice.expect_closed().await;
+    bob.expect_closed().await;
+    let (mut dave, _) = a.joined("dave", "after").await;
+    let (mut erin, _) = b.joined("erin", "after").await;
+    assert_eq!(dave.expect("user-connected").await["id"], json!(erin.id()));
+    dave.expect("#rtcio:init-offer").await;
+    dave.relay(erin.id(), json!({ "description": { "type": "offer", "sdp": "v=0" } }));
+    assert_eq!(erin.expect("#rtcio:message").await["source"], json!(dave.id()));
+}
