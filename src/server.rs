@@ -92,6 +92,13 @@ pub async fn run(
         StartError(format!("cannot reach Redis at {}: {e}", redact(&redis_url)))
     };
     let connect = async {
+        // One plain round trip first, so a wrong address fails at once instead of after the
+        // connection managers' reconnect back-off.
+        let mut probe = client.get_multiplexed_async_connection().await.map_err(|e| unreachable(&e))?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut probe)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let pubsub = PubSub::connect(client.clone()).await.map_err(|e| unreachable(&e))?;
         let rooms = RedisRooms::connect(client).await.map_err(|e| unreachable(&e))?;
         Ok::<_, StartError>((pubsub, rooms))

@@ -1,0 +1,207 @@
+// Entry point: reads ?room= / ?name=, finds out whether the server issues dev
+// tokens, and wires the lobby form and control bar to a room session
+// (signaling connection + local media + peer connections). Owns the
+// join / leave / fatal-error lifecycle; everything else lives in the modules.
+import { Signaling } from './signaling.js';
+import { RoomSession } from './room.js';
+import { LocalMedia } from './media.js';
+import { UI } from './ui.js';
+import { fetchClientConfig, fetchDevToken } from './server-api.js';
+import { describeError, guestName, inviteUrl, randomRoomId, readUrlParams, setRoomInUrl } from './util.js';
+
+const NAME_KEY = 'rtcio-demo.name';
+
+const ui = new UI();
+const media = new LocalMedia({
+  onError: (message) => ui.showError(message),
+  onScreenEnded: () => {
+    session?.stopScreenShare();
+    refreshControls();
+  },
+});
+
+let session = null;
+let signaling = null;
+let joining = false;
+/** true: server issues dev tokens; false: it answered 404; null: unknown */
+let devTokens = null;
+
+function refreshControls() {
+  ui.setControls({
+    mic: media.micOn,
+    cam: media.camOn,
+    sharing: Boolean(media.screen),
+    hasMic: media.hasMic,
+    hasCam: media.hasCam,
+    canShare: media.canShareScreen,
+  });
+}
+
+function readStoredName() {
+  try {
+    return localStorage.getItem(NAME_KEY) || '';
+  } catch {
+    return '';
+  }
+}
+
+function storeName(name) {
+  try {
+    localStorage.setItem(NAME_KEY, name);
+  } catch {
+    /* private mode: fine */
+  }
+}
+
+async function join({ roomId, name, token }) {
+  if (session || joining) return;
+  if (!roomId) {
+    ui.showError('Enter a room id (or press "New" for a random one).');
+    ui.roomInput.focus();
+    return;
+  }
+  if (!name) {
+    name = guestName();
+    ui.fillLobby({ name });
+  }
+  if (!token && devTokens === false) {
+    ui.showError('This server needs an access token: paste it into the token field, then join.');
+    ui.tokenInput.focus();
+    return;
+  }
+  storeName(name);
+  joining = true;
+  ui.setJoining(true);
+
+  let iceServers = [];
+  try {
+    ({ iceServers } = await fetchClientConfig());
+  } catch (err) {
+    ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
+  }
+
+  await media.start();
+  ui.setLocalStream(media.camera);
+  refreshControls();
+
+  setRoomInUrl(roomId);
+  ui.showRoom({ roomId, name, invite: inviteUrl(roomId) });
+
+  const getToken = token
+    ? async () => token
+    : async () => {
+        const fresh = await fetchDevToken(name);
+        if (!fresh) throw new Error('the server does not issue dev tokens; paste an access token');
+        return fresh;
+      };
+
+  signaling = new Signaling({
+    getToken,
+    onState: (state, detail) => {
+      ui.setStatus(state, detail);
+      // Refused, kicked, or gave up retrying: back to the lobby, errors stay visible.
+      if (state === 'disconnected' && session) endSession({ notify: false, status: detail });
+    },
+    onError: (message) => ui.showError(message),
+    onConnect: (info) => session?.handleConnect(info),
+    onEvent: (event, payload) => session?.handleEvent(event, payload),
+  });
+  session = new RoomSession({
+    roomId,
+    name,
+    signaling,
+    media,
+    ui,
+    iceServers,
+    onFatal: (why) => endSession({ notify: false, status: why }),
+  });
+  joining = false;
+  signaling.connect();
+}
+
+function endSession({ notify, status }) {
+  const s = session;
+  const sig = signaling;
+  session = null;
+  signaling = null;
+  s?.leave({ notify });
+  sig?.disconnect();
+  media.stopAll();
+  ui.setLocalScreen(null);
+  ui.setLocalStream(null);
+  ui.setJoined(false);
+  ui.showLobby();
+  ui.setStatus(status ? 'disconnected' : 'idle', status);
+  refreshControls();
+}
+
+function boot() {
+  const params = readUrlParams();
+  const storedName = readStoredName();
+  ui.fillLobby({ roomId: params.room || randomRoomId(), name: params.name || storedName });
+  ui.setStatus('idle');
+  ui.setTokenMode(null);
+  ui.showLobby();
+  refreshControls();
+
+  ui.onNewRoom(() => ui.fillLobby({ roomId: randomRoomId() }));
+  ui.onJoin((form) =>
+    join(form).catch((err) => {
+      joining = false;
+      ui.showError(`Joining failed: ${describeError(err)}`);
+      endSession({ notify: false, status: 'join failed' });
+    }),
+  );
+  ui.onControl({
+    mic: () => {
+      session?.toggleMic();
+      refreshControls();
+    },
+    cam: () => {
+      session?.toggleCam();
+      refreshControls();
+    },
+    share: async () => {
+      if (!session) return;
+      ui.setBusy('share', true);
+      try {
+        if (media.screen) session.stopScreenShare();
+        else await session.startScreenShare();
+      } finally {
+        refreshControls();
+      }
+    },
+    leave: () => endSession({ notify: true }),
+  });
+
+  // Read-only view of the page's state for debugging and the e2e test.
+  Object.defineProperty(window, '__rtcDemo', {
+    value: Object.freeze({
+      get socketId() { return signaling?.id ?? null; },
+      get connection() { return signaling?.state ?? 'idle'; },
+      get roomId() { return session?.roomId ?? null; },
+      get joined() { return session?.joined ?? false; },
+      get peers() { return session?.describePeers() ?? []; },
+      get devTokens() { return devTokens; },
+    }),
+  });
+
+  // Find out whether we can get a token by ourselves, then maybe auto-join.
+  fetchDevToken('probe')
+    .then((t) => { devTokens = t !== null; })
+    .catch((err) => {
+      ui.showError(`Could not ask the server for a dev token: ${describeError(err)}`);
+    })
+    .finally(() => {
+      ui.setTokenMode(devTokens);
+      document.body.dataset.ready = 'true';
+      const name = params.name || storedName;
+      if (params.room && name && devTokens) {
+        ui.form.requestSubmit();
+      } else if (params.room) {
+        (devTokens === false ? ui.tokenInput : ui.nameInput).focus();
+      }
+    });
+}
+
+boot();

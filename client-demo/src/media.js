@@ -1,0 +1,122 @@
+// Local capture: the camera/mic stream (with graceful fallbacks when a device
+// is missing or refused), mic/cam toggles that disable the tracks, and the
+// screen-share stream. Knows nothing about peers or signaling.
+import { describeError } from './util.js';
+
+const CAMERA_CONSTRAINTS = {
+  video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24 } },
+  audio: { echoCancellation: true, noiseSuppression: true },
+};
+
+export class LocalMedia {
+  constructor({ onError, onScreenEnded }) {
+    this.onError = onError;
+    this.onScreenEnded = onScreenEnded;
+    // Always a stream, possibly without tracks: peers key "camera" by its id.
+    this.camera = new MediaStream();
+    this.screen = null;
+    this.micOn = false;
+    this.camOn = false;
+  }
+
+  get hasMic() {
+    return this.camera.getAudioTracks().length > 0;
+  }
+
+  get hasCam() {
+    return this.camera.getVideoTracks().length > 0;
+  }
+
+  get canShareScreen() {
+    return Boolean(navigator.mediaDevices?.getDisplayMedia);
+  }
+
+  /** Asks for camera+mic, then each alone; joins receive-only if all fail. */
+  async start() {
+    if (this.camera.getTracks().length) return this.camera;
+    if (!navigator.mediaDevices?.getUserMedia) {
+      this.onError('This browser cannot capture camera/microphone here (needs https or localhost). Joining receive-only.');
+      return this.camera;
+    }
+    const attempts = [
+      CAMERA_CONSTRAINTS,
+      { video: CAMERA_CONSTRAINTS.video, audio: false },
+      { video: false, audio: CAMERA_CONSTRAINTS.audio },
+    ];
+    let firstError = null;
+    for (const constraints of attempts) {
+      try {
+        const stream = await navigator.mediaDevices.getUserMedia(constraints);
+        for (const track of stream.getTracks()) this.camera.addTrack(track);
+        break;
+      } catch (err) {
+        firstError ??= err;
+        if (err?.name === 'NotAllowedError') break; // refused: asking again won't help
+      }
+    }
+    if (firstError && !this.camera.getTracks().length) {
+      this.onError(`No camera or microphone (${describeError(firstError)}). Joining receive-only.`);
+    } else if (firstError) {
+      const missing = this.hasCam ? 'microphone' : 'camera';
+      this.onError(`No ${missing} available (${describeError(firstError)}).`);
+    }
+    this.micOn = this.hasMic;
+    this.camOn = this.hasCam;
+    return this.camera;
+  }
+
+  setMic(on) {
+    this.micOn = Boolean(on) && this.hasMic;
+    for (const t of this.camera.getAudioTracks()) t.enabled = this.micOn;
+    return this.micOn;
+  }
+
+  setCam(on) {
+    this.camOn = Boolean(on) && this.hasCam;
+    for (const t of this.camera.getVideoTracks()) t.enabled = this.camOn;
+    return this.camOn;
+  }
+
+  /** Returns the screen video track, or null if the user cancelled. */
+  async startScreen() {
+    if (this.screen) return this.screen.getVideoTracks()[0];
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    } catch (err) {
+      if (err?.name !== 'NotAllowedError' && err?.name !== 'AbortError') {
+        this.onError(`Screen share failed: ${describeError(err)}`);
+      }
+      return null;
+    }
+    const track = stream.getVideoTracks()[0];
+    if (!track) {
+      stream.getTracks().forEach((t) => t.stop());
+      this.onError('Screen share produced no video track.');
+      return null;
+    }
+    track.contentHint = 'detail';
+    // The browser's own "Stop sharing" bar ends the track.
+    track.addEventListener('ended', () => {
+      if (this.screen === stream) this.onScreenEnded();
+    });
+    this.screen = stream;
+    return track;
+  }
+
+  stopScreen() {
+    const stream = this.screen;
+    this.screen = null;
+    stream?.getTracks().forEach((t) => t.stop());
+  }
+
+  stopAll() {
+    this.stopScreen();
+    for (const t of this.camera.getTracks()) {
+      t.stop();
+      this.camera.removeTrack(t);
+    }
+    this.micOn = false;
+    this.camOn = false;
+  }
+}

@@ -1,0 +1,486 @@
+#!/usr/bin/env node
+// End-to-end test of the browser demo (client-demo/) in real headless Chromium
+// against a running server (started by the caller with --dev --demo-dir
+// client-demo). Proves that real RTCPeerConnections negotiate through the
+// server: video flows both ways, mute state and screen shares propagate, late
+// joiners get the backfill, reconnects re-join, leaves and closed tabs vanish.
+//
+//   SERVER_URL=http://127.0.0.1:3901 node tests/e2e/demo.mjs
+//
+// Env: SERVER_URL (required), CHROMIUM_PATH (default /usr/bin/chromium),
+//      E2E_ARTIFACTS (default <repo>/artifacts/e2e), E2E_HEADFUL=1 to watch.
+// Last line is always "N passed, M failed"; exit code 0 only if M = 0.
+import { chromium } from 'playwright-core';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const ARTIFACTS = path.resolve(ROOT, process.env.E2E_ARTIFACTS || 'artifacts/e2e');
+const SERVER_URL = (process.env.SERVER_URL || '').replace(/\/+$/, '');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const OVERALL_TIMEOUT_MS = 110_000;
+
+const CHROMIUM_ARGS = [
+  '--use-fake-device-for-media-stream', // synthetic camera (moving pattern) + mic (beeps)
+  '--use-fake-ui-for-media-stream', // auto-accept camera/mic and screen-capture prompts
+  '--auto-select-desktop-capture-source=Entire screen', // getDisplayMedia picks the screen
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  // WebRTC ignores loopback interfaces by default; in a network namespace with
+  // only `lo` (run-in-netns.sh) there would be no ICE candidates at all.
+  '--allow-loopback-in-peer-connection',
+  // Hidden/occluded pages must keep decoding video and running timers.
+  '--disable-background-timer-throttling',
+  '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
+];
+
+const started = Date.now();
+const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)}s`;
+const log = (...args) => console.log(`[${elapsed()}]`, ...args);
+
+const results = [];
+const pages = new Map(); // label -> { label, context, page, id, alive, errors: [] }
+let browser;
+
+// ---------------------------------------------------------------------------
+// helpers
+
+function fail(message) {
+  throw new Error(message);
+}
+
+async function check(name, fn, { requires = [] } = {}) {
+  const missing = requires.filter((dep) => !results.find((r) => r.name === dep && r.ok));
+  if (missing.length) {
+    results.push({ name, ok: false, error: `skipped: needs "${missing.join('", "')}"` });
+    log(`FAIL ${name}: skipped, prerequisite failed`);
+    return false;
+  }
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    log(`PASS ${name} (${Date.now() - t0} ms)`);
+    return true;
+  } catch (err) {
+    const message = (err && err.message ? err.message : String(err)).split('\n')[0];
+    results.push({ name, ok: false, error: message });
+    log(`FAIL ${name} (${Date.now() - t0} ms): ${message}`);
+    await screenshotAll(`fail-${slug(name)}`);
+    return false;
+  }
+}
+
+const slug = (s) => s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 50);
+
+async function screenshotAll(tag) {
+  for (const p of pages.values()) {
+    if (!p.alive) continue;
+    const file = path.join(ARTIFACTS, `${tag}-${p.label}.png`);
+    try {
+      await p.page.screenshot({ path: file, timeout: 5000 });
+    } catch (err) {
+      log(`  (screenshot ${file} failed: ${err.message.split('\n')[0]})`);
+    }
+  }
+}
+
+async function openPage(label, query = '', { routeSignaling = false } = {}) {
+  const context = await browser.newContext({
+    viewport: { width: 1280, height: 800 },
+    permissions: ['camera', 'microphone'],
+  });
+  const p = { label, context, page: null, id: null, alive: true, errors: [], sockets: [], holdSockets: false };
+  if (routeSignaling) {
+    // Pass the Socket.IO WebSocket through Playwright so the test can cut it.
+    // While holdSockets is set, new upgrade attempts fail at once (network down).
+    await context.routeWebSocket(/\/socket\.io\//, (route) => {
+      if (p.holdSockets) {
+        route.close({ code: 4001, reason: 'e2e: network still down' }).catch(() => {});
+        return;
+      }
+      route.connectToServer(); // messages and closes are forwarded both ways
+      p.sockets.push(route);
+    });
+  }
+  const page = await context.newPage();
+  p.page = page;
+  page.on('pageerror', (err) => p.errors.push(`pageerror: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') p.errors.push(`console: ${msg.text()}`);
+  });
+  pages.set(label, p);
+  await page.goto(`${SERVER_URL}/${query}`, { waitUntil: 'load', timeout: 15_000 });
+  return p;
+}
+
+async function closePage(p) {
+  p.alive = false;
+  await p.context.close();
+}
+
+const tid = (id) => `[data-testid="${id}"]`;
+const peerTile = (id) => `.tile.remote[data-peer-id="${id}"]`;
+const screenTile = (id) => `.tile.screen[data-screen-of="${id}"]`;
+
+async function waitFor(p, what, fn, arg, timeout = 15_000) {
+  const t0 = Date.now();
+  try {
+    await p.page.waitForFunction(fn, arg, { timeout, polling: 100 });
+    const took = Date.now() - t0;
+    if (took > 2_000) log(`  slow: ${p.label} waited ${took} ms for ${what}`);
+  } catch (err) {
+    if (!p.alive) throw err;
+    const status = await p.page
+      .evaluate(() => ({
+        status: document.querySelector('[data-testid="status-text"]')?.textContent,
+        errors: [...document.querySelectorAll('[data-testid="error-item"] .message')].map((e) => e.textContent),
+        peers: window.__rtcDemo?.peers,
+      }))
+      .catch(() => ({}));
+    fail(`${p.label}: timed out after ${timeout} ms waiting for ${what}; page state ${JSON.stringify(status)}`);
+  }
+}
+
+async function waitJoined(p) {
+  await waitFor(
+    p,
+    'joined + connected',
+    () => document.body.dataset.joined === 'true' &&
+      document.querySelector('[data-testid="status"]')?.dataset.state === 'connected' &&
+      Boolean(window.__rtcDemo?.socketId),
+  );
+  p.id = await p.page.evaluate(() => window.__rtcDemo.socketId);
+  if (!p.id) fail(`${p.label}: no socket id after joining`);
+}
+
+async function joinViaForm(p, roomId, name) {
+  await p.page.locator(tid('room-input')).fill(roomId);
+  await p.page.locator(tid('name-input')).fill(name);
+  await p.page.locator(tid('join-button')).click();
+  await waitJoined(p);
+}
+
+/** The <video> matching selector renders frames (videoWidth > 0) and its currentTime advances. */
+async function expectPlaying(p, selector, what, timeout = 15_000) {
+  await waitFor(
+    p,
+    `${what} to show video frames`,
+    (sel) => {
+      const v = document.querySelector(sel);
+      return Boolean(v && v.videoWidth > 0 && v.readyState >= 2);
+    },
+    selector,
+    timeout,
+  );
+  const t0 = await p.page.$eval(selector, (v) => v.currentTime);
+  await waitFor(
+    p,
+    `${what} to keep playing (currentTime past ${t0.toFixed(2)})`,
+    ([sel, start]) => {
+      const v = document.querySelector(sel);
+      return Boolean(v && v.currentTime > start + 0.25);
+    },
+    [selector, t0],
+    8_000,
+  );
+}
+
+async function expectGone(p, selector, what, timeout = 5_000) {
+  await waitFor(p, `${what} to disappear`, (sel) => !document.querySelector(sel), selector, timeout);
+}
+
+async function expectAttr(p, selector, attr, value, what, timeout = 5_000) {
+  await waitFor(
+    p,
+    `${what} (${selector} ${attr}=${value})`,
+    ([sel, a, v]) => document.querySelector(sel)?.getAttribute(a) === v,
+    [selector, attr, value],
+    timeout,
+  );
+}
+
+async function expectName(p, peerId, name) {
+  const label = (await p.page.locator(`${peerTile(peerId)} [data-testid="peer-name"]`).textContent({ timeout: 5_000 })) ?? '';
+  if (label.trim() !== name) fail(`${p.label}: tile of ${peerId} is labelled "${label}", expected "${name}"`);
+}
+
+async function errorTexts(p) {
+  return p.page.$$eval('[data-testid="error-item"] .message', (els) => els.map((e) => e.textContent));
+}
+
+// ---------------------------------------------------------------------------
+
+async function main() {
+  if (!SERVER_URL) {
+    console.error('SERVER_URL is not set (e.g. SERVER_URL=http://127.0.0.1:3901)');
+    console.log('0 passed, 1 failed');
+    process.exit(2);
+  }
+  await fs.mkdir(ARTIFACTS, { recursive: true });
+  // Screenshots of earlier runs would be mistaken for this one's.
+  for (const f of await fs.readdir(ARTIFACTS)) {
+    if (f.endsWith('.png')) await fs.rm(path.join(ARTIFACTS, f), { force: true });
+  }
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: !process.env.E2E_HEADFUL,
+    args: CHROMIUM_ARGS,
+  });
+  log(`chromium ${browser.version()}, server ${SERVER_URL}, screenshots -> ${path.relative(ROOT, ARTIFACTS)}/`);
+
+  let roomId = '';
+  let A, B, C, D;
+
+  await check('page loads with a random room id and dev tokens available', async () => {
+    A = await openPage('A');
+    await waitFor(A, 'page ready', () => document.body.dataset.ready === 'true');
+    roomId = await A.page.locator(tid('room-input')).inputValue();
+    if (!/^[a-z2-7]{16}$/.test(roomId)) fail(`pre-filled room id "${roomId}" is not 16 base32 chars`);
+    const other = await openPage('B', `?room=${roomId}`, { routeSignaling: true });
+    await waitFor(other, 'page ready', () => document.body.dataset.ready === 'true');
+    B = other;
+    const prefilled = await B.page.locator(tid('room-input')).inputValue();
+    if (prefilled !== roomId) fail(`?room= did not pre-fill the room input (got "${prefilled}")`);
+    const status = await A.page.locator(tid('status-text')).textContent();
+    if (!/not connected/.test(status)) fail(`initial status is "${status}"`);
+    const mode = await A.page.evaluate(() => window.__rtcDemo.devTokens);
+    if (mode !== true) fail(`page did not detect the dev token endpoint (devTokens=${mode})`);
+  });
+
+  await check('two pages join one room and play each other\'s video', async () => {
+    await joinViaForm(A, roomId, 'Alice');
+    const url = A.page.url();
+    if (!url.includes(`room=${roomId}`)) fail(`A's URL ${url} lacks ?room=${roomId}`);
+    const invite = await A.page.locator(tid('invite-link')).inputValue();
+    if (!invite.includes(`room=${roomId}`)) fail(`invite link "${invite}" lacks the room`);
+    await joinViaForm(B, roomId, 'Bob');
+    await expectPlaying(A, `${peerTile(B.id)} video`, "B's camera on A");
+    await expectPlaying(B, `${peerTile(A.id)} video`, "A's camera on B");
+    await expectPlaying(A, tid('local-video'), "A's own preview");
+    await expectName(A, B.id, 'Bob');
+    await expectName(B, A.id, 'Alice');
+    await screenshotAll('01-two-peers');
+  }, { requires: ['page loads with a random room id and dev tokens available'] });
+
+  const TWO = 'two pages join one room and play each other\'s video';
+
+  await check('mic toggle on A shows a mute badge on B', async () => {
+    await A.page.locator(tid('mic-toggle')).click();
+    await expectAttr(A, tid('mic-toggle'), 'data-state', 'off', 'A mic button off');
+    const trackEnabled = await A.page.evaluate(
+      () => document.getElementById('local-video').srcObject.getAudioTracks().map((t) => t.enabled),
+    );
+    if (trackEnabled.length !== 1 || trackEnabled[0] !== false) fail(`A's audio track not disabled: ${trackEnabled}`);
+    await expectAttr(B, peerTile(A.id), 'data-mic', 'off', "A's mic badge on B");
+    if (!(await B.page.locator(`${peerTile(A.id)} [data-testid="mic-badge"]`).isVisible())) {
+      fail("A's mic badge is not visible on B");
+    }
+  }, { requires: [TWO] });
+
+  await check('camera toggle on B shows on A, and back on', async () => {
+    await B.page.locator(tid('cam-toggle')).click();
+    await expectAttr(A, peerTile(B.id), 'data-cam', 'off', "B's cam badge on A");
+    const enabled = await B.page.evaluate(
+      () => document.getElementById('local-video').srcObject.getVideoTracks().map((t) => t.enabled),
+    );
+    if (enabled[0] !== false) fail(`B's video track not disabled: ${enabled}`);
+    await B.page.locator(tid('cam-toggle')).click();
+    await expectAttr(A, peerTile(B.id), 'data-cam', 'on', "B's cam back on at A");
+  }, { requires: [TWO] });
+
+  const LATE = 'late joiner C sees A muted and plays video from A and B (and they from C)';
+  await check(LATE, async () => {
+    // Auto-join through a shared link with ?room=&name=.
+    C = await openPage('C', `?room=${roomId}&name=Carol`);
+    await waitJoined(C);
+    await expectAttr(C, peerTile(A.id), 'data-mic', 'off', "A's mute state backfilled to C");
+    await expectAttr(C, peerTile(A.id), 'data-cam', 'on', "A's camera state on C");
+    await expectName(C, A.id, 'Alice');
+    await expectName(C, B.id, 'Bob');
+    await expectName(A, C.id, 'Carol');
+    await expectPlaying(C, `${peerTile(A.id)} video`, "A's camera on C");
+    await expectPlaying(C, `${peerTile(B.id)} video`, "B's camera on C");
+    await expectPlaying(A, `${peerTile(C.id)} video`, "C's camera on A");
+    await expectPlaying(B, `${peerTile(C.id)} video`, "C's camera on B");
+    await screenshotAll('02-three-peers');
+  }, { requires: [TWO] });
+
+  const SHARE = 'screen share from A appears on B and C';
+  await check(SHARE, async () => {
+    await A.page.locator(tid('share-toggle')).click();
+    await expectAttr(A, tid('share-toggle'), 'data-state', 'on', 'A share button on');
+    await expectPlaying(A, `${tid('local-screen')} video`, "A's own screen preview");
+    await expectPlaying(B, `${screenTile(A.id)} video`, "A's screen on B");
+    await expectPlaying(C, `${screenTile(A.id)} video`, "A's screen on C");
+    const kinds = await B.page.$eval(`${screenTile(A.id)} video`, (v) => v.srcObject.getTracks().map((t) => t.kind));
+    if (kinds.join() !== 'video') fail(`screen stream on B has tracks ${kinds}`);
+    await screenshotAll('03-screen-share');
+  }, { requires: [LATE] });
+
+  await check('stopping the share removes the screen tile on B and C; cameras keep playing', async () => {
+    await A.page.locator(tid('share-toggle')).click();
+    await expectAttr(A, tid('share-toggle'), 'data-state', 'off', 'A share button off');
+    await expectGone(B, screenTile(A.id), "A's screen tile on B");
+    await expectGone(C, screenTile(A.id), "A's screen tile on C");
+    await expectGone(A, tid('local-screen'), "A's own screen preview");
+    await expectPlaying(B, `${peerTile(A.id)} video`, "A's camera on B after renegotiation");
+    await expectPlaying(C, `${peerTile(A.id)} video`, "A's camera on C after renegotiation");
+  }, { requires: [SHARE] });
+
+  await check('A and B start sharing at the same instant (offer glare): each sees the other\'s screen', async () => {
+    // Both renegotiate at once, so offers cross; perfect negotiation must settle it.
+    await Promise.all([A.page.locator(tid('share-toggle')).click(), B.page.locator(tid('share-toggle')).click()]);
+    await expectPlaying(B, `${screenTile(A.id)} video`, "A's screen on B");
+    await expectPlaying(A, `${screenTile(B.id)} video`, "B's screen on A");
+    await expectPlaying(C, `${screenTile(A.id)} video`, "A's screen on C");
+    await expectPlaying(C, `${screenTile(B.id)} video`, "B's screen on C");
+    await expectPlaying(A, `${peerTile(B.id)} video`, "B's camera on A during both shares");
+    await screenshotAll('03b-two-shares');
+    const collisions = async (p, other) =>
+      p.page.evaluate((id) => window.__rtcDemo.peers.find((x) => x.id === id)?.offerCollisions ?? 0, other.id);
+    log(`  offer collisions resolved between A and B: A saw ${await collisions(A, B)}, B saw ${await collisions(B, A)}`);
+    await Promise.all([A.page.locator(tid('share-toggle')).click(), B.page.locator(tid('share-toggle')).click()]);
+    for (const [p, owner] of [[A, B], [B, A], [C, A], [C, B]]) {
+      await expectGone(p, screenTile(owner.id), `${owner.label}'s screen tile on ${p.label}`);
+    }
+  }, { requires: [LATE] });
+
+  await check('no errors shown and no page errors during the call', async () => {
+    const problems = [];
+    for (const p of [A, B, C]) {
+      if (!p) continue;
+      for (const e of await errorTexts(p)) problems.push(`${p.label} shows error: ${e}`);
+      for (const e of p.errors) if (e.startsWith('pageerror')) problems.push(`${p.label} ${e}`);
+    }
+    if (problems.length) fail(problems.join(' | '));
+  }, { requires: [TWO] });
+
+  const RECONNECT = 'after a signaling drop B reconnects, re-joins by itself and media comes back';
+  await check(RECONNECT, async () => {
+    const oldId = B.id;
+    // Cut B's signaling WebSocket from outside the page, as a network failure
+    // would (peer connections are untouched). B must show "reconnecting", then
+    // come back and re-join by itself. (context.setOffline does not drop
+    // WebSockets inside a loopback-only network namespace, hence the route.)
+    B.holdSockets = true;
+    if (!B.sockets.length) fail('B has no routed signaling WebSocket to cut');
+    for (const route of B.sockets.splice(0)) {
+      await route.close({ code: 4000, reason: 'e2e: simulated network drop' }).catch(() => {});
+    }
+    try {
+      await waitFor(B, 'status "reconnecting"', () => document.querySelector('[data-testid="status"]')?.dataset.state === 'reconnecting');
+      await B.page.screenshot({ path: path.join(ARTIFACTS, '04-reconnecting-B.png') });
+    } finally {
+      B.holdSockets = false;
+    }
+    await waitFor(B, 'a new socket id after reconnecting', (old) => {
+      const d = window.__rtcDemo;
+      return d.connection === 'connected' && d.socketId && d.socketId !== old && d.joined;
+    }, oldId);
+    B.id = await B.page.evaluate(() => window.__rtcDemo.socketId);
+    const errs = await errorTexts(B);
+    if (!errs.some((e) => /Lost the signaling connection/.test(e))) {
+      fail(`B did not report the lost signaling connection (errors: ${JSON.stringify(errs)})`);
+    }
+    await expectGone(A, peerTile(oldId), "B's old tile on A");
+    await expectGone(C, peerTile(oldId), "B's old tile on C");
+    await expectPlaying(A, `${peerTile(B.id)} video`, "B's camera on A after B reconnected");
+    await expectPlaying(C, `${peerTile(B.id)} video`, "B's camera on C after B reconnected");
+    await expectPlaying(B, `${peerTile(A.id)} video`, "A's camera on B after reconnecting");
+    await expectPlaying(B, `${peerTile(C.id)} video`, "C's camera on B after reconnecting");
+    await expectAttr(B, peerTile(A.id), 'data-mic', 'off', "A's mute state re-sent to B");
+    const tiles = await B.page.$$eval('.tile.remote', (els) => els.map((e) => e.dataset.peerId).sort());
+    if (tiles.join() !== [A.id, C.id].sort().join()) fail(`B has tiles ${tiles}, expected A and C`);
+    await screenshotAll('04-after-reconnect');
+  }, { requires: [LATE] });
+
+  await check('Leave button: C leaves and its tile disappears on A and B within 5 s', async () => {
+    await C.page.locator(tid('leave-button')).click();
+    await expectGone(A, peerTile(C.id), "C's tile on A");
+    await expectGone(B, peerTile(C.id), "C's tile on B");
+    await waitFor(C, 'lobby after leaving', () => document.body.dataset.view === 'lobby');
+    const pcs = await C.page.evaluate(() => window.__rtcDemo.peers.length);
+    if (pcs !== 0) fail(`C still tracks ${pcs} peers after leaving`);
+  }, { requires: [LATE] });
+
+  await check('closing B\'s page removes its tile on A within 5 s', async () => {
+    await screenshotAll('05-before-close');
+    const bId = B.id;
+    await closePage(B);
+    await expectGone(A, peerTile(bId), "B's tile on A");
+    await waitFor(A, 'no remote tiles left', () => document.querySelectorAll('.tile.remote').length === 0);
+  }, { requires: [TWO] });
+
+  await check('a bad pasted token is refused and shown as "invalid token"', async () => {
+    D = await openPage('D', `?room=${roomId}`);
+    await waitFor(D, 'page ready', () => document.body.dataset.ready === 'true');
+    await D.page.locator('#token-summary').click();
+    await D.page.locator(tid('token-input')).fill('not.a-real.jwt');
+    await D.page.locator(tid('name-input')).fill('Dave');
+    await D.page.locator(tid('join-button')).click();
+    await waitFor(D, 'an "invalid token" error',
+      () => [...document.querySelectorAll('[data-testid="error-item"]')].some((e) => /invalid token/.test(e.textContent)));
+    await expectAttr(D, tid('status'), 'data-state', 'disconnected', 'status disconnected after refusal');
+    await waitFor(D, 'back in the lobby', () => document.body.dataset.view === 'lobby');
+  });
+
+  await check('an over-long room id gets a visible join-error', async () => {
+    if (!D) fail('page D missing');
+    await D.page.locator(tid('token-input')).fill('');
+    await D.page.locator(tid('room-input')).evaluate((el) => {
+      el.removeAttribute('maxlength');
+      el.value = 'x'.repeat(129);
+    });
+    await D.page.locator(tid('join-button')).click();
+    await waitFor(D, 'a join-error message',
+      () => [...document.querySelectorAll('[data-testid="error-item"]')].some((e) => /Could not join room/.test(e.textContent)));
+    const errs = await errorTexts(D);
+    log(`  D shows: ${JSON.stringify(errs[0])}`);
+    await screenshotAll('06-errors');
+  });
+
+  await screenshotAll('99-final');
+}
+
+// ---------------------------------------------------------------------------
+
+const watchdog = setTimeout(async () => {
+  results.push({ name: 'overall time limit', ok: false, error: `exceeded ${OVERALL_TIMEOUT_MS} ms` });
+  log(`FAIL overall time limit of ${OVERALL_TIMEOUT_MS} ms exceeded`);
+  await screenshotAll('timeout').catch(() => {});
+  finish(1);
+}, OVERALL_TIMEOUT_MS);
+
+function finish(code) {
+  clearTimeout(watchdog);
+  const passed = results.filter((r) => r.ok).length;
+  const failed = results.length - passed;
+  for (const p of pages.values()) {
+    const interesting = p.errors.filter((e) => !/Failed to load resource/.test(e));
+    if (interesting.length) log(`page ${p.label} console/page errors:\n    ${interesting.join('\n    ')}`);
+  }
+  if (failed) {
+    console.log('\nFailures:');
+    for (const r of results.filter((x) => !x.ok)) console.log(`  - ${r.name}: ${r.error}`);
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed || code ? 1 : 0);
+}
+
+main()
+  .catch((err) => {
+    results.push({ name: 'test harness', ok: false, error: err?.stack || String(err) });
+    log(`FAIL test harness: ${err?.stack || err}`);
+  })
+  .finally(async () => {
+    await Promise.race([browser?.close(), new Promise((r) => setTimeout(r, 5000))]).catch(() => {});
+    finish(0);
+  });
