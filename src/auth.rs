@@ -95,13 +95,16 @@ impl Verifier {
             (Some(_), Some(_)) => Err(KeyError(
                 "set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both".into(),
             )),
-            (Some(secret), None) if secret.len() < 16 => Err(KeyError(
-                "JWT_SECRET must be at least 16 bytes long".into(),
-            )),
+            (Some(secret), None) if secret.len() < 16 => {
+                Err(KeyError("JWT_SECRET must be at least 16 bytes long".into()))
+            }
             (Some(secret), None) => Ok(Verifier::hs256(secret.as_bytes(), config)),
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {
-                    KeyError(format!("cannot read JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))
+                    KeyError(format!(
+                        "cannot read JWT_PUBLIC_KEY_FILE {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 let (key, alg) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                     (key, Algorithm::RS256)
@@ -212,5 +215,7 @@ fn random_secret() -> String {
 pub fn random_hex(bytes: usize) -> String {
     use rand::RngExt;
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }

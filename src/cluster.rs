@@ -187,7 +187,12 @@ impl RedisRooms {
         &self.node
     }
 
-    pub async fn join(&self, room: &str, member: Member, max: usize) -> Result<JoinOutcome, StoreError> {
+    pub async fn join(
+        &self,
+        room: &str,
+        member: Member,
+        max: usize,
+    ) -> Result<JoinOutcome, StoreError> {
         let record = serde_json::to_string(&Record {
             name: member.name.to_string(),
             user: member.user_id.to_string(),
@@ -228,7 +233,9 @@ impl RedisRooms {
             })
             .collect();
         existing.sort_by_key(|(seq, _)| *seq);
-        Ok(JoinOutcome::Joined(existing.into_iter().map(|(_, m)| m).collect()))
+        Ok(JoinOutcome::Joined(
+            existing.into_iter().map(|(_, m)| m).collect(),
+        ))
     }
 
     pub async fn leave(&self, room: &str, sid: Sid) -> Result<Option<Vec<Sid>>, StoreError> {
@@ -245,7 +252,12 @@ impl RedisRooms {
         Ok(was_member.then(|| sids(remaining)))
     }
 
-    pub async fn set_media(&self, room: &str, sid: Sid, state: MediaState) -> Result<bool, StoreError> {
+    pub async fn set_media(
+        &self,
+        room: &str,
+        sid: Sid,
+        state: MediaState,
+    ) -> Result<bool, StoreError> {
         self.set_media
             .key(room_key(room))
             .key(media_key(room))
@@ -311,10 +323,16 @@ impl RedisRooms {
                 .await
                 .map_err(store_error)?;
             if !flat.is_empty() {
-                tracing::warn!(node, members = flat.len() / 3, "reaped a node whose heartbeat stopped");
+                tracing::warn!(
+                    node,
+                    members = flat.len() / 3,
+                    "reaped a node whose heartbeat stopped"
+                );
             }
             for chunk in flat.chunks_exact(3) {
-                let Ok(sid) = Sid::from_str(&chunk[1]) else { continue };
+                let Ok(sid) = Sid::from_str(&chunk[1]) else {
+                    continue;
+                };
                 departures.push(Departure {
                     room: chunk[0].clone(),
                     sid,
@@ -358,6 +376,9 @@ mod tests {
     fn flat_replies_pair_up() {
         let flat = vec!["a".to_string(), "1".into(), "b".into(), "2".into()];
         let got: Vec<_> = pairs(flat).collect();
-        assert_eq!(got, vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            got,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
     }
 }

@@ -295,7 +295,13 @@ mod tests {
             parse_media_state(Some(&raw(r#"{"roomId":"r","mic":true,"cam":false,"x":1}"#)))
                 .expect("ok");
         assert_eq!(room, "r");
-        assert_eq!(state, MediaState { mic: true, cam: false });
+        assert_eq!(
+            state,
+            MediaState {
+                mic: true,
+                cam: false
+            }
+        );
         assert_eq!(obj.get("x"), Some(&Value::from(1)));
         let bad = parse_media_state(Some(&raw(r#"{"roomId":"r","mic":"yes","cam":false}"#)));
         assert_eq!(bad.unwrap_err(), Refusal::InvalidPayload);

@@ -99,7 +99,11 @@ impl Driver for PubSub {
         loop {
             match conn.publish::<_, _, Value>(&chan, &val).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal() => {
+                Err(e)
+                    if e.is_connection_dropped()
+                        || e.is_io_error()
+                        || e.is_connection_refusal() =>
+                {
                     match retries.next() {
                         Some(wait) => tokio::time::sleep(*wait).await,
                         None => return Err(PubSubError(e)),
@@ -110,7 +114,11 @@ impl Driver for PubSub {
         }
     }
 
-    async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
         self.handlers
             .write()

@@ -250,7 +250,10 @@ mod tests {
             JoinOutcome::Joined(v) => assert_eq!(v, vec![a.clone()]),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(rooms.join("r", a.clone(), 10), JoinOutcome::AlreadyMember));
+        assert!(matches!(
+            rooms.join("r", a.clone(), 10),
+            JoinOutcome::AlreadyMember
+        ));
         assert!(matches!(rooms.join("r", member(3), 2), JoinOutcome::Full));
         assert_eq!(rooms.leave("r", a.sid), Some(vec![b.sid]));
         assert_eq!(rooms.leave("r", a.sid), None);

@@ -14,15 +14,15 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
-use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 
 use crate::auth::{DEV_TOKEN_SECONDS, Verifier};
-use crate::config::Config;
 use crate::cluster::{HEARTBEAT_EVERY, RedisRooms};
+use crate::config::Config;
 use crate::pubsub::PubSub;
 use crate::rooms::{MemoryRooms, RoomStore};
 use crate::signaling::{Limits, Signaling};
@@ -75,7 +75,12 @@ pub async fn run(
     }
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
-        .map_err(|e| StartError(format!("cannot listen on {}:{}: {e}", config.host, config.port)))?;
+        .map_err(|e| {
+            StartError(format!(
+                "cannot listen on {}:{}: {e}",
+                config.host, config.port
+            ))
+        })?;
     let limits = limits(&config);
 
     let Some(redis_url) = config.redis_url.clone() else {
@@ -83,7 +88,17 @@ pub async fn run(
         let store = RoomStore::Memory(MemoryRooms::default());
         let signaling = Signaling::new(io.clone(), store, Arc::clone(&verifier), limits);
         signaling.attach();
-        return serve(config, listener, layer, io, signaling, verifier, ice_servers, shutdown).await;
+        return serve(
+            config,
+            listener,
+            layer,
+            io,
+            signaling,
+            verifier,
+            ice_servers,
+            shutdown,
+        )
+        .await;
     };
 
     let client = redis::Client::open(with_resp3(&redis_url))
@@ -94,13 +109,20 @@ pub async fn run(
     let connect = async {
         // One plain round trip first, so a wrong address fails at once instead of after the
         // connection managers' reconnect back-off.
-        let mut probe = client.get_multiplexed_async_connection().await.map_err(|e| unreachable(&e))?;
+        let mut probe = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| unreachable(&e))?;
         redis::cmd("PING")
             .query_async::<()>(&mut probe)
             .await
             .map_err(|e| unreachable(&e))?;
-        let pubsub = PubSub::connect(client.clone()).await.map_err(|e| unreachable(&e))?;
-        let rooms = RedisRooms::connect(client).await.map_err(|e| unreachable(&e))?;
+        let pubsub = PubSub::connect(client.clone())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let rooms = RedisRooms::connect(client)
+            .await
+            .map_err(|e| unreachable(&e))?;
         Ok::<_, StartError>((pubsub, rooms))
     };
     let (pubsub, rooms) = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect)
@@ -111,12 +133,27 @@ pub async fn run(
     let (layer, io) = socket_io_builder(&config)
         .with_adapter::<ClusterAdapter>(adapter)
         .build_layer();
-    let signaling = Signaling::new(io.clone(), RoomStore::Redis(rooms), Arc::clone(&verifier), limits);
+    let signaling = Signaling::new(
+        io.clone(),
+        RoomStore::Redis(rooms),
+        Arc::clone(&verifier),
+        limits,
+    );
     signaling.attach().await.map_err(|e| unreachable(&e))?;
 
     let heartbeat = tokio::spawn(keep_node_alive(Arc::clone(&signaling), io.clone(), pubsub));
     let grace = config.shutdown_grace();
-    let served = serve(config, listener, layer, io, Arc::clone(&signaling), verifier, ice_servers, shutdown).await;
+    let served = serve(
+        config,
+        listener,
+        layer,
+        io,
+        Arc::clone(&signaling),
+        verifier,
+        ice_servers,
+        shutdown,
+    )
+    .await;
     // The heartbeat runs until this node's sockets have left their rooms; if they don't in
     // time, the node's entries stay and the survivors reap them once the heartbeat lapses.
     if signaling.drained(grace).await {
@@ -148,7 +185,9 @@ fn with_resp3(url: &str) -> String {
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
         _ => url.to_string(),
     }
 }
@@ -168,7 +207,9 @@ async fn keep_node_alive(
             Ok(false) => {
                 // The others may have announced our members as gone: make every client
                 // reconnect and rejoin so the rooms agree again.
-                tracing::error!("this node's heartbeat had lapsed; disconnecting its clients so they rejoin");
+                tracing::error!(
+                    "this node's heartbeat had lapsed; disconnecting its clients so they rejoin"
+                );
                 if let Err(e) = io.local().disconnect().await {
                     tracing::warn!(cause = %e, "disconnecting clients failed");
                 }
@@ -180,7 +221,9 @@ async fn keep_node_alive(
         }
         match signaling.reap_dead_nodes().await {
             Ok(()) => {}
-            Err(e) => tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable"),
+            Err(e) => {
+                tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable")
+            }
         }
     }
 }

@@ -133,7 +133,12 @@ impl<A: Adapter> Signaling<A> {
 
     // ---- client -> server, one method per row of the contract ----
 
-    async fn join_room(&self, socket: &SocketRef<A>, session: &Session, payload: Option<&RawValue>) {
+    async fn join_room(
+        &self,
+        socket: &SocketRef<A>,
+        session: &Session,
+        payload: Option<&RawValue>,
+    ) {
         let request = match JoinRequest::parse(payload) {
             Ok(request) => request,
             Err((room, refusal)) => return self.refuse_join(socket, room.as_deref(), refusal),
@@ -154,12 +159,18 @@ impl<A: Adapter> Signaling<A> {
         };
 
         let _turn = self.turns.take(room).await;
-        let existing = match self.rooms.join(room, newcomer, self.limits.max_peers_per_room).await {
+        let existing = match self
+            .rooms
+            .join(room, newcomer, self.limits.max_peers_per_room)
+            .await
+        {
             Ok(JoinOutcome::Joined(existing)) => existing,
             Ok(JoinOutcome::AlreadyMember) => {
                 return send(socket, p::JOIN_OK, &p::JoinOk { room_id: room });
             }
-            Ok(JoinOutcome::Full) => return self.refuse_join(socket, Some(room), Refusal::RoomFull),
+            Ok(JoinOutcome::Full) => {
+                return self.refuse_join(socket, Some(room), Refusal::RoomFull);
+            }
             Err(e) => {
                 tracing::error!(room, cause = %e, "join failed: room state unavailable");
                 return self.refuse_join(socket, Some(room), Refusal::Unavailable);
@@ -202,11 +213,18 @@ impl<A: Adapter> Signaling<A> {
             name: &name,
             user_id: &session.identity.user_id,
         };
-        self.send_to(&others, p::USER_CONNECTED, &announcement).await;
-        self.send_to(&others, p::INIT_OFFER, &p::InitOffer { source: me }).await;
+        self.send_to(&others, p::USER_CONNECTED, &announcement)
+            .await;
+        self.send_to(&others, p::INIT_OFFER, &p::InitOffer { source: me })
+            .await;
     }
 
-    async fn leave_room(&self, socket: &SocketRef<A>, session: &Session, payload: Option<&RawValue>) {
+    async fn leave_room(
+        &self,
+        socket: &SocketRef<A>,
+        session: &Session,
+        payload: Option<&RawValue>,
+    ) {
         let room = match p::parse_room_of(payload) {
             Ok((room, _)) => room,
             Err(refusal) => return refuse(socket, p::LEAVE_ROOM, refusal),
@@ -216,7 +234,12 @@ impl<A: Adapter> Signaling<A> {
         }
     }
 
-    async fn media_state(&self, socket: &SocketRef<A>, session: &Session, payload: Option<&RawValue>) {
+    async fn media_state(
+        &self,
+        socket: &SocketRef<A>,
+        session: &Session,
+        payload: Option<&RawValue>,
+    ) {
         let (room, state, object) = match p::parse_media_state(payload) {
             Ok(parsed) => parsed,
             Err(refusal) => return refuse(socket, p::MEDIA_STATE, refusal),
@@ -236,7 +259,12 @@ impl<A: Adapter> Signaling<A> {
         }
     }
 
-    async fn stop_screen_share(&self, socket: &SocketRef<A>, session: &Session, payload: Option<&RawValue>) {
+    async fn stop_screen_share(
+        &self,
+        socket: &SocketRef<A>,
+        session: &Session,
+        payload: Option<&RawValue>,
+    ) {
         let (room, object) = match p::parse_room_of(payload) {
             Ok(parsed) => parsed,
             Err(refusal) => return refuse(socket, p::STOP_SCREEN_SHARE, refusal),
@@ -245,7 +273,11 @@ impl<A: Adapter> Signaling<A> {
             return refuse(socket, p::STOP_SCREEN_SHARE, Refusal::NotInRoom);
         }
         let echo = p::stamp_id(object, &session.sid_str);
-        if let Err(e) = socket.to(room_key(&room)).emit(p::STOP_SCREEN_SHARE, &echo).await {
+        if let Err(e) = socket
+            .to(room_key(&room))
+            .emit(p::STOP_SCREEN_SHARE, &echo)
+            .await
+        {
             tracing::warn!(room, cause = %e, "stopScreenShare echo failed");
         }
     }
@@ -415,7 +447,11 @@ impl<A: Adapter> MessageHandler<A, InOrder> for Dispatcher<A> {
         };
         if text.len() > self.signaling.limits.max_payload_bytes {
             let event = Frame::parse(text).map(|f| f.event.into_owned());
-            return refuse(&socket, event.as_deref().unwrap_or(""), Refusal::PayloadTooLarge);
+            return refuse(
+                &socket,
+                event.as_deref().unwrap_or(""),
+                Refusal::PayloadTooLarge,
+            );
         }
         let signaling = Arc::clone(&self.signaling);
         let session = Arc::clone(&self.session);

@@ -39,9 +39,18 @@ async fn hs256_refusals_match_the_contract() {
     let now = unix_now();
     assert_eq!(refusal(&server, None).await, "missing token");
     assert_eq!(refusal(&server, Some(json!({}))).await, "missing token");
-    assert_eq!(refusal(&server, Some(json!({ "token": 42 }))).await, "missing token");
-    assert_eq!(refusal(&server, Some(json!({ "token": "" }))).await, "missing token");
-    assert_eq!(refusal(&server, Some(json!({ "token": "not.a.jwt" }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": 42 }))).await,
+        "missing token"
+    );
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": "" }))).await,
+        "missing token"
+    );
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": "not.a.jwt" }))).await,
+        "invalid token"
+    );
 
     let wrong_key = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -49,18 +58,33 @@ async fn hs256_refusals_match_the_contract() {
         &EncodingKey::from_secret(b"some-other-secret-entirely"),
     )
     .expect("sign");
-    assert_eq!(refusal(&server, Some(json!({ "token": wrong_key }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": wrong_key }))).await,
+        "invalid token"
+    );
 
     let none = unsigned(&json!({ "sub": "u", "exp": now + 60 }));
-    assert_eq!(refusal(&server, Some(json!({ "token": none }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": none }))).await,
+        "invalid token"
+    );
 
     let expired = server.sign(&json!({ "sub": "u", "exp": now - 120 }));
-    assert_eq!(refusal(&server, Some(json!({ "token": expired }))).await, "token expired");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": expired }))).await,
+        "token expired"
+    );
 
     let no_sub = server.sign(&json!({ "exp": now + 60 }));
-    assert_eq!(refusal(&server, Some(json!({ "token": no_sub }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": no_sub }))).await,
+        "invalid token"
+    );
     let no_exp = server.sign(&json!({ "sub": "u" }));
-    assert_eq!(refusal(&server, Some(json!({ "token": no_exp }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": no_exp }))).await,
+        "invalid token"
+    );
 
     // The refused attempts left the server serving everyone else.
     let (mut alice, _) = server.joined("alice", "r").await;
@@ -73,7 +97,8 @@ async fn hs256_refusals_match_the_contract() {
 async fn claims_name_rooms_and_sub_shape_the_session() {
     let server = Server::start().await;
     let exp = unix_now() + 600;
-    let token = server.sign(&json!({ "sub": "user-7", "exp": exp, "name": "Dr. Seven", "rooms": ["allowed"] }));
+    let token = server
+        .sign(&json!({ "sub": "user-7", "exp": exp, "name": "Dr. Seven", "rooms": ["allowed"] }));
     let mut seven = support::Peer {
         client: server
             .connect_with(Some(json!({ "token": token })))
@@ -119,22 +144,36 @@ async fn rs256_public_key_verifies_and_refuses_key_confusion() {
         &EncodingKey::from_secret(&pem("rsa-public.pem")),
     )
     .expect("sign");
-    assert_eq!(refusal(&server, Some(json!({ "token": confused }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": confused }))).await,
+        "invalid token"
+    );
     let none = unsigned(&claims);
-    assert_eq!(refusal(&server, Some(json!({ "token": none }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": none }))).await,
+        "invalid token"
+    );
     let es = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::ES256),
         &claims,
         &EncodingKey::from_ec_pem(&pem("ec-private.pem")).expect("ec key"),
     )
     .expect("sign");
-    assert_eq!(refusal(&server, Some(json!({ "token": es }))).await, "invalid token");
+    assert_eq!(
+        refusal(&server, Some(json!({ "token": es }))).await,
+        "invalid token"
+    );
 }
 
 #[tokio::test]
 async fn es256_public_key_with_issuer_and_audience() {
     let server = Server::start_with(
-        &["--jwt-issuer", "https://auth.example", "--jwt-audience", "video"],
+        &[
+            "--jwt-issuer",
+            "https://auth.example",
+            "--jwt-audience",
+            "video",
+        ],
         &[("JWT_PUBLIC_KEY_FILE", &key_file("ec-public.pem"))],
     )
     .await
@@ -143,7 +182,8 @@ async fn es256_public_key_with_issuer_and_audience() {
         Algorithm::ES256,
     );
     let exp = unix_now() + 60;
-    let good = server.sign(&json!({ "sub": "u", "exp": exp, "iss": "https://auth.example", "aud": "video" }));
+    let good = server
+        .sign(&json!({ "sub": "u", "exp": exp, "iss": "https://auth.example", "aud": "video" }));
     server
         .connect_with(Some(json!({ "token": good })))
         .await
@@ -201,7 +241,9 @@ async fn refuses_to_start_without_a_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("JWT_SECRET") && stderr.contains("JWT_PUBLIC_KEY_FILE") && stderr.contains("--dev"),
+        stderr.contains("JWT_SECRET")
+            && stderr.contains("JWT_PUBLIC_KEY_FILE")
+            && stderr.contains("--dev"),
         "{stderr}"
     );
     let short = tokio::process::Command::new(support::server_bin())

@@ -15,7 +15,17 @@ fn demo_video_room_works_in_chromium() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "browser e2e failed; screenshots in artifacts/e2e/");
-    let last = stdout.lines().rev().find(|l| l.contains("passed")).unwrap_or_default();
-    assert!(last.ends_with(" 0 failed") && !last.starts_with("0 passed"), "{last}");
+    assert!(
+        output.status.success(),
+        "browser e2e failed; screenshots in artifacts/e2e/"
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("passed"))
+        .unwrap_or_default();
+    assert!(
+        last.ends_with(" 0 failed") && !last.starts_with("0 passed"),
+        "{last}"
+    );
 }

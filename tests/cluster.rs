@@ -24,7 +24,16 @@ impl Redis {
 
     async fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -70,7 +79,10 @@ async fn a_call_spans_two_nodes() {
     let (a, b) = (node(&redis).await, node(&redis).await);
 
     let (mut alice, _) = a.joined("alice", "x").await;
-    alice.emit("media-state", json!({ "roomId": "x", "mic": false, "cam": true }));
+    alice.emit(
+        "media-state",
+        json!({ "roomId": "x", "mic": false, "cam": true }),
+    );
     let mut bob = b.client("bob").await;
     bob.join("x", "bob");
     let backfill = bob.until("join-ok").await;
@@ -78,19 +90,32 @@ async fn a_call_spans_two_nodes() {
     assert_eq!(backfill[0].data["id"], json!(alice.id()));
 
     assert_eq!(alice.expect("user-connected").await["id"], json!(bob.id()));
-    assert_eq!(alice.expect("#rtcio:init-offer").await, json!({ "source": bob.id() }));
+    assert_eq!(
+        alice.expect("#rtcio:init-offer").await,
+        json!({ "source": bob.id() })
+    );
 
     let offer = json!({ "description": { "type": "offer", "sdp": "v=0\r\n" } });
     alice.relay(bob.id(), offer.clone());
     let got = bob.until("#rtcio:message").await.pop().expect("relay").data;
-    assert_eq!((got["source"].clone(), got["data"].clone()), (json!(alice.id()), offer));
+    assert_eq!(
+        (got["source"].clone(), got["data"].clone()),
+        (json!(alice.id()), offer)
+    );
     for i in 0..20 {
-        bob.relay(alice.id(), json!({ "candidate": { "candidate": format!("c{i}") } }));
+        bob.relay(
+            alice.id(),
+            json!({ "candidate": { "candidate": format!("c{i}") } }),
+        );
     }
     for i in 0..20 {
         let got = alice.expect("#rtcio:message").await;
         assert_eq!(got["source"], json!(bob.id()));
-        assert_eq!(got["data"]["candidate"]["candidate"], json!(format!("c{i}")), "order kept across nodes");
+        assert_eq!(
+            got["data"]["candidate"]["candidate"],
+            json!(format!("c{i}")),
+            "order kept across nodes"
+        );
     }
 
     bob.emit("stopScreenShare", json!({ "roomId": "x" }));
@@ -114,14 +139,23 @@ async fn a_call_spans_two_nodes() {
             ("join-ok".into(), json!(null)),
         ]
     );
-    assert_eq!((backfill[1].data["mic"].clone(), backfill[1].data["cam"].clone()), (json!(false), json!(true)));
+    assert_eq!(
+        (
+            backfill[1].data["mic"].clone(),
+            backfill[1].data["cam"].clone()
+        ),
+        (json!(false), json!(true))
+    );
 
     // Leaving on node B is heard on nodes A and C exactly once.
     bob.client.close();
     for peer in [&mut alice, &mut carol] {
         let seen = peer.until("user-disconnected").await;
         let left: Vec<&str> = seen.iter().map(|e| e.name.as_str()).collect();
-        assert!(left.ends_with(&["#rtcio:peer-left", "user-disconnected"]), "{left:?}");
+        assert!(
+            left.ends_with(&["#rtcio:peer-left", "user-disconnected"]),
+            "{left:?}"
+        );
         assert_eq!(seen.last().expect("event").data["id"], json!(bob.id()));
     }
     alice.assert_nothing_before_probe(&carol).await;
@@ -138,8 +172,14 @@ async fn isolation_holds_across_nodes() {
     let (mut mallory, _) = b.joined("mallory", "elsewhere").await;
 
     mallory.relay(alice.id(), json!({ "x": 1 }));
-    assert_eq!(mallory.expect("error").await["code"], json!("unknown-target"));
-    mallory.emit("media-state", json!({ "roomId": "private", "mic": true, "cam": true }));
+    assert_eq!(
+        mallory.expect("error").await["code"],
+        json!("unknown-target")
+    );
+    mallory.emit(
+        "media-state",
+        json!({ "roomId": "private", "mic": true, "cam": true }),
+    );
     assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
     mallory.emit("stopScreenShare", json!({ "roomId": "private" }));
     assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
@@ -175,15 +215,32 @@ async fn a_killed_node_is_announced_and_purged() {
     for peer in [&mut bob, &mut carol] {
         let seen = peer.until("user-disconnected").await;
         assert_eq!(seen.last().expect("event").data["id"], json!(alice_id));
-        assert!(seen.iter().any(|e| e.name == "#rtcio:peer-left" && e.data["id"] == json!(alice_id)));
+        assert!(
+            seen.iter()
+                .any(|e| e.name == "#rtcio:peer-left" && e.data["id"] == json!(alice_id))
+        );
     }
     let noticed = killed.elapsed();
-    assert!(noticed < Duration::from_secs(10), "survivors heard after {noticed:?}");
-    println!("survivors notified {} ms after kill -9", noticed.as_millis());
+    assert!(
+        noticed < Duration::from_secs(10),
+        "survivors heard after {noticed:?}"
+    );
+    println!(
+        "survivors notified {} ms after kill -9",
+        noticed.as_millis()
+    );
 
     let mut conn = redis.connection().await.expect("redis");
-    let members: Vec<String> = redis::cmd("HKEYS").arg("rtcio:room:k").query_async(&mut conn).await.expect("hkeys");
-    assert_eq!(members.len(), 2, "alice purged, bob and carol remain: {members:?}");
+    let members: Vec<String> = redis::cmd("HKEYS")
+        .arg("rtcio:room:k")
+        .query_async(&mut conn)
+        .await
+        .expect("hkeys");
+    assert_eq!(
+        members.len(),
+        2,
+        "alice purged, bob and carol remain: {members:?}"
+    );
     assert!(!members.contains(&alice_id));
     drop(alice);
     bob.assert_nothing_before_probe(&carol).await;
@@ -192,7 +249,11 @@ async fn a_killed_node_is_announced_and_purged() {
     drop((bob, carol));
     let deadline = Instant::now() + support::WAIT;
     loop {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("rtcio:*").query_async(&mut conn).await.expect("keys");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("rtcio:*")
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
         let leftovers: Vec<&String> = keys
             .iter()
             .filter(|k| !k.ends_with(":alive") && *k != "rtcio:nodes" && *k != "rtcio:seq")
@@ -246,6 +307,12 @@ async fn losing_redis_is_survived_and_recovered_from() {
     let (mut erin, _) = b.joined("erin", "after").await;
     assert_eq!(dave.expect("user-connected").await["id"], json!(erin.id()));
     dave.expect("#rtcio:init-offer").await;
-    dave.relay(erin.id(), json!({ "description": { "type": "offer", "sdp": "v=0" } }));
-    assert_eq!(erin.expect("#rtcio:message").await["source"], json!(dave.id()));
+    dave.relay(
+        erin.id(),
+        json!({ "description": { "type": "offer", "sdp": "v=0" } }),
+    );
+    assert_eq!(
+        erin.expect("#rtcio:message").await["source"],
+        json!(dave.id())
+    );
 }

@@ -22,7 +22,10 @@ async fn simultaneous_joins_keep_every_invariant() {
         if health["rooms"] == json!(0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rooms left behind: {health}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rooms left behind: {health}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a counter
     }
 }

@@ -15,14 +15,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn health_reports_connections_and_rooms() {
     let server = Server::start().await;
     let health = server.health().await;
-    assert_eq!(health, json!({ "status": "ok", "connections": 0, "rooms": 0 }));
+    assert_eq!(
+        health,
+        json!({ "status": "ok", "connections": 0, "rooms": 0 })
+    );
     let (_alice, _) = server.joined("alice", "h").await;
     let health = server.health().await;
-    assert_eq!((health["connections"].clone(), health["rooms"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (health["connections"].clone(), health["rooms"].clone()),
+        (json!(1), json!(1))
+    );
 }
 
 async fn origin_header(server: &Server, origin: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n",
         server.addr
@@ -30,27 +38,44 @@ async fn origin_header(server: &Server, origin: &str) -> Option<String> {
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).await.expect("read");
-    response
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("access-control-allow-origin: ").map(str::to_string))
+    response.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("access-control-allow-origin: ")
+            .map(str::to_string)
+    })
 }
 
 #[tokio::test]
 async fn cors_allows_only_the_configured_origins() {
     let server = Server::start_with(
-        &["--allowed-origins", "https://app.example, https://staging.example"],
+        &[
+            "--allowed-origins",
+            "https://app.example, https://staging.example",
+        ],
         &[("JWT_SECRET", support::SECRET)],
     )
     .await;
-    assert_eq!(origin_header(&server, "https://app.example").await.as_deref(), Some("https://app.example"));
     assert_eq!(
-        origin_header(&server, "https://staging.example").await.as_deref(),
+        origin_header(&server, "https://app.example")
+            .await
+            .as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        origin_header(&server, "https://staging.example")
+            .await
+            .as_deref(),
         Some("https://staging.example")
     );
     assert_eq!(origin_header(&server, "https://evil.example").await, None);
 
     let open = Server::start().await;
-    assert_eq!(origin_header(&open, "https://anything.example").await.as_deref(), Some("*"));
+    assert_eq!(
+        origin_header(&open, "https://anything.example")
+            .await
+            .as_deref(),
+        Some("*")
+    );
 }
 
 #[tokio::test]
@@ -85,8 +110,14 @@ fn fly_toml_matches_the_server_defaults() {
     let text = std::fs::read_to_string(repo_path("fly.toml")).expect("fly.toml");
     let fly: toml::Value = toml::from_str(&text).expect("fly.toml parses");
     let service = &fly["http_service"];
-    assert_eq!(service["internal_port"].as_integer(), Some(i64::from(defaults.port)));
-    assert_eq!(fly["env"]["PORT"].as_str(), Some(defaults.port.to_string().as_str()));
+    assert_eq!(
+        service["internal_port"].as_integer(),
+        Some(i64::from(defaults.port))
+    );
+    assert_eq!(
+        fly["env"]["PORT"].as_str(),
+        Some(defaults.port.to_string().as_str())
+    );
     assert_eq!(service["auto_stop_machines"].as_str(), Some("off"));
     let checks = service["checks"].as_array().expect("health checks");
     assert!(checks.iter().any(|c| c["path"].as_str() == Some("/health")));
@@ -101,8 +132,11 @@ async fn demo_directory_is_served_at_root() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("index.html"), "<title>demo</title>").expect("write");
     let dir_arg = dir.to_string_lossy().into_owned();
-    let server =
-        Server::start_with(&["--demo-dir", &dir_arg], &[("JWT_SECRET", support::SECRET)]).await;
+    let server = Server::start_with(
+        &["--demo-dir", &dir_arg],
+        &[("JWT_SECRET", support::SECRET)],
+    )
+    .await;
     let (status, body) = support::http_get(server.addr, "/").await;
     assert_eq!((status, body.contains("<title>demo</title>")), (200, true));
     let config = support::http_get_json(server.addr, "/client-config").await;
@@ -110,7 +144,14 @@ async fn demo_directory_is_served_at_root() {
     std::fs::remove_dir_all(&dir).ok();
 
     let ice = r#"[{"urls":"turn:turn.example:3478","username":"u","credential":"c"}]"#;
-    let server = Server::start_with(&[], &[("JWT_SECRET", support::SECRET), ("ICE_SERVERS", ice)]).await;
+    let server = Server::start_with(
+        &[],
+        &[("JWT_SECRET", support::SECRET), ("ICE_SERVERS", ice)],
+    )
+    .await;
     let config = support::http_get_json(server.addr, "/client-config").await;
-    assert_eq!(config["iceServers"][0]["urls"], json!("turn:turn.example:3478"));
+    assert_eq!(
+        config["iceServers"][0]["urls"],
+        json!("turn:turn.example:3478")
+    );
 }

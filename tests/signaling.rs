@@ -9,34 +9,52 @@ use support::{Server, http_get};
 async fn two_clients_set_up_a_call() {
     let server = Server::start().await;
     let (mut alice, backfill) = server.joined("alice", "call").await;
-    assert_eq!(backfill.len(), 1, "first member gets only join-ok: {backfill:?}");
+    assert_eq!(
+        backfill.len(),
+        1,
+        "first member gets only join-ok: {backfill:?}"
+    );
     assert_eq!(backfill[0].data, json!({ "roomId": "call" }));
 
     let mut bob = server.client("bob").await;
     bob.join("call", "bob");
     let seen = bob.expect("user-connected").await;
-    assert_eq!(seen, json!({ "id": alice.id(), "name": "alice", "userId": "alice" }));
+    assert_eq!(
+        seen,
+        json!({ "id": alice.id(), "name": "alice", "userId": "alice" })
+    );
     assert_eq!(bob.expect("join-ok").await, json!({ "roomId": "call" }));
 
     let hello = alice.expect("user-connected").await;
-    assert_eq!(hello, json!({ "id": bob.id(), "name": "bob", "userId": "bob" }));
+    assert_eq!(
+        hello,
+        json!({ "id": bob.id(), "name": "bob", "userId": "bob" })
+    );
     assert_eq!(
         alice.expect("#rtcio:init-offer").await,
         json!({ "source": bob.id() })
     );
 
     // Alice (the existing, polite peer) offers; Bob answers; candidates trickle both ways.
-    let offer = json!({ "description": { "type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n" } });
+    let offer =
+        json!({ "description": { "type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n" } });
     alice.relay(bob.id(), offer.clone());
     let got = bob.expect("#rtcio:message").await;
-    assert_eq!(got["source"], json!(alice.id()), "source is stamped by the server");
+    assert_eq!(
+        got["source"],
+        json!(alice.id()),
+        "source is stamped by the server"
+    );
     assert_eq!(got["target"], json!(bob.id()));
     assert_eq!(got["data"], offer);
 
     let answer = json!({ "description": { "type": "answer", "sdp": "v=0\r\n" } });
     bob.relay(alice.id(), answer.clone());
     let got = alice.expect("#rtcio:message").await;
-    assert_eq!((got["source"].clone(), got["data"].clone()), (json!(bob.id()), answer));
+    assert_eq!(
+        (got["source"].clone(), got["data"].clone()),
+        (json!(bob.id()), answer)
+    );
 
     for i in 0..50 {
         let candidate = json!({ "candidate": { "candidate": format!("candidate:{i} 1 udp 1 127.0.0.1 {i} typ host"), "sdpMid": "0", "sdpMLineIndex": 0 } });
@@ -45,8 +63,13 @@ async fn two_clients_set_up_a_call() {
     alice.relay(bob.id(), json!({ "candidate": { "candidate": "" } }));
     for i in 0..50 {
         let got = bob.expect("#rtcio:message").await;
-        let text = got["data"]["candidate"]["candidate"].as_str().unwrap_or_default();
-        assert!(text.starts_with(&format!("candidate:{i} ")), "candidate {i} out of order: {text}");
+        let text = got["data"]["candidate"]["candidate"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            text.starts_with(&format!("candidate:{i} ")),
+            "candidate {i} out of order: {text}"
+        );
     }
     let end = bob.expect("#rtcio:message").await;
     assert_eq!(end["data"], json!({ "candidate": { "candidate": "" } }));
@@ -73,7 +96,10 @@ async fn media_state_is_echoed_cached_and_backfilled() {
     carol.join("m", "carol");
     let backfill = carol.until("join-ok").await;
     let names: Vec<&str> = backfill.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["user-connected", "media-state", "user-connected", "join-ok"]);
+    assert_eq!(
+        names,
+        ["user-connected", "media-state", "user-connected", "join-ok"]
+    );
     assert_eq!(backfill[0].data["id"], json!(alice.id()));
     assert_eq!(
         backfill[1].data,
@@ -94,7 +120,10 @@ async fn stop_screen_share_is_echoed_to_the_others() {
     alice.until("#rtcio:init-offer").await;
     alice.emit("stopScreenShare", json!({ "roomId": "s", "trackId": "t1" }));
     let echo = bob.expect("stopScreenShare").await;
-    assert_eq!(echo, json!({ "roomId": "s", "trackId": "t1", "id": alice.id() }));
+    assert_eq!(
+        echo,
+        json!({ "roomId": "s", "trackId": "t1", "id": alice.id() })
+    );
     alice.assert_nothing_before_probe(&bob).await;
 }
 
@@ -106,12 +135,21 @@ async fn leaving_and_disconnecting_are_announced_exactly_once() {
     alice.until("#rtcio:init-offer").await;
 
     bob.emit("leave-room", json!({ "roomId": "one" }));
-    assert_eq!(alice.expect("#rtcio:peer-left").await, json!({ "id": bob.id() }));
-    assert_eq!(alice.expect("user-disconnected").await, json!({ "id": bob.id() }));
+    assert_eq!(
+        alice.expect("#rtcio:peer-left").await,
+        json!({ "id": bob.id() })
+    );
+    assert_eq!(
+        alice.expect("user-disconnected").await,
+        json!({ "id": bob.id() })
+    );
     // Leaving twice is an error for the leaver and no news for anyone.
     bob.emit("leave-room", json!({ "roomId": "one" }));
     let err = bob.expect("error").await;
-    assert_eq!((err["event"].clone(), err["code"].clone()), (json!("leave-room"), json!("not-in-room")));
+    assert_eq!(
+        (err["event"].clone(), err["code"].clone()),
+        (json!("leave-room"), json!("not-in-room"))
+    );
 
     // A socket in two rooms: both rooms hear its disconnect once.
     let (mut carol, _) = server.joined("carol", "one").await;
@@ -122,8 +160,14 @@ async fn leaving_and_disconnecting_are_announced_exactly_once() {
     dave.until("#rtcio:init-offer").await;
     carol.client.close();
     for peer in [&mut alice, &mut dave] {
-        assert_eq!(peer.expect("#rtcio:peer-left").await["id"], json!(carol.id()));
-        assert_eq!(peer.expect("user-disconnected").await["id"], json!(carol.id()));
+        assert_eq!(
+            peer.expect("#rtcio:peer-left").await["id"],
+            json!(carol.id())
+        );
+        assert_eq!(
+            peer.expect("user-disconnected").await["id"],
+            json!(carol.id())
+        );
     }
     // Nothing more about carol: alice and dave share no room, so bob probes alice after
     // rejoining, and dave's room gets a fresh member to probe from.
@@ -144,7 +188,10 @@ async fn leaving_and_disconnecting_are_announced_exactly_once() {
         if health["rooms"] == json!(0) && health["connections"] == json!(0) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rooms left behind: {health}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rooms left behind: {health}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a counter, not synchronising clients
     }
 }
@@ -168,16 +215,34 @@ async fn relays_and_echoes_stay_inside_shared_rooms() {
     alice.until("#rtcio:init-offer").await;
     let (mut mallory, _) = server.joined("mallory", "elsewhere").await;
 
-    mallory.relay(alice.id(), json!({ "description": { "type": "offer", "sdp": "x" } }));
-    assert_eq!(mallory.expect("error").await["code"], json!("unknown-target"));
+    mallory.relay(
+        alice.id(),
+        json!({ "description": { "type": "offer", "sdp": "x" } }),
+    );
+    assert_eq!(
+        mallory.expect("error").await["code"],
+        json!("unknown-target")
+    );
     mallory.relay("not-a-socket-id", json!({}));
-    assert_eq!(mallory.expect("error").await["code"], json!("unknown-target"));
+    assert_eq!(
+        mallory.expect("error").await["code"],
+        json!("unknown-target")
+    );
     mallory.relay(mallory.id(), json!({}));
-    assert_eq!(mallory.expect("error").await["code"], json!("unknown-target"));
+    assert_eq!(
+        mallory.expect("error").await["code"],
+        json!("unknown-target")
+    );
 
-    mallory.emit("media-state", json!({ "roomId": "a", "mic": true, "cam": true }));
+    mallory.emit(
+        "media-state",
+        json!({ "roomId": "a", "mic": true, "cam": true }),
+    );
     let err = mallory.expect("error").await;
-    assert_eq!(err, json!({ "event": "media-state", "code": "not-in-room", "message": err["message"] }));
+    assert_eq!(
+        err,
+        json!({ "event": "media-state", "code": "not-in-room", "message": err["message"] })
+    );
     mallory.emit("stopScreenShare", json!({ "roomId": "a" }));
     assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
     // A room named like a socket's delivery room reaches nobody else.
@@ -210,7 +275,10 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (json!({ "roomId": "" }), "invalid-room"),
         (json!({ "roomId": "a\u{0007}b" }), "invalid-room"),
         (json!({ "roomId": "b", "name": 7 }), "invalid-name"),
-        (json!({ "roomId": "b", "name": "n".repeat(65) }), "invalid-name"),
+        (
+            json!({ "roomId": "b", "name": "n".repeat(65) }),
+            "invalid-name",
+        ),
         (json!("b"), "invalid-payload"),
         (json!(null), "invalid-payload"),
     ];
@@ -224,10 +292,17 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         bob.emit("join-room", json!({ "roomId": long_room }));
         bob.expect("join-error").await
     };
-    assert_eq!(err["roomId"].as_str().map(str::len), Some(128), "roomId echoed, capped");
+    assert_eq!(
+        err["roomId"].as_str().map(str::len),
+        Some(128),
+        "roomId echoed, capped"
+    );
 
     let cases = [
-        ("media-state", json!({ "roomId": "b", "mic": "on", "cam": true })),
+        (
+            "media-state",
+            json!({ "roomId": "b", "mic": "on", "cam": true }),
+        ),
         ("media-state", json!({ "roomId": "b" })),
         ("media-state", json!([1, 2])),
         ("stopScreenShare", json!(42)),
@@ -261,9 +336,15 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
     // An event over the 64 KiB cap.
     let sdp = "a".repeat(70_000);
-    bob.relay(alice.id(), json!({ "description": { "type": "offer", "sdp": sdp } }));
+    bob.relay(
+        alice.id(),
+        json!({ "description": { "type": "offer", "sdp": sdp } }),
+    );
     let err = bob.expect("error").await;
-    assert_eq!((err["event"].clone(), err["code"].clone()), (json!("#rtcio:message"), json!("payload-too-large")));
+    assert_eq!(
+        (err["event"].clone(), err["code"].clone()),
+        (json!("#rtcio:message"), json!("payload-too-large"))
+    );
 
     // Both still work, and alice saw none of it.
     alice.assert_nothing_before_probe(&bob).await;
@@ -285,6 +366,9 @@ async fn a_full_room_refuses_the_next_member() {
     let mut carol = server.client("carol").await;
     carol.join("small", "carol");
     let err = carol.expect("join-error").await;
-    assert_eq!((err["roomId"].clone(), err["reason"].clone()), (json!("small"), json!("room-full")));
+    assert_eq!(
+        (err["roomId"].clone(), err["reason"].clone()),
+        (json!("small"), json!("room-full"))
+    );
     alice.assert_nothing_before_probe(&bob).await;
 }

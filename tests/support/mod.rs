@@ -46,7 +46,10 @@ impl Server {
             .env_remove("JWT_SECRET")
             .env_remove("JWT_PUBLIC_KEY_FILE")
             .env_remove("REDIS_URL")
-            .env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -147,9 +150,14 @@ pub fn unix_now() -> u64 {
 /// A tiny HTTP/1.1 GET over a raw socket, enough for `/health` and friends.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("http connect");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("http write");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("http write");
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -236,7 +244,11 @@ impl Peer {
         let nonce = format!("probe-{}", unix_now_nanos());
         from.relay(self.id(), json!({ "probe": nonce }));
         let data = self.expect("#rtcio:message").await;
-        assert_eq!(data["data"]["probe"], json!(nonce), "unexpected relay {data}");
+        assert_eq!(
+            data["data"]["probe"],
+            json!(nonce),
+            "unexpected relay {data}"
+        );
     }
 
     /// Waits for the server to close this client.

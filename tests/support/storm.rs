@@ -1,10 +1,10 @@
 //! The join storm: many clients join many rooms at one instant, spread over one or more
 //! server processes, and the contract's invariants are checked on everything they received.
 
-use std::collections::{HashMap, HashSet};
 use futures_util::future::{join_all, select_all};
 use serde_json::json;
 use sioclient::Event;
+use std::collections::{HashMap, HashSet};
 
 use super::{Peer, Server};
 
@@ -12,7 +12,8 @@ use super::{Peer, Server};
 /// server `(i / rooms) % servers.len()`, so every room spans every server.
 pub async fn storm(servers: &[&Server], rooms: usize, per_room: usize, tag: &str) {
     let total = rooms * per_room;
-    let connects = (0..total).map(|i| servers[(i / rooms) % servers.len()].client_named(format!("{tag}-{i}")));
+    let connects =
+        (0..total).map(|i| servers[(i / rooms) % servers.len()].client_named(format!("{tag}-{i}")));
     let mut peers: Vec<Peer> = join_all(connects).await;
     let room_of = |i: usize| format!("storm-{tag}-{}", i % rooms);
 
@@ -29,7 +30,12 @@ pub async fn storm(servers: &[&Server], rooms: usize, per_room: usize, tag: &str
             let event = peer.next().await;
             joined |= event.name == "join-ok";
             roster += usize::from(event.name == "user-connected");
-            assert!(roster < per_room, "{}: more than {} peers announced", peer.id(), per_room - 1);
+            assert!(
+                roster < per_room,
+                "{}: more than {} peers announced",
+                peer.id(),
+                per_room - 1
+            );
             events.push(event);
         }
         events
@@ -39,14 +45,21 @@ pub async fn storm(servers: &[&Server], rooms: usize, per_room: usize, tag: &str
     // 2. Offers may still be in flight: read on until every pair has had one.
     let pairs = rooms * per_room * (per_room - 1) / 2;
     let offers_seen = |events: &Vec<Vec<Event>>| {
-        events.iter().flatten().filter(|e| e.name == "#rtcio:init-offer").count()
+        events
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "#rtcio:init-offer")
+            .count()
     };
     while offers_seen(&events) < pairs {
         let next = select_all(peers.iter_mut().map(|p| Box::pin(p.client.next_event())));
         match tokio::time::timeout(super::WAIT, next).await {
             Ok((Some(event), index, _)) => events[index].push(event),
             Ok((None, index, _)) => panic!("{tag}: client {index} was disconnected"),
-            Err(_) => panic!("{tag}: only {} of {pairs} init-offers arrived", offers_seen(&events)),
+            Err(_) => panic!(
+                "{tag}: only {} of {pairs} init-offers arrived",
+                offers_seen(&events)
+            ),
         }
     }
 
@@ -54,19 +67,27 @@ pub async fn storm(servers: &[&Server], rooms: usize, per_room: usize, tag: &str
     // echoes is still part of the storm, and is checked with the rest.
     let is_flusher = |i: usize| i < 2 * rooms;
     for (i, peer) in peers.iter().enumerate().filter(|(i, _)| is_flusher(*i)) {
-        peer.emit("media-state", json!({ "roomId": room_of(i), "mic": true, "cam": true }));
+        peer.emit(
+            "media-state",
+            json!({ "roomId": room_of(i), "mic": true, "cam": true }),
+        );
     }
-    let flushes = peers.iter_mut().zip(events.iter_mut()).enumerate().map(|(i, (peer, seen))| async move {
-        let mut echoes = if is_flusher(i) { 1 } else { 2 };
-        while echoes > 0 {
-            let event = peer.next().await;
-            if event.name == "media-state" {
-                echoes -= 1;
-            } else {
-                seen.push(event);
-            }
-        }
-    });
+    let flushes =
+        peers
+            .iter_mut()
+            .zip(events.iter_mut())
+            .enumerate()
+            .map(|(i, (peer, seen))| async move {
+                let mut echoes = if is_flusher(i) { 1 } else { 2 };
+                while echoes > 0 {
+                    let event = peer.next().await;
+                    if event.name == "media-state" {
+                        echoes -= 1;
+                    } else {
+                        seen.push(event);
+                    }
+                }
+            });
     join_all(flushes).await;
 
     // 4. The invariants.
@@ -84,7 +105,11 @@ pub async fn storm(servers: &[&Server], rooms: usize, per_room: usize, tag: &str
                 .as_str()
                 .or_else(|| event.data["source"].as_str())
                 .unwrap_or_default();
-            assert_ne!(about, me, "{tag}: {me} heard about itself: {} {}", event.name, event.data);
+            assert_ne!(
+                about, me,
+                "{tag}: {me} heard about itself: {} {}",
+                event.name, event.data
+            );
             match event.name.as_str() {
                 "user-connected" => {
                     assert!(mates.contains(about), "{tag}: {me} got a stranger {about}");
@@ -93,14 +118,23 @@ pub async fn storm(servers: &[&Server], rooms: usize, per_room: usize, tag: &str
                 "#rtcio:init-offer" => {
                     assert!(mates.contains(about), "{tag}: offer from a stranger");
                     let pair = if me < about { (me, about) } else { (about, me) };
-                    *offers.entry((pair.0.to_string(), pair.1.to_string())).or_default() += 1;
+                    *offers
+                        .entry((pair.0.to_string(), pair.1.to_string()))
+                        .or_default() += 1;
                 }
                 "join-ok" => {}
                 other => panic!("{tag}: {me} got unexpected {other}"),
             }
         }
-        assert_eq!(announced.len(), per_room - 1, "{tag}: {me} roster incomplete");
+        assert_eq!(
+            announced.len(),
+            per_room - 1,
+            "{tag}: {me} roster incomplete"
+        );
     }
     assert_eq!(offers.len(), pairs, "{tag}: some pair got no init-offer");
-    assert!(offers.values().all(|n| *n == 1), "{tag}: a pair got more than one init-offer");
+    assert!(
+        offers.values().all(|n| *n == 1),
+        "{tag}: a pair got more than one init-offer"
+    );
 }

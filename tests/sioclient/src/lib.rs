@@ -99,7 +99,11 @@ impl Sender {
     }
 }
 
-fn emit_on<T: Serialize + ?Sized>(outgoing: &mpsc::UnboundedSender<Outgoing>, event: &str, data: &T) {
+fn emit_on<T: Serialize + ?Sized>(
+    outgoing: &mpsc::UnboundedSender<Outgoing>,
+    event: &str,
+    data: &T,
+) {
     let packet = serde_json::to_string(&(event, data)).map(|body| format!("42{body}"));
     if let Ok(packet) = packet {
         let _ = outgoing.send(Outgoing::Text(packet));
@@ -149,7 +153,9 @@ impl Client {
         // Engine.IO OPEN, then the Socket.IO CONNECT for namespace `/`.
         let open = next_text(&mut ws).await?;
         if !open.starts_with('0') {
-            return Err(ConnectError::Io(format!("expected engine.io open, got {open}")));
+            return Err(ConnectError::Io(format!(
+                "expected engine.io open, got {open}"
+            )));
         }
         let connect = match &opts.auth {
             Some(auth) => format!("40{auth}"),
