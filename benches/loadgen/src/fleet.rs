@@ -1,0 +1,198 @@
+//! Many client connections: tokens, source addresses, bounded-concurrency connect (+ join).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sioclient::{Client, ConnectError, Options};
+use tokio::task::JoinSet;
+
+/// Clients bound to one source address; 127.0.0.0/8 is all loopback, so spreading the
+/// client sockets over many addresses keeps ephemeral ports (and TIME_WAIT) from running out.
+const CLIENTS_PER_SOURCE_IP: u64 = 500;
+
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(0);
+
+/// The next client source address: 127.10.0.1, ... (never 127.0.0.1, where the servers are).
+pub fn next_bind_ip() -> IpAddr {
+    let k = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) / CLIENTS_PER_SOURCE_IP;
+    let b = 10 + (k / 62_500) % 200;
+    let c = (k / 250) % 250;
+    let d = k % 250 + 1;
+    IpAddr::V4(Ipv4Addr::new(127, b as u8, c as u8, d as u8))
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    name: &'a str,
+}
+
+pub fn token(secret: &str, sub: &str, name: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 6 * 3600;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &Claims { sub, exp, name },
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing")
+}
+
+/// What to do right after a client connects.
+#[derive(Clone)]
+pub enum Then {
+    Nothing,
+    /// Emit join-room for this room and wait for `join-ok`.
+    Join(fn(usize) -> String),
+}
+
+pub struct Connected {
+    pub clients: Vec<Client>,
+    pub elapsed: Duration,
+}
+
+pub async fn connect_one(
+    addr: SocketAddr,
+    secret: &str,
+    sub: &str,
+) -> Result<Client, ConnectError> {
+    let tok = token(secret, sub, sub);
+    let mut last = None;
+    for attempt in 0..3 {
+        let opts = Options {
+            addr,
+            auth: Some(json!({ "token": tok })),
+            bind: Some(next_bind_ip()),
+            timeout: Duration::from_secs(20),
+        };
+        match Client::connect(opts).await {
+            Ok(c) => return Ok(c),
+            Err(ConnectError::Refused(m)) => return Err(ConnectError::Refused(m)),
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(last.unwrap())
+}
+
+/// Waits for the first event matching `pred`, discarding others, within `wait`.
+pub async fn wait_for(
+    client: &mut Client,
+    wait: Duration,
+    mut pred: impl FnMut(&sioclient::Event) -> bool,
+) -> Option<sioclient::Event> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let ev = client.next_event_within(left).await?;
+        if pred(&ev) {
+            return Some(ev);
+        }
+    }
+}
+
+pub async fn join(
+    client: &mut Client,
+    room: &str,
+    name: &str,
+    wait: Duration,
+) -> Result<(), String> {
+    client.emit("join-room", &json!({ "roomId": room, "name": name }));
+    let ev = wait_for(client, wait, |e| {
+        (e.name == "join-ok" || e.name == "join-error") && e.data["roomId"] == Value::from(room)
+    })
+    .await
+    .ok_or_else(|| format!("no join-ok for {room} within {wait:?}"))?;
+    if ev.name == "join-error" {
+        return Err(format!("join-error {}", ev.data));
+    }
+    Ok(())
+}
+
+/// Connects `n` clients (subs `{tag}-{i}`), at most `concurrency` handshakes at once, and
+/// optionally joins each to a room. Returns them in index order.
+pub async fn connect_many(
+    addr: SocketAddr,
+    secret: &str,
+    tag: &str,
+    n: usize,
+    concurrency: usize,
+    then: Then,
+) -> Result<Connected, String> {
+    let start = Instant::now();
+    let mut slots: Vec<Option<Client>> = (0..n).map(|_| None).collect();
+    let mut set = JoinSet::new();
+    let mut next = 0usize;
+    let mut failures = 0usize;
+    let mut first_err = None;
+    while next < n || !set.is_empty() {
+        while next < n && set.len() < concurrency {
+            let i = next;
+            next += 1;
+            let secret = secret.to_string();
+            let sub = format!("{tag}-{i}");
+            let then = then.clone();
+            set.spawn(async move {
+                let mut c = connect_one(addr, &secret, &sub)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Then::Join(room) = then {
+                    join(&mut c, &room(i), &sub, Duration::from_secs(30)).await?;
+                }
+                Ok::<_, String>((i, c))
+            });
+        }
+        match set.join_next().await {
+            Some(Ok(Ok((i, c)))) => slots[i] = Some(c),
+            Some(Ok(Err(e))) => {
+                failures += 1;
+                first_err.get_or_insert(e);
+            }
+            Some(Err(e)) => {
+                failures += 1;
+                first_err.get_or_insert(e.to_string());
+            }
+            None => break,
+        }
+        if failures > 0 {
+            // Stop early: a benchmark with missing clients is not comparable.
+            set.abort_all();
+            return Err(format!(
+                "{failures} of {n} clients failed (after {} ok): {}",
+                slots.iter().filter(|s| s.is_some()).count(),
+                first_err.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(Connected {
+        clients: slots.into_iter().map(|s| s.unwrap()).collect(),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Drops whatever events have already arrived.
+pub fn drain(clients: &mut [Client]) {
+    for c in clients {
+        while c.try_next_event().is_some() {}
+    }
+}
+
+/// Closes the clients and gives the server a moment to see the disconnects.
+pub async fn close_all(clients: Vec<Client>, settle: Duration) {
+    for c in &clients {
+        c.close();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(clients);
+    tokio::time::sleep(settle).await;
+}

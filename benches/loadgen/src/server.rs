@@ -1,0 +1,239 @@
+//! Starting, measuring and stopping one server under test.
+//!
+//! The server runs as `taskset -c 0 <binary>` (taskset execs, so the child's pid is the
+//! server's), the load generator is pinned to core 1. Measurements come from /proc:
+//! VmRSS from /proc/PID/status and utime+stime (clock ticks) from /proc/PID/stat.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ours,
+    Node,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::Node => "node",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub ours_bin: PathBuf,
+    pub node_script: PathBuf,
+    pub repo_root: PathBuf,
+    pub secret: String,
+    pub server_core: usize,
+}
+
+pub struct Server {
+    #[allow(dead_code)]
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    child: Child,
+    log_path: PathBuf,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Server {
+    pub async fn start(kind: Kind, cfg: &ServerConfig) -> Result<Server, String> {
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log_path = std::env::temp_dir().join(format!(
+            "loadgen-{}-{}-{}.log",
+            kind.label(),
+            std::process::id(),
+            port
+        ));
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(cfg.server_core.to_string());
+        match kind {
+            Kind::Ours => {
+                cmd.arg(&cfg.ours_bin)
+                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    // No per-event logging in either server (the Node reference logs nothing).
+                    .env("RUST_LOG", "warn");
+            }
+            Kind::Node => {
+                cmd.arg("node")
+                    .arg(&cfg.node_script)
+                    .env("PORT", port.to_string())
+                    .env("HOST", "127.0.0.1");
+            }
+        }
+        cmd.env("JWT_SECRET", &cfg.secret)
+            .current_dir(&cfg.repo_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {kind:?} server: {e}"))?;
+        let pid = child.id().ok_or("server exited at once")?;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("listening on") {
+                    return Ok(line);
+                }
+            }
+            Err(())
+        })
+        .await;
+        match ready {
+            Ok(Ok(_line)) => {}
+            _ => {
+                let _ = child.kill().await;
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!(
+                    "{} server did not print 'listening on' (log {}):\n{}",
+                    kind.label(),
+                    log_path.display(),
+                    log.chars().take(2000).collect::<String>()
+                ));
+            }
+        }
+        // Keep draining stdout so a chatty server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server {
+            kind,
+            addr,
+            pid,
+            child,
+            log_path,
+        })
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// utime + stime of the whole process, in microseconds.
+    pub fn cpu_us(&self) -> Option<u64> {
+        proc_cpu_us(self.pid)
+    }
+
+    /// (utime, stime) of the whole process, in microseconds.
+    pub fn cpu_split_us(&self) -> Option<(u64, u64)> {
+        proc_cpu_split_us(self.pid)
+    }
+
+    /// GET /health, parsed as JSON.
+    pub async fn health(&self) -> Option<Value> {
+        let fut = async {
+            let mut s = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+            let req = format!(
+                "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.addr
+            );
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.ok()?;
+            let text = String::from_utf8_lossy(&buf);
+            let body = &text[text.find("\r\n\r\n")? + 4..];
+            let (a, b) = (body.find('{')?, body.rfind('}')?);
+            serde_json::from_str(&body[a..=b]).ok()
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Samples RSS until it stops moving (or `max` passes); returns the last value.
+    pub async fn settled_rss_kib(&self, min: Duration, max: Duration) -> Option<u64> {
+        let start = Instant::now();
+        tokio::time::sleep(min).await;
+        let mut last = self.rss_kib()?;
+        while start.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.rss_kib()?;
+            let moved = now.abs_diff(last);
+            last = now;
+            if moved * 200 < now {
+                break; // moved less than 0.5 %
+            }
+        }
+        Some(last)
+    }
+
+    pub async fn stop(mut self) {
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let start = log.len().saturating_sub(1500);
+        log[log.floor_char_boundary(start)..].to_string()
+    }
+}
+
+pub fn clk_tck() -> u64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+pub fn proc_cpu_us(pid: u32) -> Option<u64> {
+    proc_cpu_split_us(pid).map(|(u, s)| u + s)
+}
+
+pub fn proc_cpu_split_us(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let t = clk_tck();
+    Some((utime * 1_000_000 / t, stime * 1_000_000 / t))
+}
+
+/// This process's own CPU time (user + system) in microseconds.
+pub fn self_cpu_us() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
