@@ -11,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Waker};
 
 use socketioxide::socket::Sid;
 
@@ -82,8 +83,12 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Most events one socket may have waiting; beyond it the client is told to slow down.
 pub const MAX_QUEUED_EVENTS: usize = 1024;
 
-/// Runs jobs one at a time in submission order. A drain task exists only while there is work,
-/// so an idle socket costs no task.
+/// Runs jobs one at a time in submission order.
+///
+/// A job is first polled right where it is submitted (in the socket's receive path): most
+/// finish there, with no task spawned. One that has to wait (a contended room turn, a Redis
+/// round trip) moves into a drain task, which also runs whatever queued up behind it; the
+/// task ends when the queue is empty, so an idle socket costs no task.
 #[derive(Default)]
 struct Serial {
     state: Mutex<SerialState>,
@@ -91,7 +96,8 @@ struct Serial {
 
 #[derive(Default)]
 struct SerialState {
-    draining: bool,
+    /// A job is running (inline or in the drain task); new ones must queue.
+    busy: bool,
     queue: VecDeque<Job>,
 }
 
@@ -99,34 +105,50 @@ impl Serial {
     fn run(self: &Arc<Self>, job: impl Future<Output = ()> + Send + 'static) -> bool {
         {
             let mut state = lock(&self.state);
-            if state.draining {
+            if state.busy {
                 if state.queue.len() >= MAX_QUEUED_EVENTS {
                     return false;
                 }
                 state.queue.push_back(Box::pin(job));
                 return true;
             }
-            state.draining = true;
+            state.busy = true;
         }
+        let mut job: Job = Box::pin(job);
+        let mut cx = Context::from_waker(Waker::noop());
+        if job.as_mut().poll(&mut cx).is_ready() {
+            // Something may have queued meanwhile (a disconnect arrives from another task).
+            if let Some(next) = self.next_or_idle() {
+                self.drain(next);
+            }
+        } else {
+            // Polling again from a fresh task registers a real waker: the task's first poll
+            // is unconditional, so a wake-up aimed at the no-op waker is not lost.
+            self.drain(job);
+        }
+        true
+    }
+
+    /// Runs `first`, then the queue, in a task of their own.
+    fn drain(self: &Arc<Self>, first: Job) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            job.await;
+            let mut job = first;
             loop {
-                let next = {
-                    let mut state = lock(&this.state);
-                    let next = state.queue.pop_front();
-                    if next.is_none() {
-                        state.draining = false;
-                    }
-                    next
-                };
-                match next {
-                    Some(job) => job.await,
+                job.await;
+                match this.next_or_idle() {
+                    Some(next) => job = next,
                     None => return,
                 }
             }
         });
-        true
+    }
+
+    fn next_or_idle(&self) -> Option<Job> {
+        let mut state = lock(&self.state);
+        let next = state.queue.pop_front();
+        state.busy = next.is_some();
+        next
     }
 }
 
