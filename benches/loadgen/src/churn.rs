@@ -62,9 +62,15 @@ async fn worker(
                 t.self_events += 1;
             }
             match ev.name.as_str() {
-                "join-ok" if ev.data["roomId"] == Value::from(room_id.as_str()) => {
+                "join-ok" if ev.data["roomId"] == room_id.as_str() => {
                     ok = true;
                     break;
+                }
+                "join-ok" if std::env::var_os("LOADGEN_DEBUG").is_some() => {
+                    println!(
+                        "  debug: {me} got a late join-ok {} while waiting for {room_id}",
+                        ev.data
+                    );
                 }
                 "join-error" | "error" => {
                     t.errors += 1;
@@ -76,6 +82,9 @@ async fn worker(
         }
         if !ok {
             t.timeouts += 1;
+            if std::env::var_os("LOADGEN_DEBUG").is_some() {
+                println!("  debug: {me} got no join-ok for {room_id} (cycle of {name})");
+            }
         }
         let r = rand();
         if r % 4 == 0 {
@@ -133,6 +142,18 @@ pub async fn run(
             total,
         )));
     }
+    // RSS when half the cycles are done: with the end value it tells growth from a plateau.
+    let half = {
+        let next = next.clone();
+        let pid = server.pid;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            while next.load(Ordering::Relaxed) < total / 2 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            crate::server::proc_rss_kib(pid)
+        })
+    };
     let mut clients = Vec::new();
     let mut tally = Tally::default();
     // Bounded: every cycle waits at most 10 s for its join-ok.
@@ -148,6 +169,7 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed();
+    let rss_half = half.await.ok().flatten();
     let cpu1 = server.cpu_us().unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     fleet::drain(&mut clients);
@@ -180,6 +202,13 @@ pub async fn run(
         &sec,
         "RSS start (MiB)",
         Some(rss_start as f64 / 1024.0),
+        1,
+    );
+    report.set(
+        kind,
+        &sec,
+        "RSS at half the cycles (MiB)",
+        rss_half.map(|r| r as f64 / 1024.0),
         1,
     );
     report.set(

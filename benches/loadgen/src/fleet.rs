@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sioclient::{Client, ConnectError, Options};
 use tokio::task::JoinSet;
 
@@ -109,7 +109,7 @@ pub async fn join(
 ) -> Result<(), String> {
     client.emit("join-room", &json!({ "roomId": room, "name": name }));
     let ev = wait_for(client, wait, |e| {
-        (e.name == "join-ok" || e.name == "join-error") && e.data["roomId"] == Value::from(room)
+        (e.name == "join-ok" || e.name == "join-error") && e.data["roomId"] == room
     })
     .await
     .ok_or_else(|| format!("no join-ok for {room} within {wait:?}"))?;

@@ -95,6 +95,13 @@ pub async fn run(
         Some((cpu1 - cpu0) as f64 / n as f64),
         1,
     );
+    if plan.idle_hold > 0 {
+        println!(
+            "  holding {n} clients for {} s (server pid {})",
+            plan.idle_hold, server.pid
+        );
+        tokio::time::sleep(Duration::from_secs(plan.idle_hold)).await;
+    }
     if !server.alive() {
         report.fail(kind, format!("idle N={n}: server died"));
     }

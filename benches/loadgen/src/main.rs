@@ -71,6 +71,10 @@ struct Args {
     /// Idle: connection counts (each on a fresh server).
     #[arg(long, value_delimiter = ',')]
     idle_sizes: Option<Vec<usize>>,
+    /// Idle: keep the clients connected this many seconds after measuring (for profiling the
+    /// server with an outside tool, e.g. `vgdb --pid PID detailed_snapshot`).
+    #[arg(long, default_value_t = 0)]
+    idle_hold: u64,
     /// Relay: fixed offered rates in msg/s (saturation is always run too).
     #[arg(long, value_delimiter = ',')]
     relay_rates: Option<Vec<u64>>,
@@ -104,6 +108,7 @@ pub struct Plan {
     pub storm_rooms: Vec<usize>,
     pub storm_reps: usize,
     pub churn_cycles: u64,
+    pub idle_hold: u64,
     pub churn_pool: usize,
     pub churn_rooms: usize,
     pub secret: String,
@@ -194,6 +199,7 @@ async fn run(args: Args, nofile: u64) -> i32 {
         }),
         storm_reps: args.storm_reps.unwrap_or(if q { 1 } else { 3 }),
         churn_cycles: args.churn_cycles.unwrap_or(if q { 2_000 } else { 100_000 }),
+        idle_hold: args.idle_hold,
         churn_pool: if q { 100 } else { 1_000 },
         churn_rooms: if q { 25 } else { 250 },
         secret: args.secret.clone(),

@@ -97,7 +97,11 @@ a=fingerprint:sha-256 7B:8B:F0:65:5F:78:E2:51:3B:AC:6F:F3:3F:46:1B:35:DC:B8:5F:6
 }
 
 fn frame(b: &Bodies, src: &str, dst: &str, t: u64, n: u64, p: usize) -> String {
-    let body = if n % 10 == 0 { &b.offer } else { &b.candidate };
+    let body = if n.is_multiple_of(10) {
+        &b.offer
+    } else {
+        &b.candidate
+    };
     let mut s = String::with_capacity(body.len() + 128);
     s.push_str("42[\"#rtcio:message\",{\"source\":\"");
     s.push_str(src);
@@ -297,7 +301,10 @@ async fn phase(
     ph.lat_us.sort_unstable();
     if std::env::var_os("LOADGEN_DEBUG").is_some() {
         let qs = [0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999];
-        let v: Vec<String> = qs.iter().map(|&q| format!("p{}={}", q * 100.0, quantile(&ph.lat_us, q).unwrap_or(0.0))).collect();
+        let v: Vec<String> = qs
+            .iter()
+            .map(|&q| format!("p{}={}", q * 100.0, quantile(&ph.lat_us, q).unwrap_or(0.0)))
+            .collect();
         println!("  debug latency quantiles (us): {}", v.join(" "));
     }
     let secs = t1.duration_since(t0).as_secs_f64();
@@ -419,7 +426,28 @@ pub async fn run(
             Some(r) => format!("relay {r} msg/s"),
             None => "relay saturation".to_string(),
         };
-        let r = phase(&server, &peers, &shared, &bodies, rate, plan, 4).await;
+        // A window during which other processes ran on either core is repeated (bounded:
+        // three attempts), keeping the quietest one.
+        let noise = |r: &PhaseResult| {
+            let s = r.server_core.0 - r.server_cpu_pct.unwrap_or(0.0);
+            let l = r.loadgen_core.0 - r.loadgen_cpu_pct;
+            s.max(l).max(r.server_core.1).max(r.loadgen_core.1)
+        };
+        let mut r = phase(&server, &peers, &shared, &bodies, rate, plan, 4).await;
+        for attempt in 2..=3 {
+            if noise(&r) <= 10.0 {
+                break;
+            }
+            println!(
+                "  {label}: other processes took up to {:.0}% of a core during the window; repeating (attempt {attempt} of 3)",
+                noise(&r)
+            );
+            machine::wait_quiet(Duration::from_secs(120), 15.0).await;
+            let again = phase(&server, &peers, &shared, &bodies, rate, plan, 4).await;
+            if noise(&again) < noise(&r) {
+                r = again;
+            }
+        }
         report.set(kind, &label, "offered (msg/s)", Some(r.offered), 0);
         report.set(kind, &label, "delivered (msg/s)", Some(r.delivered), 0);
         report.set(kind, &label, "lost (msgs)", Some(r.lost as f64), 0);
@@ -491,10 +519,10 @@ pub async fn run(
                 r.loadgen_cpu_pct
             ));
         }
-        if let Some(t) = r.target {
-            if r.offered < 0.95 * t as f64 {
-                limits.push(format!("offered {:.0} msg/s of {t} targeted", r.offered));
-            }
+        if let Some(t) = r.target
+            && r.offered < 0.95 * t as f64
+        {
+            limits.push(format!("offered {:.0} msg/s of {t} targeted", r.offered));
         }
         if !limits.is_empty() {
             report.note(

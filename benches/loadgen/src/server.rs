@@ -69,7 +69,10 @@ impl Server {
                 cmd.arg(&cfg.ours_bin)
                     .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                     // No per-event logging in either server (the Node reference logs nothing).
-                    .env("RUST_LOG", "warn");
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("LOADGEN_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                    );
             }
             Kind::Node => {
                 cmd.arg("node")
@@ -129,14 +132,7 @@ impl Server {
 
     /// Resident set size in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        proc_rss_kib(self.pid)
     }
 
     /// utime + stime of the whole process, in microseconds.
@@ -198,7 +194,11 @@ impl Server {
         {
             let _ = self.child.kill().await;
         }
-        let _ = std::fs::remove_file(&self.log_path);
+        if std::env::var_os("LOADGEN_KEEP_LOGS").is_some() {
+            println!("  server log kept: {}", self.log_path.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
     }
 
     pub fn log_tail(&self) -> String {
@@ -236,4 +236,16 @@ pub fn self_cpu_us() -> u64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Resident set size of a process in KiB.
+pub fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
