@@ -19,6 +19,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::protocol::MediaState;
+use crate::session::Session;
 
 /// One member of a room as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,11 +163,11 @@ impl RoomStore {
         }
     }
 
-    /// Whether `target` is a member of any of `rooms` (the sender's rooms).
-    pub async fn shares_room(&self, rooms: &[Arc<str>], target: Sid) -> Result<bool, StoreError> {
+    /// Whether `target` is a member of any room `session` has joined.
+    pub async fn shares_room(&self, session: &Session, target: Sid) -> Result<bool, StoreError> {
         match self {
-            RoomStore::Memory(memory) => Ok(rooms.iter().any(|r| memory.is_member(r, target))),
-            RoomStore::Redis(redis) => redis.shares_room(rooms, target).await,
+            RoomStore::Memory(memory) => Ok(session.any_room(|r| memory.is_member(r, target))),
+            RoomStore::Redis(redis) => redis.shares_room(&session.rooms(), target).await,
         }
     }
 

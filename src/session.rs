@@ -53,7 +53,12 @@ impl Session {
     }
 
     pub fn in_room(&self, room: &str) -> bool {
-        lock(&self.rooms).iter().any(|r| &**r == room)
+        self.any_room(|r| r == room)
+    }
+
+    /// Whether any joined room satisfies `test` (without copying the list).
+    pub fn any_room(&self, mut test: impl FnMut(&str) -> bool) -> bool {
+        lock(&self.rooms).iter().any(|r| test(r))
     }
 
     pub fn add_room(&self, room: &str) {

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::handler::{MessageHandler, Value};
 use socketioxide::socket::{Sid, Socket};
+use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::auth::{AuthError, Verifier};
@@ -291,7 +291,7 @@ impl<A: Adapter> Signaling<A> {
             Ok(target) if target != session.sid => target,
             _ => return refuse(socket, p::RELAY, Refusal::UnknownTarget),
         };
-        match self.rooms.shares_room(&session.rooms(), target).await {
+        match self.rooms.shares_room(session, target).await {
             Ok(true) => {}
             Ok(false) => return refuse(socket, p::RELAY, Refusal::UnknownTarget),
             Err(e) => {
@@ -414,13 +414,21 @@ impl<A: Adapter> Signaling<A> {
     }
 }
 
-fn send<A: Adapter, T: Serialize + ?Sized>(socket: &Socket<A>, event: &str, data: &T) {
-    if let Err(e) = socket.emit(event, data) {
-        tracing::debug!(sid = %socket.id, event, cause = %e, "emit to sender failed");
+/// Emits to one socket on this node. A socket whose outgoing queue is full is too far behind
+/// to trust its view of the room any more: it is disconnected, so its client reconnects and
+/// rejoins with a fresh roster instead of silently missing events.
+fn send<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
+    match socket.emit(event, data) {
+        Ok(()) => {}
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+            tracing::warn!(sid = %socket.id, event, "outgoing queue full; disconnecting the socket");
+            let _ = socket.clone().disconnect();
+        }
+        Err(e) => tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed"),
     }
 }
 
-fn refuse<A: Adapter>(socket: &Socket<A>, event: &str, refusal: Refusal) {
+fn refuse<A: Adapter>(socket: &SocketRef<A>, event: &str, refusal: Refusal) {
     let reply = p::ErrorReply {
         event,
         code: refusal.code(),
