@@ -129,6 +129,20 @@ pub async fn connect_many(
     concurrency: usize,
     then: Then,
 ) -> Result<Connected, String> {
+    connect_many_spread(&[addr], secret, tag, n, concurrency, then).await
+}
+
+/// `connect_many` over several servers: client `i` connects to `addrs[i % addrs.len()]`
+/// (with two cluster nodes, the even clients go to the first and the odd ones to the second).
+pub async fn connect_many_spread(
+    addrs: &[SocketAddr],
+    secret: &str,
+    tag: &str,
+    n: usize,
+    concurrency: usize,
+    then: Then,
+) -> Result<Connected, String> {
+    assert!(!addrs.is_empty());
     let start = Instant::now();
     let mut slots: Vec<Option<Client>> = (0..n).map(|_| None).collect();
     let mut set = JoinSet::new();
@@ -142,6 +156,7 @@ pub async fn connect_many(
             let secret = secret.to_string();
             let sub = format!("{tag}-{i}");
             let then = then.clone();
+            let addr = addrs[i % addrs.len()];
             set.spawn(async move {
                 let mut c = connect_one(addr, &secret, &sub)
                     .await

@@ -6,7 +6,11 @@
 //! All traffic goes to 127.0.0.1 from 127.x.y.z source addresses; every loop is bounded in
 //! count and time.
 //!
-//!     loadgen --server ours|node|both --scenario idle|relay|storm|churn|all [--quick]
+//!     loadgen --server ours|node|both --scenario idle|relay|relay-cluster|storm|churn|all [--quick]
+//!
+//! `relay-cluster` (ours only; part of `all` when ours runs) starts a redis-server and two of
+//! our servers sharing it, splits every relay pair across the two nodes, and prints its own
+//! table next to a single-node run of the same workload.
 
 mod churn;
 mod fleet;
@@ -36,6 +40,8 @@ enum Which {
 enum Scenario {
     Idle,
     Relay,
+    /// The relay workload across two of our servers sharing a redis-server (ours only).
+    RelayCluster,
     Storm,
     Churn,
     All,
@@ -114,6 +120,8 @@ pub struct Plan {
     pub secret: String,
     pub server_core: usize,
     pub loadgen_core: usize,
+    /// Bound on the wait for idle cores before a run (zero: no wait).
+    pub quiet_wait: std::time::Duration,
 }
 
 fn pin_self(core: usize) {
@@ -178,6 +186,8 @@ async fn run(args: Args, nofile: u64) -> i32 {
         server_core: args.server_core,
     };
     let q = args.quick;
+    let quiet_max =
+        std::time::Duration::from_secs(args.quiet_wait.unwrap_or(if q { 5 } else { 300 }));
     let plan = Plan {
         quick: q,
         idle_sizes: args.idle_sizes.clone().unwrap_or(if q {
@@ -205,6 +215,7 @@ async fn run(args: Args, nofile: u64) -> i32 {
         secret: args.secret.clone(),
         server_core: args.server_core,
         loadgen_core: args.loadgen_core,
+        quiet_wait: quiet_max,
     };
     let kinds: Vec<Kind> = match args.server {
         Which::Ours => vec![Kind::Ours],
@@ -234,9 +245,13 @@ async fn run(args: Args, nofile: u64) -> i32 {
 
     let started = Instant::now();
     let mut report = Report::default();
+    let mut cluster_report = report::Report::new(
+        "relay-cluster: ours, one node vs two nodes + Redis",
+        "single node",
+        "cluster",
+        true,
+    );
     let mut failed = false;
-    let quiet_max =
-        std::time::Duration::from_secs(args.quiet_wait.unwrap_or(if q { 5 } else { 300 }));
     let quiet = |what: String| async move {
         if quiet_max.is_zero() || machine::wait_quiet(quiet_max, 15.0).await {
             None
@@ -270,6 +285,21 @@ async fn run(args: Args, nofile: u64) -> i32 {
             }
         }
     }
+    // Node has no cluster in this comparison: relay-cluster runs only with ours (and `all`
+    // includes it only then).
+    if args.scenario.contains(&Scenario::RelayCluster) && !kinds.contains(&Kind::Ours) {
+        eprintln!("--scenario relay-cluster needs --server ours (or both); skipped");
+        failed = true;
+    }
+    if wants(Scenario::RelayCluster) && kinds.contains(&Kind::Ours) {
+        if let Some(n) = quiet("relay-cluster".to_string()).await {
+            cluster_report.note(report::Col::Left, n);
+        }
+        if let Err(e) = relay::run_cluster(&cfg, &plan, &mut cluster_report).await {
+            cluster_report.note(report::Col::Right, format!("relay-cluster FAILED: {e}"));
+            failed = true;
+        }
+    }
     if wants(Scenario::Storm) {
         for &rooms in &plan.storm_rooms {
             for &k in &kinds {
@@ -294,10 +324,16 @@ async fn run(args: Args, nofile: u64) -> i32 {
             }
         }
     }
-    report.print();
-    println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());
-    if report.failures > 0 {
-        println!("{} check(s) failed", report.failures);
+    if !report.is_empty() {
+        report.print();
     }
-    if failed || report.failures > 0 { 1 } else { 0 }
+    if !cluster_report.is_empty() {
+        cluster_report.print();
+    }
+    println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());
+    let failures = report.failures + cluster_report.failures;
+    if failures > 0 {
+        println!("{failures} check(s) failed");
+    }
+    if failed || failures > 0 { 1 } else { 0 }
 }

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use crate::Plan;
 use crate::fleet::{self, Then};
 use crate::machine;
-use crate::report::{Report, quantile};
-use crate::server::{self, Kind, Server, ServerConfig};
+use crate::report::{Col, Report, quantile};
+use crate::server::{self, Kind, Redis, Server, ServerConfig};
 
 const EVENT: &str = "#rtcio:message";
 
@@ -191,7 +191,7 @@ async fn reader(
 
 /// `rate` None = saturation (closed loop).
 async fn phase(
-    server: &Server,
+    pids: &[u32],
     peers: &Arc<Vec<Peer>>,
     shared: &Arc<Shared>,
     bodies: &Arc<Bodies>,
@@ -281,14 +281,14 @@ async fn phase(
     };
     tokio::time::sleep_until(ws.into()).await;
     let (s0, l0, t0, m0) = (
-        server.cpu_split_us(),
+        cpu_of(pids),
         server::self_cpu_us(),
         Instant::now(),
         machine::snap(),
     );
     tokio::time::sleep_until(we.into()).await;
     let (s1, l1, t1, m1) = (
-        server.cpu_split_us(),
+        cpu_of(pids),
         server::self_cpu_us(),
         Instant::now(),
         machine::snap(),
@@ -296,6 +296,22 @@ async fn phase(
     let _ = sender.await;
     shared.phases.lock().unwrap()[p].running = false;
     tokio::time::sleep(drain).await;
+    // A rate the system did not hold leaves a backlog: let it arrive (bounded) so it does not
+    // spill into the next phase.
+    let backlog_until = Instant::now() + Duration::from_secs(30);
+    let counts = || {
+        let ph = &shared.phases.lock().unwrap()[p];
+        (ph.sent, ph.recv)
+    };
+    let (sent, mut last) = counts();
+    while last < sent && Instant::now() < backlog_until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let recv = counts().1;
+        if recv == last {
+            break;
+        }
+        last = recv;
+    }
     let mut phases = shared.phases.lock().unwrap();
     let ph = &mut phases[p];
     ph.lat_us.sort_unstable();
@@ -320,14 +336,15 @@ async fn phase(
         p99: quantile(&ph.lat_us, 0.99),
         p999: quantile(&ph.lat_us, 0.999),
         max: ph.lat_us.last().map(|&x| x as f64),
-        server_cpu_us: match (s0, s1) {
-            (Some(a), Some(b)) => Some(((b.0 - a.0) as f64, (b.1 - a.1) as f64)),
-            _ => None,
-        },
-        server_cpu_pct: match (s0, s1) {
-            (Some(a), Some(b)) => Some((b.0 + b.1 - a.0 - a.1) as f64 / (secs * 1e4)),
-            _ => None,
-        },
+        parts_cpu_us: s0
+            .iter()
+            .zip(&s1)
+            .map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Some(((b.0 - a.0) as f64, (b.1 - a.1) as f64)),
+                _ => None,
+            })
+            .collect(),
+        secs,
         loadgen_cpu_pct: (l1 - l0) as f64 / (secs * 1e4),
         server_core: machine::core_busy(&m0, &m1, plan.server_core),
         loadgen_core: machine::core_busy(&m0, &m1, plan.loadgen_core),
@@ -349,9 +366,10 @@ struct PhaseResult {
     p99: Option<f64>,
     p999: Option<f64>,
     max: Option<f64>,
-    /// (user, kernel) CPU time of the server over the window.
-    server_cpu_us: Option<(f64, f64)>,
-    server_cpu_pct: Option<f64>,
+    /// (user, kernel) CPU time of each measured process over the window.
+    parts_cpu_us: Vec<Option<(f64, f64)>>,
+    /// Length of the window as measured, seconds.
+    secs: f64,
     loadgen_cpu_pct: f64,
     /// (busy %, steal %) of the server's and the load generator's core over the window.
     server_core: (f64, f64),
@@ -362,31 +380,116 @@ struct PhaseResult {
     first_error: Option<String>,
 }
 
-pub async fn run(
-    kind: Kind,
-    cfg: &ServerConfig,
+impl PhaseResult {
+    /// (user, kernel) CPU time of all measured processes together over the window.
+    fn server_cpu_us(&self) -> Option<(f64, f64)> {
+        self.parts_cpu_us
+            .iter()
+            .try_fold((0.0, 0.0), |acc, p| p.map(|p| (acc.0 + p.0, acc.1 + p.1)))
+    }
+
+    /// CPU of all measured processes together, in % of one core.
+    fn server_cpu_pct(&self) -> Option<f64> {
+        self.server_cpu_us()
+            .map(|(u, k)| (u + k) / (self.secs * 1e4))
+    }
+
+    /// Did the system keep up with a fixed rate: offered and delivered within 5 % of the
+    /// target, and at most 0.1 % of the messages lost.
+    fn held(&self) -> bool {
+        match self.target {
+            Some(t) => {
+                self.offered >= 0.95 * t as f64
+                    && self.delivered >= 0.95 * t as f64
+                    && self.lost as f64 <= 0.001 * self.sent as f64
+            }
+            None => true,
+        }
+    }
+}
+
+/// (utime, stime) of each process, in microseconds.
+fn cpu_of(pids: &[u32]) -> Vec<Option<(u64, u64)>> {
+    pids.iter()
+        .map(|&pid| server::proc_cpu_split_us(pid))
+        .collect()
+}
+
+/// The system under test for one relay run: the servers the clients connect to (client `i`
+/// to `servers[i % len]`) and, in cluster mode, the Redis they share. The CPU of all of them
+/// is charged to the relayed messages.
+pub struct Target<'a> {
+    pub servers: &'a mut [Server],
+    pub redis: Option<&'a mut Redis>,
+}
+
+impl Target<'_> {
+    /// (label, pid) of each measured process.
+    fn parts(&self) -> Vec<(String, u32)> {
+        let mut parts: Vec<(String, u32)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("node {}", i + 1), s.pid))
+            .collect();
+        if let Some(r) = &self.redis {
+            parts.push(("redis-server".to_string(), r.pid));
+        }
+        parts
+    }
+
+    /// Why the system is no longer usable, if a process died.
+    fn dead(&mut self) -> Option<String> {
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            if !s.alive() {
+                return Some(format!("server {} died: {}", i + 1, s.log_tail()));
+            }
+        }
+        if let Some(r) = self.redis.as_mut()
+            && !r.alive()
+        {
+            return Some(format!("redis-server died: {}", r.log_tail()));
+        }
+        None
+    }
+}
+
+/// How one relay run is reported.
+pub struct RunOpts {
+    /// Report column.
+    pub col: Col,
+    /// Client subs and room names start with this.
+    pub tag: &'static str,
+    /// Also report the CPU per message of each process separately, in rows with these labels
+    /// (matched to `Target::parts`; a label without a process gets "-"), so two runs with
+    /// different parts line up in one table.
+    pub breakdown: &'static [&'static str],
+    /// Skip the higher fixed rates once one is not held (see `PhaseResult::held`).
+    pub stop_when_not_held: bool,
+}
+
+/// Connects the pairs (each pair's two clients to consecutive servers of `target`, so with two
+/// nodes every pair is split across them), then runs each fixed rate and saturation and
+/// reports them in `opts.col` of `report`.
+pub async fn bench(
+    target: &mut Target<'_>,
     plan: &Plan,
+    opts: &RunOpts,
     report: &mut Report,
 ) -> Result<(), String> {
+    let col = opts.col;
     let pairs = plan.relay_pairs;
-    println!("\n--- relay ({pairs} pairs) on {} ---", kind.label());
-    let mut server = Server::start(kind, cfg).await?;
-    let connected = fleet::connect_many(
-        server.addr,
+    let addrs: Vec<_> = target.servers.iter().map(|s| s.addr).collect();
+    let connected = fleet::connect_many_spread(
+        &addrs,
         &plan.secret,
-        "relay",
+        opts.tag,
         pairs * 2,
         64,
         Then::Join(|i| format!("relay-{}", i / 2)),
     )
-    .await;
-    let mut clients = match connected {
-        Ok(c) => c.clients,
-        Err(e) => {
-            server.stop().await;
-            return Err(e);
-        }
-    };
+    .await?;
+    let mut clients = connected.clients;
     // Let the join fan-out land, then forget it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     fleet::drain(&mut clients);
@@ -419,21 +522,28 @@ pub async fn run(
         )));
     }
 
+    let parts = target.parts();
+    let pids: Vec<u32> = parts.iter().map(|p| p.1).collect();
     let mut modes: Vec<Option<u64>> = plan.relay_rates.iter().map(|&r| Some(r)).collect();
     modes.push(None);
+    let mut skipping = false;
     for rate in modes {
         let label = match rate {
             Some(r) => format!("relay {r} msg/s"),
             None => "relay saturation".to_string(),
         };
+        if skipping && rate.is_some() {
+            report.note(col, format!("{label}: not run, a lower rate was not held"));
+            continue;
+        }
         // A window during which other processes ran on either core is repeated (bounded:
         // three attempts), keeping the quietest one.
         let noise = |r: &PhaseResult| {
-            let s = r.server_core.0 - r.server_cpu_pct.unwrap_or(0.0);
+            let s = r.server_core.0 - r.server_cpu_pct().unwrap_or(0.0);
             let l = r.loadgen_core.0 - r.loadgen_cpu_pct;
             s.max(l).max(r.server_core.1).max(r.loadgen_core.1)
         };
-        let mut r = phase(&server, &peers, &shared, &bodies, rate, plan, 4).await;
+        let mut r = phase(&pids, &peers, &shared, &bodies, rate, plan, 4).await;
         for attempt in 2..=3 {
             if noise(&r) <= 10.0 {
                 break;
@@ -443,117 +553,26 @@ pub async fn run(
                 noise(&r)
             );
             machine::wait_quiet(Duration::from_secs(120), 15.0).await;
-            let again = phase(&server, &peers, &shared, &bodies, rate, plan, 4).await;
+            let again = phase(&pids, &peers, &shared, &bodies, rate, plan, 4).await;
             if noise(&again) < noise(&r) {
                 r = again;
             }
         }
-        report.set(kind, &label, "offered (msg/s)", Some(r.offered), 0);
-        report.set(kind, &label, "delivered (msg/s)", Some(r.delivered), 0);
-        report.set(kind, &label, "lost (msgs)", Some(r.lost as f64), 0);
-        report.set(kind, &label, "latency p50 (us)", r.p50, 0);
-        report.set(kind, &label, "latency p90 (us)", r.p90, 0);
-        report.set(kind, &label, "latency p99 (us)", r.p99, 0);
-        report.set(kind, &label, "latency p99.9 (us)", r.p999, 0);
-        report.set(kind, &label, "latency max (us)", r.max, 0);
-        let per = |c: f64| c / r.recv_in_window.max(1) as f64;
-        report.set(
-            kind,
-            &label,
-            "server CPU per msg (us)",
-            r.server_cpu_us.map(|c| per(c.0 + c.1)),
-            2,
-        );
-        report.set(
-            kind,
-            &label,
-            "  user part (us)",
-            r.server_cpu_us.map(|c| per(c.0)),
-            2,
-        );
-        report.set(
-            kind,
-            &label,
-            "  kernel part (us)",
-            r.server_cpu_us.map(|c| per(c.1)),
-            2,
-        );
-        report.set(kind, &label, "server CPU (% of core)", r.server_cpu_pct, 0);
-        report.set(
-            kind,
-            &label,
-            "loadgen CPU (% of core)",
-            Some(r.loadgen_cpu_pct),
-            0,
-        );
-        let other_s = (r.server_core.0 - r.server_cpu_pct.unwrap_or(0.0)).max(0.0);
-        let other_l = (r.loadgen_core.0 - r.loadgen_cpu_pct).max(0.0);
-        report.set(
-            kind,
-            &label,
-            "other CPU on server core (%)",
-            Some(other_s),
-            0,
-        );
-        report.set(
-            kind,
-            &label,
-            "other CPU on loadgen core (%)",
-            Some(other_l),
-            0,
-        );
-        if other_s > 10.0 || other_l > 10.0 || r.server_core.1 > 5.0 || r.loadgen_core.1 > 5.0 {
+        report_phase(report, col, &label, &r, &parts, opts.breakdown);
+        if !r.held() {
             report.note(
-                kind,
+                col,
                 format!(
-                    "{label}: NOISY: other processes used {other_s:.0}% of the server core and {other_l:.0}% of the \
-                     load generator core (steal {:.0}% / {:.0}%); numbers are skewed",
-                    r.server_core.1, r.loadgen_core.1
+                    "{label}: NOT HELD: offered {:.0}, delivered {:.0} msg/s, {} of {} lost",
+                    r.offered, r.delivered, r.lost, r.sent
                 ),
             );
+            if opts.stop_when_not_held {
+                skipping = true;
+            }
         }
-        let mut limits = Vec::new();
-        if r.loadgen_cpu_pct >= 90.0 {
-            limits.push(format!(
-                "load generator CPU at {:.0}% of its core",
-                r.loadgen_cpu_pct
-            ));
-        }
-        if let Some(t) = r.target
-            && r.offered < 0.95 * t as f64
-        {
-            limits.push(format!("offered {:.0} msg/s of {t} targeted", r.offered));
-        }
-        if !limits.is_empty() {
-            report.note(
-                kind,
-                format!("{label}: LOADGEN-LIMITED: {}", limits.join("; ")),
-            );
-        }
-        if r.lost > 0 {
-            report.note(
-                kind,
-                format!("{label}: {} of {} messages not delivered", r.lost, r.sent),
-            );
-        }
-        if r.wrong_source > 0 {
-            report.fail(
-                kind,
-                format!("{label}: {} messages with a wrong source", r.wrong_source),
-            );
-        }
-        if r.errors > 0 {
-            report.note(
-                kind,
-                format!(
-                    "{label}: {} error events, first: {}",
-                    r.errors,
-                    r.first_error.unwrap_or_default()
-                ),
-            );
-        }
-        if !server.alive() {
-            report.fail(kind, format!("{label}: server died: {}", server.log_tail()));
+        if let Some(why) = target.dead() {
+            report.fail(col, format!("{label}: {why}"));
             break;
         }
     }
@@ -561,6 +580,242 @@ pub async fn run(
     for r in readers {
         let _ = r.await;
     }
-    server.stop().await;
     Ok(())
+}
+
+fn report_phase(
+    report: &mut Report,
+    col: Col,
+    label: &str,
+    r: &PhaseResult,
+    parts: &[(String, u32)],
+    breakdown: &[&str],
+) {
+    report.set(col, label, "offered (msg/s)", Some(r.offered), 0);
+    report.set(col, label, "delivered (msg/s)", Some(r.delivered), 0);
+    report.set(col, label, "lost (msgs)", Some(r.lost as f64), 0);
+    report.set(col, label, "latency p50 (us)", r.p50, 0);
+    report.set(col, label, "latency p90 (us)", r.p90, 0);
+    report.set(col, label, "latency p99 (us)", r.p99, 0);
+    report.set(col, label, "latency p99.9 (us)", r.p999, 0);
+    report.set(col, label, "latency max (us)", r.max, 0);
+    let per = |c: f64| c / r.recv_in_window.max(1) as f64;
+    let total = r.server_cpu_us();
+    report.set(
+        col,
+        label,
+        "server CPU per msg (us)",
+        total.map(|c| per(c.0 + c.1)),
+        2,
+    );
+    report.set(col, label, "  user part (us)", total.map(|c| per(c.0)), 2);
+    report.set(col, label, "  kernel part (us)", total.map(|c| per(c.1)), 2);
+    for name in breakdown {
+        let cpu = parts
+            .iter()
+            .position(|(n, _)| n == name)
+            .and_then(|i| r.parts_cpu_us[i]);
+        report.set(
+            col,
+            label,
+            &format!("  {name} (us)"),
+            cpu.map(|c| per(c.0 + c.1)),
+            2,
+        );
+    }
+    let server_pct = r.server_cpu_pct();
+    report.set(col, label, "server CPU (% of core)", server_pct, 0);
+    report.set(
+        col,
+        label,
+        "loadgen CPU (% of core)",
+        Some(r.loadgen_cpu_pct),
+        0,
+    );
+    let other_s = (r.server_core.0 - server_pct.unwrap_or(0.0)).max(0.0);
+    let other_l = (r.loadgen_core.0 - r.loadgen_cpu_pct).max(0.0);
+    report.set(col, label, "other CPU on server core (%)", Some(other_s), 0);
+    report.set(
+        col,
+        label,
+        "other CPU on loadgen core (%)",
+        Some(other_l),
+        0,
+    );
+    if other_s > 10.0 || other_l > 10.0 || r.server_core.1 > 5.0 || r.loadgen_core.1 > 5.0 {
+        report.note(
+            col,
+            format!(
+                "{label}: NOISY: other processes used {other_s:.0}% of the server core and {other_l:.0}% of the \
+                 load generator core (steal {:.0}% / {:.0}%); numbers are skewed",
+                r.server_core.1, r.loadgen_core.1
+            ),
+        );
+    }
+    let mut limits = Vec::new();
+    if r.loadgen_cpu_pct >= 90.0 {
+        limits.push(format!(
+            "load generator CPU at {:.0}% of its core",
+            r.loadgen_cpu_pct
+        ));
+    }
+    if let Some(t) = r.target
+        && r.offered < 0.95 * t as f64
+    {
+        limits.push(format!("offered {:.0} msg/s of {t} targeted", r.offered));
+    }
+    if !limits.is_empty() {
+        report.note(
+            col,
+            format!("{label}: LOADGEN-LIMITED: {}", limits.join("; ")),
+        );
+    }
+    if r.lost > 0 {
+        report.note(
+            col,
+            format!("{label}: {} of {} messages not delivered", r.lost, r.sent),
+        );
+    }
+    if r.wrong_source > 0 {
+        report.fail(
+            col,
+            format!("{label}: {} messages with a wrong source", r.wrong_source),
+        );
+    }
+    if r.errors > 0 {
+        report.note(
+            col,
+            format!(
+                "{label}: {} error events, first: {}",
+                r.errors,
+                r.first_error.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+}
+
+/// Notes the WARN/ERROR lines a server logged during a run.
+fn note_warnings(report: &mut Report, col: Col, name: &str, server: &Server) {
+    let (n, first) = server.log_warnings();
+    if n > 0 {
+        report.note(
+            col,
+            format!(
+                "{name} logged {n} WARN/ERROR line(s), first: {}",
+                first.join(" | ")
+            ),
+        );
+    }
+}
+
+/// The `relay` scenario against one server.
+pub async fn run(
+    kind: Kind,
+    cfg: &ServerConfig,
+    plan: &Plan,
+    report: &mut Report,
+) -> Result<(), String> {
+    println!(
+        "\n--- relay ({} pairs) on {} ---",
+        plan.relay_pairs,
+        kind.label()
+    );
+    let mut server = Server::start(kind, cfg).await?;
+    let opts = RunOpts {
+        col: kind.into(),
+        tag: "relay",
+        breakdown: &[],
+        stop_when_not_held: false,
+    };
+    let result = bench(
+        &mut Target {
+            servers: std::slice::from_mut(&mut server),
+            redis: None,
+        },
+        plan,
+        &opts,
+        report,
+    )
+    .await;
+    server.stop().await;
+    result
+}
+
+/// The `relay-cluster` scenario (ours only): the relay workload on one server (left column of
+/// `report`), then on two servers sharing one redis-server (right column), every pair split
+/// across the two nodes. All processes run on the server core; the CPU per message counts
+/// both servers and Redis.
+pub async fn run_cluster(
+    cfg: &ServerConfig,
+    plan: &Plan,
+    report: &mut Report,
+) -> Result<(), String> {
+    let pairs = plan.relay_pairs;
+    println!("\n--- relay-cluster, single-node baseline ({pairs} pairs) on ours ---");
+    let mut server = Server::start(Kind::Ours, cfg).await?;
+    let opts = RunOpts {
+        col: Col::Left,
+        tag: "relay",
+        breakdown: &["node 1", "node 2", "redis-server"],
+        stop_when_not_held: true,
+    };
+    let single = bench(
+        &mut Target {
+            servers: std::slice::from_mut(&mut server),
+            redis: None,
+        },
+        plan,
+        &opts,
+        report,
+    )
+    .await;
+    note_warnings(report, Col::Left, "the server", &server);
+    server.stop().await;
+    single?;
+
+    if !plan.quiet_wait.is_zero() {
+        machine::wait_quiet(plan.quiet_wait, 15.0).await;
+    }
+    println!(
+        "\n--- relay-cluster, 2 nodes + redis-server ({pairs} pairs, each split across the nodes) on ours ---"
+    );
+    let mut redis = Redis::start(cfg.server_core).await?;
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        match Server::start_with_env(Kind::Ours, cfg, &env).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                for s in servers {
+                    s.stop().await;
+                }
+                redis.stop().await;
+                return Err(e);
+            }
+        }
+    }
+    let opts = RunOpts {
+        col: Col::Right,
+        tag: "relay-x",
+        ..opts
+    };
+    let cluster = bench(
+        &mut Target {
+            servers: &mut servers,
+            redis: Some(&mut redis),
+        },
+        plan,
+        &opts,
+        report,
+    )
+    .await;
+    for (i, s) in servers.iter().enumerate() {
+        note_warnings(report, Col::Right, &format!("node {}", i + 1), s);
+    }
+    for s in servers {
+        s.stop().await;
+    }
+    redis.stop().await;
+    cluster
 }

@@ -53,6 +53,15 @@ fn free_port() -> std::io::Result<u16> {
 
 impl Server {
     pub async fn start(kind: Kind, cfg: &ServerConfig) -> Result<Server, String> {
+        Server::start_with_env(kind, cfg, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables (e.g. `REDIS_URL` for cluster mode).
+    pub async fn start_with_env(
+        kind: Kind,
+        cfg: &ServerConfig,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log_path = std::env::temp_dir().join(format!(
@@ -81,8 +90,11 @@ impl Server {
                     .env("HOST", "127.0.0.1");
             }
         }
-        cmd.env("JWT_SECRET", &cfg.secret)
-            .current_dir(&cfg.repo_root)
+        cmd.env("JWT_SECRET", &cfg.secret);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.current_dir(&cfg.repo_root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -138,11 +150,6 @@ impl Server {
     /// utime + stime of the whole process, in microseconds.
     pub fn cpu_us(&self) -> Option<u64> {
         proc_cpu_us(self.pid)
-    }
-
-    /// (utime, stime) of the whole process, in microseconds.
-    pub fn cpu_split_us(&self) -> Option<(u64, u64)> {
-        proc_cpu_split_us(self.pid)
     }
 
     /// GET /health, parsed as JSON.
@@ -202,9 +209,129 @@ impl Server {
     }
 
     pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path)
+    }
+
+    /// Lines of the server's log (stderr) at WARN or ERROR level: (count, first few).
+    pub fn log_warnings(&self) -> (usize, Vec<String>) {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let start = log.len().saturating_sub(1500);
-        log[log.floor_char_boundary(start)..].to_string()
+        let hits: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+            .collect();
+        (
+            hits.len(),
+            hits.iter().take(3).map(|l| strip_ansi(l)).collect(),
+        )
+    }
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let start = log.len().saturating_sub(1500);
+    log[log.floor_char_boundary(start)..].to_string()
+}
+
+/// Removes terminal colour codes (tracing's fmt layer colours its level names).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `redis-server` for cluster mode: no persistence, loopback only, pinned like the servers
+/// (`taskset -c CORE redis-server ...`; taskset execs, so the child's pid is Redis's).
+pub struct Redis {
+    pub port: u16,
+    pub pid: u32,
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl Redis {
+    pub async fn start(core: usize) -> Result<Redis, String> {
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let log_path =
+            std::env::temp_dir().join(format!("loadgen-redis-{}-{}.log", std::process::id(), port));
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
+        let mut child = Command::new("taskset")
+            .arg("-c")
+            .arg(core.to_string())
+            .arg("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--bind", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawning redis-server: {e}"))?;
+        let pid = child.id().ok_or("redis-server exited at once")?;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let ready = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Ready to accept connections") {
+                    return true;
+                }
+                seen.push(line);
+            }
+            false
+        })
+        .await;
+        if ready != Ok(true) {
+            let _ = child.kill().await;
+            return Err(format!(
+                "redis-server did not get ready:\n{}",
+                seen.join("\n")
+            ));
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Redis {
+            port,
+            pid,
+            child,
+            log_path,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path)
+    }
+
+    pub async fn stop(mut self) {
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 
