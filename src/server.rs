@@ -136,7 +136,7 @@ pub async fn run(
         .build_layer();
     let signaling = Signaling::new(
         io.clone(),
-        RoomStore::Redis(rooms),
+        RoomStore::Redis(Box::new(rooms)),
         Arc::clone(&verifier),
         limits,
     );
