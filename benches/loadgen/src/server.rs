@@ -215,14 +215,13 @@ impl Server {
     /// Lines of the server's log (stderr) at WARN or ERROR level: (count, first few).
     pub fn log_warnings(&self) -> (usize, Vec<String>) {
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let hits: Vec<&str> = log
+        // tracing colours the level even into a file: match on the plain text.
+        let hits: Vec<String> = log
             .lines()
+            .map(strip_ansi)
             .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
             .collect();
-        (
-            hits.len(),
-            hits.iter().take(3).map(|l| strip_ansi(l)).collect(),
-        )
+        (hits.len(), hits.into_iter().take(3).collect())
     }
 }
 
@@ -375,4 +374,19 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn strips_tracing_colours() {
+        let line = "\u{1b}[2m2026-11-24T06:42:16.863693Z\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m \u{1b}[2mrtcio_signal\u{1b}[0m\u{1b}[2m:\u{1b}[0m cannot reach Redis";
+        assert_eq!(
+            strip_ansi(line),
+            "2026-11-24T06:42:16.863693Z ERROR rtcio_signal: cannot reach Redis"
+        );
+        assert!(strip_ansi(line).contains(" ERROR "));
+    }
 }
