@@ -141,11 +141,11 @@ impl<A: Adapter> Signaling<A> {
     ) {
         let request = match JoinRequest::parse(payload) {
             Ok(request) => request,
-            Err((room, refusal)) => return self.refuse_join(socket, room.as_deref(), refusal),
+            Err((room, refusal)) => return refuse_join(socket, room.as_deref(), refusal),
         };
         let room = request.room_id.as_str();
         if !session.identity.may_join(room) {
-            return self.refuse_join(socket, Some(room), Refusal::Forbidden);
+            return refuse_join(socket, Some(room), Refusal::Forbidden);
         }
         let name: Arc<str> = match &session.identity.name {
             Some(name) => Arc::clone(name),
@@ -169,11 +169,11 @@ impl<A: Adapter> Signaling<A> {
                 return send(socket, p::JOIN_OK, &p::JoinOk { room_id: room });
             }
             Ok(JoinOutcome::Full) => {
-                return self.refuse_join(socket, Some(room), Refusal::RoomFull);
+                return refuse_join(socket, Some(room), Refusal::RoomFull);
             }
             Err(e) => {
                 tracing::error!(room, cause = %e, "join failed: room state unavailable");
-                return self.refuse_join(socket, Some(room), Refusal::Unavailable);
+                return refuse_join(socket, Some(room), Refusal::Unavailable);
             }
         };
         session.add_room(room);
@@ -403,15 +403,6 @@ impl<A: Adapter> Signaling<A> {
             tracing::warn!(event, cause = %e, "cross-node delivery failed");
         }
     }
-
-    fn refuse_join(&self, socket: &SocketRef<A>, room: Option<&str>, refusal: Refusal) {
-        let reply = p::JoinError {
-            room_id: room,
-            reason: refusal.code(),
-            message: refusal.message(),
-        };
-        send(socket, p::JOIN_ERROR, &reply);
-    }
 }
 
 /// Emits to one socket on this node. A socket whose outgoing queue is full is too far behind
@@ -426,6 +417,15 @@ fn send<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, d
         }
         Err(e) => tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed"),
     }
+}
+
+fn refuse_join<A: Adapter>(socket: &SocketRef<A>, room: Option<&str>, refusal: Refusal) {
+    let reply = p::JoinError {
+        room_id: room,
+        reason: refusal.code(),
+        message: refusal.message(),
+    };
+    send(socket, p::JOIN_ERROR, &reply);
 }
 
 fn refuse<A: Adapter>(socket: &SocketRef<A>, event: &str, refusal: Refusal) {

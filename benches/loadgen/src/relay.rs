@@ -720,23 +720,38 @@ pub async fn run(
         plan.relay_pairs,
         kind.label()
     );
-    let mut server = Server::start(kind, cfg).await?;
     let opts = RunOpts {
         col: kind.into(),
         tag: "relay",
         breakdown: &[],
         stop_when_not_held: false,
     };
+    bench_one_server(kind, cfg, plan, &opts, report, false).await
+}
+
+/// The relay workload against one freshly started server, stopped afterwards.
+async fn bench_one_server(
+    kind: Kind,
+    cfg: &ServerConfig,
+    plan: &Plan,
+    opts: &RunOpts,
+    report: &mut Report,
+    note_server_warnings: bool,
+) -> Result<(), String> {
+    let mut server = Server::start(kind, cfg).await?;
     let result = bench(
         &mut Target {
             servers: std::slice::from_mut(&mut server),
             redis: None,
         },
         plan,
-        &opts,
+        opts,
         report,
     )
     .await;
+    if note_server_warnings {
+        note_warnings(report, opts.col, "the server", &server);
+    }
     server.stop().await;
     result
 }
@@ -752,26 +767,13 @@ pub async fn run_cluster(
 ) -> Result<(), String> {
     let pairs = plan.relay_pairs;
     println!("\n--- relay-cluster, single-node baseline ({pairs} pairs) on ours ---");
-    let mut server = Server::start(Kind::Ours, cfg).await?;
     let opts = RunOpts {
         col: Col::Left,
         tag: "relay",
         breakdown: &["node 1", "node 2", "redis-server"],
         stop_when_not_held: true,
     };
-    let single = bench(
-        &mut Target {
-            servers: std::slice::from_mut(&mut server),
-            redis: None,
-        },
-        plan,
-        &opts,
-        report,
-    )
-    .await;
-    note_warnings(report, Col::Left, "the server", &server);
-    server.stop().await;
-    single?;
+    bench_one_server(Kind::Ours, cfg, plan, &opts, report, true).await?;
 
     if !plan.quiet_wait.is_zero() {
         machine::wait_quiet(plan.quiet_wait, 15.0).await;

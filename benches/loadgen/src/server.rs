@@ -192,15 +192,7 @@ impl Server {
     }
 
     pub async fn stop(mut self) {
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        terminate(self.pid, &mut self.child).await;
         if std::env::var_os("LOADGEN_KEEP_LOGS").is_some() {
             println!("  server log kept: {}", self.log_path.display());
         } else {
@@ -222,6 +214,19 @@ impl Server {
             .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
             .collect();
         (hits.len(), hits.into_iter().take(3).collect())
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process is still there after 5 s.
+async fn terminate(pid: u32, child: &mut tokio::process::Child) {
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 
@@ -321,15 +326,7 @@ impl Redis {
     }
 
     pub async fn stop(mut self) {
-        unsafe {
-            libc::kill(self.pid as i32, libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        terminate(self.pid, &mut self.child).await;
         let _ = std::fs::remove_file(&self.log_path);
     }
 }
