@@ -8,10 +8,13 @@
 //! - [`server`]: HTTP routes, the listener and graceful shutdown.
 //! - [`cluster`]: room state in Redis for several processes; [`pubsub`]: their transport.
 //! - [`config`]: every setting.
+//! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
+#[cfg(feature = "heap-census")]
+pub mod heap_census;
 pub mod protocol;
 pub mod pubsub;
 pub mod rooms;

@@ -281,11 +281,16 @@ async fn serve<A: Adapter>(
         verifier,
         ice_servers,
     });
-    let mut app = Router::new()
+    let app = Router::new()
         .route("/health", get(health::<A>))
         .route("/client-config", get(client_config::<A>))
-        .route("/dev/token", get(dev_token::<A>))
-        .with_state(http);
+        .route("/dev/token", get(dev_token::<A>));
+    #[cfg(feature = "heap-census")]
+    let app = app.route(
+        "/debug/heap",
+        get(|| async { Json(crate::heap_census::snapshot()) }),
+    );
+    let mut app = app.with_state(http);
     if let Some(dir) = &config.demo_dir {
         if !dir.join("index.html").is_file() {
             return Err(StartError(format!(

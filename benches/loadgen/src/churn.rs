@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sioclient::Client;
 
-use crate::Plan;
 use crate::fleet::{self, Then};
 use crate::report::Report;
 use crate::server::{Kind, Server, ServerConfig};
+use crate::{Plan, census};
 
 #[derive(Default)]
 struct Tally {
@@ -128,6 +128,7 @@ pub async fn run(
         .settled_rss_kib(settle, settle * 4)
         .await
         .ok_or("no RSS")?;
+    let heap_start = server.heap_census().await;
     let cpu0 = server.cpu_us().unwrap_or(0);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -178,6 +179,9 @@ pub async fn run(
         .await
         .ok_or("no RSS")?;
     let health_end = server.health().await;
+    if let (Some(start), Some(end)) = (heap_start, server.heap_census().await) {
+        census::print_growth("start to end of the cycles", &start, &end, pool);
+    }
     fleet::close_all(clients, settle).await;
     let rss_closed = server.rss_kib();
     let health_closed = server.health().await;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::Plan;
 use crate::fleet::{self, Then};
 use crate::report::Report;
 use crate::server::{Kind, Server, ServerConfig};
+use crate::{Plan, census};
 
 fn room_of(i: usize) -> String {
     format!("idle-{}", i / 4)
@@ -34,6 +34,7 @@ pub async fn run(
         .settled_rss_kib(settle, max_settle)
         .await
         .ok_or("no RSS")?;
+    let heap_before = server.heap_census().await;
     let cpu0 = server.cpu_us().unwrap_or(0);
     let res = fleet::connect_many(
         server.addr,
@@ -59,6 +60,9 @@ pub async fn run(
         .await
         .ok_or("no RSS")?;
     fleet::drain(&mut clients.clients);
+    if let (Some(before), Some(after)) = (heap_before, server.heap_census().await) {
+        census::print_growth("connected and joined", &before, &after, n);
+    }
     let sec = format!("idle N={n}");
     report.set(
         kind,

@@ -12,6 +12,7 @@
 //! our servers sharing it, splits every relay pair across the two nodes, and prints its own
 //! table next to a single-node run of the same workload.
 
+mod census;
 mod churn;
 mod fleet;
 mod idle;

@@ -38,7 +38,6 @@ pub struct ServerConfig {
 }
 
 pub struct Server {
-    #[allow(dead_code)]
     pub kind: Kind,
     pub addr: SocketAddr,
     pub pid: u32,
@@ -154,16 +153,33 @@ impl Server {
 
     /// GET /health, parsed as JSON.
     pub async fn health(&self) -> Option<Value> {
+        self.get_json("/health").await
+    }
+
+    /// The live heap by allocation size, when the server is a `heap-census` build (see
+    /// `benches/heap-census`); `None` for every other build and for Node.
+    pub async fn heap_census(&self) -> Option<Value> {
+        match self.kind {
+            Kind::Ours => self.get_json("/debug/heap").await,
+            Kind::Node => None,
+        }
+    }
+
+    /// GET `path` and parse the JSON object in the body (`None` on any failure or non-200).
+    async fn get_json(&self, path: &str) -> Option<Value> {
         let fut = async {
             let mut s = tokio::net::TcpStream::connect(self.addr).await.ok()?;
             let req = format!(
-                "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
                 self.addr
             );
             s.write_all(req.as_bytes()).await.ok()?;
             let mut buf = Vec::new();
             s.read_to_end(&mut buf).await.ok()?;
             let text = String::from_utf8_lossy(&buf);
+            if !text.starts_with("HTTP/1.1 200") {
+                return None;
+            }
             let body = &text[text.find("\r\n\r\n")? + 4..];
             let (a, b) = (body.find('{')?, body.rfind('}')?);
             serde_json::from_str(&body[a..=b]).ok()
