@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{OriginalUri, Query, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -341,16 +341,38 @@ async fn serve<A: Adapter>(
     Ok(())
 }
 
+/// Where socketioxide listens (its default `req_path`).
+const SOCKET_IO_PATH: &str = "/socket.io/";
+
+/// The headers a Socket.IO request keeps: what the WebSocket and polling handshakes read (CORS
+/// has already run). socketioxide stores each socket's request for the socket's whole life, so a
+/// browser's user agent, language list and cookies would otherwise stay in memory with every
+/// connection (measured with Chromium's upgrade headers: 0.3 KB, plus 2.6 KB for a 1 KB cookie).
+const SOCKET_IO_HEADERS: [HeaderName; 9] = [
+    header::HOST,
+    header::ORIGIN,
+    header::UPGRADE,
+    header::CONNECTION,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+];
+
 /// hyper parses a request's URI and headers as slices of its connection read buffer (8 to 16
 /// KiB), and socketioxide keeps them for the socket's whole life, which would pin that buffer
-/// once per WebSocket. Copying them out (and dropping axum's copy of the URI) lets it go.
+/// once per WebSocket. Copying them out (and dropping axum's copy of the URI) lets it go; a
+/// Socket.IO request keeps only [`SOCKET_IO_HEADERS`].
 async fn detach_from_read_buffer(mut request: Request) -> Request {
     if let Ok(uri) = request.uri().to_string().parse::<Uri>() {
         *request.uri_mut() = uri;
     }
+    let socket_io = request.uri().path().starts_with(SOCKET_IO_PATH);
     let headers: HeaderMap = request
         .headers()
         .iter()
+        .filter(|(name, _)| !socket_io || SOCKET_IO_HEADERS.contains(name))
         .filter_map(|(name, value)| {
             let name = HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
             let value = HeaderValue::from_bytes(value.as_bytes()).ok()?;
@@ -405,5 +427,56 @@ async fn dev_token<A: Adapter>(
         }))
         .into_response(),
         None => (StatusCode::NOT_FOUND, "dev mode is off").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn browser_request(path: &str) -> Request {
+        Request::builder()
+            .uri(path)
+            .header(header::HOST, "signal.example")
+            .header(header::ORIGIN, "https://app.example")
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .header(
+                header::USER_AGENT,
+                "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0",
+            )
+            .header(header::ACCEPT_LANGUAGE, "en-US,en;q=0.9")
+            .header(header::COOKIE, "session=0123456789abcdef")
+            .body(axum::body::Body::empty())
+            .expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn a_socket_io_request_keeps_only_the_handshake_headers() {
+        let request =
+            detach_from_read_buffer(browser_request("/socket.io/?EIO=4&transport=websocket")).await;
+        let mut kept: Vec<&str> = request.headers().keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            [
+                "connection",
+                "host",
+                "origin",
+                "sec-websocket-key",
+                "sec-websocket-version",
+                "upgrade"
+            ]
+        );
+        assert_eq!(request.uri().query(), Some("EIO=4&transport=websocket"));
+    }
+
+    #[tokio::test]
+    async fn other_requests_keep_every_header() {
+        let request = detach_from_read_buffer(browser_request("/index.html")).await;
+        assert_eq!(request.headers().len(), 9);
+        assert!(request.headers().contains_key(header::COOKIE));
     }
 }
