@@ -86,7 +86,7 @@ pub const DEV_TOKEN_SECONDS: u64 = 3600;
 impl Verifier {
     pub fn from_config(config: &Config) -> Result<Verifier, KeyError> {
         if config.dev {
-            let secret = random_secret();
+            let secret = random_hex(32);
             let mut verifier = Verifier::hs256(secret.as_bytes(), config);
             verifier.dev_signer = Some(EncodingKey::from_secret(secret.as_bytes()));
             return Ok(verifier);
@@ -205,10 +205,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn random_secret() -> String {
-    random_hex(32)
 }
 
 /// `bytes` random bytes as lowercase hex.

@@ -35,6 +35,14 @@ impl PubSub {
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(PubSub { conn, handlers })
     }
+
+    /// Round trip on the subscriber connection. Called on every heartbeat so a connection
+    /// that died with Redis is rebuilt (and resubscribed) even when this node publishes
+    /// nothing.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async(&mut conn).await
+    }
 }
 
 /// Hands a pushed message to the stream subscribed to its channel.
@@ -71,16 +79,6 @@ impl std::fmt::Display for PubSubError {
 }
 
 impl std::error::Error for PubSubError {}
-
-impl PubSub {
-    /// Round trip on the subscriber connection. Called on every heartbeat so a connection
-    /// that died with Redis is rebuilt (and resubscribed) even when this node publishes
-    /// nothing.
-    pub async fn ping(&self) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async(&mut conn).await
-    }
-}
 
 /// Publishing retries this often when the connection was just lost: the manager reconnects
 /// in the background and the message still goes out if Redis is back.

@@ -89,17 +89,12 @@ pub async fn run(
         let store = RoomStore::Memory(MemoryRooms::default());
         let signaling = Signaling::new(io.clone(), store, Arc::clone(&verifier), limits);
         signaling.attach();
-        return serve(
-            config,
-            listener,
-            layer,
-            io,
+        let http = Http {
             signaling,
             verifier,
             ice_servers,
-            shutdown,
-        )
-        .await;
+        };
+        return serve(config, listener, layer, io, http, shutdown).await;
     };
 
     let client = redis::Client::open(with_resp3(&redis_url))
@@ -144,26 +139,18 @@ pub async fn run(
 
     let heartbeat = tokio::spawn(keep_node_alive(Arc::clone(&signaling), io.clone(), pubsub));
     let grace = config.shutdown_grace();
-    let served = serve(
-        config,
-        listener,
-        layer,
-        io,
-        Arc::clone(&signaling),
+    let http = Http {
+        signaling: Arc::clone(&signaling),
         verifier,
         ice_servers,
-        shutdown,
-    )
-    .await;
+    };
+    let served = serve(config, listener, layer, io, http, shutdown).await;
     // The heartbeat runs until this node's sockets have left their rooms; if they don't in
     // time, the node's entries stay and the survivors reap them once the heartbeat lapses.
-    if signaling.drained(grace).await {
-        heartbeat.abort();
-        if let Err(e) = signaling.deregister_node().await {
-            tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");
-        }
-    } else {
-        heartbeat.abort();
+    let drained = signaling.drained(grace).await;
+    heartbeat.abort();
+    if drained && let Err(e) = signaling.deregister_node().await {
+        tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");
     }
     served
 }
@@ -220,11 +207,8 @@ async fn keep_node_alive(
         if let Err(e) = pubsub.ping().await {
             tracing::error!(cause = %e, "cluster pub/sub connection down");
         }
-        match signaling.reap_dead_nodes().await {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable")
-            }
+        if let Err(e) = signaling.reap_dead_nodes().await {
+            tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable");
         }
     }
 }
@@ -257,18 +241,15 @@ fn limits(config: &Config) -> Limits {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve<A: Adapter>(
     config: Config,
     listener: TcpListener,
     layer: socketioxide::layer::SocketIoLayer<A>,
     io: SocketIo<A>,
-    signaling: Arc<Signaling<A>>,
-    verifier: Arc<Verifier>,
-    ice_servers: serde_json::Value,
+    http: Http<A>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    if verifier.is_dev() {
+    if http.verifier.is_dev() {
         tracing::warn!(
             "DEV MODE: tokens are signed with a random secret made at start and anyone can \
              get one from GET /dev/token. Do not expose this server to the internet."
@@ -276,11 +257,6 @@ async fn serve<A: Adapter>(
         eprintln!("*** rtcio-signal is running in DEV MODE: GET /dev/token hands out tokens ***");
     }
 
-    let http = Arc::new(Http {
-        signaling,
-        verifier,
-        ice_servers,
-    });
     let app = Router::new()
         .route("/health", get(health::<A>))
         .route("/client-config", get(client_config::<A>))
@@ -290,7 +266,7 @@ async fn serve<A: Adapter>(
         "/debug/heap",
         get(|| async { Json(crate::heap_census::snapshot()) }),
     );
-    let mut app = app.with_state(http);
+    let mut app = app.with_state(Arc::new(http));
     if let Some(dir) = &config.demo_dir {
         if !dir.join("index.html").is_file() {
             return Err(StartError(format!(

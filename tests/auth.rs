@@ -87,9 +87,7 @@ async fn hs256_refusals_match_the_contract() {
     );
 
     // The refused attempts left the server serving everyone else.
-    let (mut alice, _) = server.joined("alice", "r").await;
-    let (bob, _) = server.joined("bob", "r").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, bob) = support::pair(&server, &server, "r").await;
     alice.assert_nothing_before_probe(&bob).await;
 }
 
@@ -99,12 +97,7 @@ async fn claims_name_rooms_and_sub_shape_the_session() {
     let exp = unix_now() + 600;
     let token = server
         .sign(&json!({ "sub": "user-7", "exp": exp, "name": "Dr. Seven", "rooms": ["allowed"] }));
-    let mut seven = support::Peer {
-        client: server
-            .connect_with(Some(json!({ "token": token })))
-            .await
-            .expect("connect"),
-    };
+    let mut seven = server.client_with_token(&token).await;
     seven.join("elsewhere", "x");
     let err = seven.expect("join-error").await;
     assert_eq!(
@@ -132,9 +125,7 @@ async fn rs256_public_key_verifies_and_refuses_key_confusion() {
             EncodingKey::from_rsa_pem(&pem("rsa-private.pem")).expect("rsa key"),
             Algorithm::RS256,
         );
-    let (mut alice, _) = server.joined("alice", "r").await;
-    let (_bob, _) = server.joined("bob", "r").await;
-    alice.until("#rtcio:init-offer").await;
+    let (_alice, _bob) = support::pair(&server, &server, "r").await;
 
     // HS256 signed with the public key's PEM bytes as the secret: the classic confusion.
     let claims = json!({ "sub": "eve", "exp": unix_now() + 60 });
@@ -211,12 +202,7 @@ async fn dev_tokens_exist_only_in_dev_mode() {
     let dev = Server::start_with(&["--dev"], &[]).await;
     let minted = support::http_get_json(dev.addr, "/dev/token?name=Ann").await;
     let token = minted["token"].as_str().expect("token");
-    let mut ann = support::Peer {
-        client: dev
-            .connect_with(Some(json!({ "token": token })))
-            .await
-            .expect("dev token works"),
-    };
+    let mut ann = dev.client_with_token(token).await;
     ann.join("r", "ignored");
     ann.expect("join-ok").await;
     // Tokens from another server's random secret are worthless here.
@@ -249,8 +235,12 @@ async fn refuses_to_start_without_a_key() {
     let short = tokio::process::Command::new(support::server_bin())
         .args(["--host", "127.0.0.1", "--port", "0"])
         .env("JWT_SECRET", "short")
+        .env_remove("JWT_PUBLIC_KEY_FILE")
+        .env_remove("DEV_MODE")
         .output()
         .await
         .expect("run server");
     assert!(!short.status.success());
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(stderr.contains("at least 16 bytes"), "{stderr}");
 }

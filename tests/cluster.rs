@@ -166,23 +166,18 @@ async fn a_call_spans_two_nodes() {
 async fn isolation_holds_across_nodes() {
     let redis = Redis::start().await;
     let (a, b) = (node(&redis).await, node(&redis).await);
-    let (mut alice, _) = a.joined("alice", "private").await;
-    let (bob, _) = b.joined("bob", "private").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, bob) = support::pair(&a, &b, "private").await;
     let (mut mallory, _) = b.joined("mallory", "elsewhere").await;
 
     mallory.relay(alice.id(), json!({ "x": 1 }));
-    assert_eq!(
-        mallory.expect("error").await["code"],
-        json!("unknown-target")
-    );
+    mallory.expect_error("unknown-target").await;
     mallory.emit(
         "media-state",
         json!({ "roomId": "private", "mic": true, "cam": true }),
     );
-    assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
+    mallory.expect_error("not-in-room").await;
     mallory.emit("stopScreenShare", json!({ "roomId": "private" }));
-    assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
+    mallory.expect_error("not-in-room").await;
     alice.assert_nothing_before_probe(&bob).await;
 }
 
@@ -287,9 +282,7 @@ async fn losing_redis_is_survived_and_recovered_from() {
     let redis = Redis::start().await;
     let port = redis.port;
     let (a, b) = (node(&redis).await, node(&redis).await);
-    let (mut alice, _) = a.joined("alice", "before").await;
-    let (mut bob, _) = b.joined("bob", "before").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&a, &b, "before").await;
     redis.stop().await;
 
     // Meanwhile: a clear error, and the server keeps answering.

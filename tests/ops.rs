@@ -9,7 +9,6 @@ use clap::Parser;
 use rtcio_signal::config::Config;
 use serde_json::json;
 use support::{Server, repo_path};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn health_reports_connections_and_rooms() {
@@ -28,16 +27,7 @@ async fn health_reports_connections_and_rooms() {
 }
 
 async fn origin_header(server: &Server, origin: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "GET /health HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
+    let response = support::http_get_raw(server.addr, "/health", &[("Origin", origin)]).await;
     response.lines().find_map(|l| {
         l.to_ascii_lowercase()
             .strip_prefix("access-control-allow-origin: ")
@@ -81,9 +71,7 @@ async fn cors_allows_only_the_configured_origins() {
 #[tokio::test]
 async fn sigterm_disconnects_everyone_and_exits_in_time() {
     let mut server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "bye").await;
-    let (mut bob, _) = server.joined("bob", "bye").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "bye").await;
 
     let started = Instant::now();
     let status = tokio::process::Command::new("kill")

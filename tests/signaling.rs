@@ -78,9 +78,7 @@ async fn two_clients_set_up_a_call() {
 #[tokio::test]
 async fn media_state_is_echoed_cached_and_backfilled() {
     let server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "m").await;
-    let (mut bob, _) = server.joined("bob", "m").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "m").await;
 
     alice.emit(
         "media-state",
@@ -115,9 +113,7 @@ async fn media_state_is_echoed_cached_and_backfilled() {
 #[tokio::test]
 async fn stop_screen_share_is_echoed_to_the_others() {
     let server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "s").await;
-    let (mut bob, _) = server.joined("bob", "s").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "s").await;
     alice.emit("stopScreenShare", json!({ "roomId": "s", "trackId": "t1" }));
     let echo = bob.expect("stopScreenShare").await;
     assert_eq!(
@@ -130,9 +126,7 @@ async fn stop_screen_share_is_echoed_to_the_others() {
 #[tokio::test]
 async fn leaving_and_disconnecting_are_announced_exactly_once() {
     let server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "one").await;
-    let (mut bob, _) = server.joined("bob", "one").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "one").await;
 
     bob.emit("leave-room", json!({ "roomId": "one" }));
     assert_eq!(
@@ -199,9 +193,7 @@ async fn leaving_and_disconnecting_are_announced_exactly_once() {
 #[tokio::test]
 async fn joining_twice_changes_nothing_for_the_others() {
     let server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "r").await;
-    let (mut bob, _) = server.joined("bob", "r").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "r").await;
     bob.join("r", "bob");
     assert_eq!(bob.expect("join-ok").await, json!({ "roomId": "r" }));
     alice.assert_nothing_before_probe(&bob).await;
@@ -210,29 +202,18 @@ async fn joining_twice_changes_nothing_for_the_others() {
 #[tokio::test]
 async fn relays_and_echoes_stay_inside_shared_rooms() {
     let server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "a").await;
-    let (mut bob, _) = server.joined("bob", "a").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "a").await;
     let (mut mallory, _) = server.joined("mallory", "elsewhere").await;
 
     mallory.relay(
         alice.id(),
         json!({ "description": { "type": "offer", "sdp": "x" } }),
     );
-    assert_eq!(
-        mallory.expect("error").await["code"],
-        json!("unknown-target")
-    );
+    mallory.expect_error("unknown-target").await;
     mallory.relay("not-a-socket-id", json!({}));
-    assert_eq!(
-        mallory.expect("error").await["code"],
-        json!("unknown-target")
-    );
+    mallory.expect_error("unknown-target").await;
     mallory.relay(mallory.id(), json!({}));
-    assert_eq!(
-        mallory.expect("error").await["code"],
-        json!("unknown-target")
-    );
+    mallory.expect_error("unknown-target").await;
 
     mallory.emit(
         "media-state",
@@ -244,7 +225,7 @@ async fn relays_and_echoes_stay_inside_shared_rooms() {
         json!({ "event": "media-state", "code": "not-in-room", "message": err["message"] })
     );
     mallory.emit("stopScreenShare", json!({ "roomId": "a" }));
-    assert_eq!(mallory.expect("error").await["code"], json!("not-in-room"));
+    mallory.expect_error("not-in-room").await;
     // A room named like a socket's delivery room reaches nobody else.
     mallory.join(&format!("s:{}", alice.id()), "m");
     mallory.until("join-ok").await;
@@ -257,15 +238,13 @@ async fn relays_and_echoes_stay_inside_shared_rooms() {
     bob.client.close();
     alice.until("user-disconnected").await;
     alice.relay(&gone, json!({}));
-    assert_eq!(alice.expect("error").await["code"], json!("unknown-target"));
+    alice.expect_error("unknown-target").await;
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let server = Server::start().await;
-    let (mut alice, _) = server.joined("alice", "b").await;
-    let (mut bob, _) = server.joined("bob", "b").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "b").await;
 
     let long_room = "x".repeat(129);
     let cases = [
@@ -322,9 +301,9 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     }
     // Missing payload, unknown event.
     bob.client.send_raw(r#"42["media-state"]"#.into());
-    assert_eq!(bob.expect("error").await["code"], json!("invalid-payload"));
+    bob.expect_error("invalid-payload").await;
     bob.emit("no-such-event", json!({}));
-    assert_eq!(bob.expect("error").await["code"], json!("unknown-event"));
+    bob.expect_error("unknown-event").await;
 
     // Frames that are not Socket.IO packets at all close that connection (as Node does) and
     // nobody else's.
@@ -360,9 +339,7 @@ async fn a_full_room_refuses_the_next_member() {
         &[("JWT_SECRET", support::SECRET)],
     )
     .await;
-    let (mut alice, _) = server.joined("alice", "small").await;
-    let (bob, _) = server.joined("bob", "small").await;
-    alice.until("#rtcio:init-offer").await;
+    let (mut alice, bob) = support::pair(&server, &server, "small").await;
     let mut carol = server.client("carol").await;
     carol.join("small", "carol");
     let err = carol.expect("join-error").await;

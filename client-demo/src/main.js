@@ -71,51 +71,54 @@ async function join({ roomId, name, token }) {
   }
   storeName(name);
   joining = true;
-  ui.setJoining(true);
-
-  let iceServers = [];
   try {
-    ({ iceServers } = await fetchClientConfig());
-  } catch (err) {
-    ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
+    ui.setJoining(true);
+
+    let iceServers = [];
+    try {
+      ({ iceServers } = await fetchClientConfig());
+    } catch (err) {
+      ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
+    }
+
+    await media.start();
+    ui.setLocalStream(media.camera);
+    refreshControls();
+
+    setRoomInUrl(roomId);
+    ui.showRoom({ roomId, name, invite: inviteUrl(roomId) });
+
+    const getToken = token
+      ? async () => token
+      : async () => {
+          const fresh = await fetchDevToken(name);
+          if (!fresh) throw new Error('the server does not issue dev tokens; paste an access token');
+          return fresh;
+        };
+
+    signaling = new Signaling({
+      getToken,
+      onState: (state, detail) => {
+        ui.setStatus(state, detail);
+        // Refused, kicked, or gave up retrying: back to the lobby, errors stay visible.
+        if (state === 'disconnected' && session) endSession({ notify: false, status: detail });
+      },
+      onError: (message) => ui.showError(message),
+      onConnect: (info) => session?.handleConnect(info),
+      onEvent: (event, payload) => session?.handleEvent(event, payload),
+    });
+    session = new RoomSession({
+      roomId,
+      name,
+      signaling,
+      media,
+      ui,
+      iceServers,
+      onFatal: (why) => endSession({ notify: false, status: why }),
+    });
+  } finally {
+    joining = false;
   }
-
-  await media.start();
-  ui.setLocalStream(media.camera);
-  refreshControls();
-
-  setRoomInUrl(roomId);
-  ui.showRoom({ roomId, name, invite: inviteUrl(roomId) });
-
-  const getToken = token
-    ? async () => token
-    : async () => {
-        const fresh = await fetchDevToken(name);
-        if (!fresh) throw new Error('the server does not issue dev tokens; paste an access token');
-        return fresh;
-      };
-
-  signaling = new Signaling({
-    getToken,
-    onState: (state, detail) => {
-      ui.setStatus(state, detail);
-      // Refused, kicked, or gave up retrying: back to the lobby, errors stay visible.
-      if (state === 'disconnected' && session) endSession({ notify: false, status: detail });
-    },
-    onError: (message) => ui.showError(message),
-    onConnect: (info) => session?.handleConnect(info),
-    onEvent: (event, payload) => session?.handleEvent(event, payload),
-  });
-  session = new RoomSession({
-    roomId,
-    name,
-    signaling,
-    media,
-    ui,
-    iceServers,
-    onFatal: (why) => endSession({ notify: false, status: why }),
-  });
-  joining = false;
   signaling.connect();
 }
 
@@ -137,8 +140,8 @@ function endSession({ notify, status }) {
 
 function boot() {
   const params = readUrlParams();
-  const storedName = readStoredName();
-  ui.fillLobby({ roomId: params.room || randomRoomId(), name: params.name || storedName });
+  const name = params.name || readStoredName();
+  ui.fillLobby({ roomId: params.room || randomRoomId(), name });
   ui.setStatus('idle');
   ui.setTokenMode(null);
   ui.showLobby();
@@ -147,7 +150,6 @@ function boot() {
   ui.onNewRoom(() => ui.fillLobby({ roomId: randomRoomId() }));
   ui.onJoin((form) =>
     join(form).catch((err) => {
-      joining = false;
       ui.showError(`Joining failed: ${describeError(err)}`);
       endSession({ notify: false, status: 'join failed' });
     }),
@@ -195,7 +197,6 @@ function boot() {
     .finally(() => {
       ui.setTokenMode(devTokens);
       document.body.dataset.ready = 'true';
-      const name = params.name || storedName;
       if (params.room && name && devTokens) {
         ui.form.requestSubmit();
       } else if (params.room) {

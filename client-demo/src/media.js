@@ -33,10 +33,10 @@ export class LocalMedia {
 
   /** Asks for camera+mic, then each alone; joins receive-only if all fail. */
   async start() {
-    if (this.camera.getTracks().length) return this.camera;
+    if (this.camera.getTracks().length) return;
     if (!navigator.mediaDevices?.getUserMedia) {
       this.onError('This browser cannot capture camera/microphone here (needs https or localhost). Joining receive-only.');
-      return this.camera;
+      return;
     }
     const attempts = [
       CAMERA_CONSTRAINTS,
@@ -62,19 +62,16 @@ export class LocalMedia {
     }
     this.micOn = this.hasMic;
     this.camOn = this.hasCam;
-    return this.camera;
   }
 
   setMic(on) {
     this.micOn = Boolean(on) && this.hasMic;
     for (const t of this.camera.getAudioTracks()) t.enabled = this.micOn;
-    return this.micOn;
   }
 
   setCam(on) {
     this.camOn = Boolean(on) && this.hasCam;
     for (const t of this.camera.getVideoTracks()) t.enabled = this.camOn;
-    return this.camOn;
   }
 
   /** Returns the screen video track, or null if the user cancelled. */

@@ -4,6 +4,7 @@
 // offer when offers cross, the impolite side ignores the other's offer.
 // It also buffers remote ICE candidates until a remote description is set.
 // All signaling goes through `send(data)` with data = {description} | {candidate}.
+import { describeError } from './util.js';
 
 export class PeerLink {
   /**
@@ -42,7 +43,7 @@ export class PeerLink {
         if (this.closed) return;
         this.send({ description: pc.localDescription.toJSON() });
       } catch (err) {
-        if (!this.closed) this.onError(`Offer to ${this.peerId} failed: ${err.message}`);
+        if (!this.closed) this.onError(`Offer to ${this.peerId} failed: ${describeError(err)}`);
       } finally {
         this.makingOffer = false;
       }
@@ -96,9 +97,8 @@ export class PeerLink {
     this.inbox = this.inbox
       .then(() => this.#handle(data))
       .catch((err) => {
-        if (!this.closed) this.onError(`Signaling with ${this.peerId} failed: ${err.message}`);
+        if (!this.closed) this.onError(`Signaling with ${this.peerId} failed: ${describeError(err)}`);
       });
-    return this.inbox;
   }
 
   async #handle(data) {

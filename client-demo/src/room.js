@@ -179,7 +179,6 @@ export class RoomSession {
     const screenTrack = this.media.screen?.getVideoTracks()[0];
     if (screenTrack) link.addScreenTrack(screenTrack, this.media.screen);
     this.ui.setPeerConnection(peer.id, 'new');
-    return link;
   }
 
   // The camera stream always carries an audio m-line (see PeerLink.addCameraStream);

@@ -4,6 +4,7 @@
 // words, and tells the room when a (re)connect happened so it can re-join:
 // the server forgets room membership when a socket reconnects.
 import { io } from 'socket.io-client';
+import { describeError } from './util.js';
 
 // Events the room layer listens to. Registered up front so nothing that
 // arrives between `connect` and the room's setup is lost.
@@ -42,7 +43,7 @@ export class Signaling {
   }
 
   get id() {
-    return this.socket?.connected ? this.socket.id : null;
+    return this.connected ? this.socket.id : null;
   }
 
   get connected() {
@@ -67,7 +68,7 @@ export class Signaling {
         this.getToken().then(
           (token) => cb({ token }),
           (err) => {
-            this.onError(`Could not get an access token: ${err.message || err}`);
+            this.onError(`Could not get an access token: ${describeError(err)}`);
             cb({});
           },
         );
@@ -98,7 +99,7 @@ export class Signaling {
     });
 
     socket.on('connect_error', (err) => {
-      const message = err?.message || String(err);
+      const message = describeError(err);
       if (socket.active) {
         // Transport-level failure: socket.io keeps retrying with backoff.
         this.setState(this.everConnected ? 'reconnecting' : 'connecting', message);
@@ -126,7 +127,7 @@ export class Signaling {
   // Emits only while connected. socket.io would otherwise buffer and replay
   // stale messages after a reconnect, on top of the fresh join we send then.
   emit(event, payload) {
-    if (!this.socket?.connected) return false;
+    if (!this.connected) return false;
     this.socket.emit(event, payload);
     return true;
   }

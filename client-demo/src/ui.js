@@ -43,6 +43,11 @@ function initials(name) {
 
 const onOff = (v) => (v ? 'on' : 'off');
 
+// A peer's screen tiles, or just the one showing stream `streamId`.
+const screenSelector = (id, streamId) =>
+  `.tile.screen[data-screen-of="${CSS.escape(id)}"]` +
+  (streamId === undefined ? '' : `[data-stream-id="${CSS.escape(streamId)}"]`);
+
 export class UI {
   constructor() {
     const $ = (id) => document.getElementById(id);
@@ -350,50 +355,55 @@ export class UI {
 
   /** A peer's screen share; several per peer are possible in principle. */
   addScreen(id, stream, ownerName) {
-    const selector = `.tile.screen[data-screen-of="${CSS.escape(id)}"][data-stream-id="${CSS.escape(stream.id)}"]`;
-    if (this.stage.querySelector(selector)) return;
-    const video = el('video', { autoplay: true, playsinline: true, muted: true, 'data-testid': 'screen-video' });
-    video.muted = true;
-    video.srcObject = stream;
-    const tile = el('div', {
-      class: 'tile screen',
-      'data-testid': 'screen-tile',
-      'data-screen-of': id,
-      'data-stream-id': stream.id,
-    }, [
-      video,
-      el('div', { class: 'label' }, [el('span', { class: 'name', text: `${ownerName || 'Guest'} is presenting` })]),
-    ]);
-    this.stage.append(tile);
-    video.play().catch(() => {});
+    if (this.stage.querySelector(screenSelector(id, stream.id))) return;
+    this.#showPresenting(stream, {
+      tileAttrs: {
+        class: 'tile screen',
+        'data-testid': 'screen-tile',
+        'data-screen-of': id,
+        'data-stream-id': stream.id,
+      },
+      videoTestId: 'screen-video',
+      label: `${ownerName || 'Guest'} is presenting`,
+    });
     this.#updateCount();
   }
 
   removeScreen(id, streamId) {
-    this.stage
-      .querySelector(`.tile.screen[data-screen-of="${CSS.escape(id)}"][data-stream-id="${CSS.escape(streamId)}"]`)
-      ?.remove();
+    this.stage.querySelector(screenSelector(id, streamId))?.remove();
     this.#updateCount();
   }
 
   removeScreens(id) {
-    for (const tile of this.stage.querySelectorAll(`.tile.screen[data-screen-of="${CSS.escape(id)}"]`)) tile.remove();
+    for (const tile of this.stage.querySelectorAll(screenSelector(id))) tile.remove();
     this.#updateCount();
   }
 
   setLocalScreen(stream) {
     this.stage.querySelector('.tile.local-screen')?.remove();
     if (stream) {
-      const video = el('video', { autoplay: true, playsinline: true, muted: true, 'data-testid': 'local-screen-video' });
-      video.muted = true;
-      video.srcObject = stream;
-      this.stage.prepend(el('div', { class: 'tile local-screen', 'data-testid': 'local-screen' }, [
-        video,
-        el('div', { class: 'label' }, [el('span', { class: 'name', text: 'You are presenting' })]),
-      ]));
-      video.play().catch(() => {});
+      this.#showPresenting(stream, {
+        tileAttrs: { class: 'tile local-screen', 'data-testid': 'local-screen' },
+        videoTestId: 'local-screen-video',
+        label: 'You are presenting',
+        first: true,
+      });
     }
     this.#updateCount();
+  }
+
+  // A muted screen video under a "… presenting" label, put on the stage and started.
+  #showPresenting(stream, { tileAttrs, videoTestId, label, first = false }) {
+    const video = el('video', { autoplay: true, playsinline: true, muted: true, 'data-testid': videoTestId });
+    video.muted = true;
+    video.srcObject = stream;
+    const tile = el('div', tileAttrs, [
+      video,
+      el('div', { class: 'label' }, [el('span', { class: 'name', text: label })]),
+    ]);
+    if (first) this.stage.prepend(tile);
+    else this.stage.append(tile);
+    video.play().catch(() => {});
   }
 
   #updateCount() {

@@ -4,8 +4,8 @@
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
 
 // Unguessable room id: 80 random bits from the browser's CSPRNG, base32 (16 chars).
-export function randomRoomId(bytes = 10) {
-  const buf = crypto.getRandomValues(new Uint8Array(bytes));
+export function randomRoomId() {
+  const buf = crypto.getRandomValues(new Uint8Array(10));
   let bits = 0;
   let value = 0;
   let out = '';

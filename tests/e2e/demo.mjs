@@ -118,6 +118,8 @@ async function openPage(label, query = '', { routeSignaling = false } = {}) {
   });
   pages.set(label, p);
   await page.goto(`${SERVER_URL}/${query}`, { waitUntil: 'load', timeout: 15_000 });
+  // Set once the dev-token probe has settled (and before any ?room=&name= auto-join).
+  await waitFor(p, 'page ready', () => document.body.dataset.ready === 'true');
   return p;
 }
 
@@ -212,6 +214,19 @@ async function expectName(p, peerId, name) {
   if (label.trim() !== name) fail(`${p.label}: tile of ${peerId} is labelled "${label}", expected "${name}"`);
 }
 
+/** Some shown error's text matches `re`. */
+async function waitForError(p, re) {
+  await waitFor(
+    p,
+    `an error matching ${re}`,
+    ([source, flags]) => {
+      const pattern = new RegExp(source, flags);
+      return [...document.querySelectorAll('[data-testid="error-item"]')].some((e) => pattern.test(e.textContent));
+    },
+    [re.source, re.flags],
+  );
+}
+
 async function errorTexts(p) {
   return p.page.$$eval('[data-testid="error-item"] .message', (els) => els.map((e) => e.textContent));
 }
@@ -239,14 +254,14 @@ async function main() {
   let roomId = '';
   let A, B, C, D;
 
-  await check('page loads with a random room id and dev tokens available', async () => {
+  const LOADS = 'page loads with a random room id and dev tokens available';
+  const TWO = 'two pages join one room and play each other\'s video';
+
+  await check(LOADS, async () => {
     A = await openPage('A');
-    await waitFor(A, 'page ready', () => document.body.dataset.ready === 'true');
     roomId = await A.page.locator(tid('room-input')).inputValue();
     if (!/^[a-z2-7]{16}$/.test(roomId)) fail(`pre-filled room id "${roomId}" is not 16 base32 chars`);
-    const other = await openPage('B', `?room=${roomId}`, { routeSignaling: true });
-    await waitFor(other, 'page ready', () => document.body.dataset.ready === 'true');
-    B = other;
+    B = await openPage('B', `?room=${roomId}`, { routeSignaling: true });
     const prefilled = await B.page.locator(tid('room-input')).inputValue();
     if (prefilled !== roomId) fail(`?room= did not pre-fill the room input (got "${prefilled}")`);
     const status = await A.page.locator(tid('status-text')).textContent();
@@ -255,7 +270,7 @@ async function main() {
     if (mode !== true) fail(`page did not detect the dev token endpoint (devTokens=${mode})`);
   });
 
-  await check('two pages join one room and play each other\'s video', async () => {
+  await check(TWO, async () => {
     await joinViaForm(A, roomId, 'Alice');
     const url = A.page.url();
     if (!url.includes(`room=${roomId}`)) fail(`A's URL ${url} lacks ?room=${roomId}`);
@@ -268,9 +283,7 @@ async function main() {
     await expectName(A, B.id, 'Bob');
     await expectName(B, A.id, 'Alice');
     await screenshotAll('01-two-peers');
-  }, { requires: ['page loads with a random room id and dev tokens available'] });
-
-  const TWO = 'two pages join one room and play each other\'s video';
+  }, { requires: [LOADS] });
 
   await check('mic toggle on A shows a mute badge on B', async () => {
     await A.page.locator(tid('mic-toggle')).click();
@@ -421,13 +434,11 @@ async function main() {
 
   await check('a bad pasted token is refused and shown as "invalid token"', async () => {
     D = await openPage('D', `?room=${roomId}`);
-    await waitFor(D, 'page ready', () => document.body.dataset.ready === 'true');
     await D.page.locator('#token-summary').click();
     await D.page.locator(tid('token-input')).fill('not.a-real.jwt');
     await D.page.locator(tid('name-input')).fill('Dave');
     await D.page.locator(tid('join-button')).click();
-    await waitFor(D, 'an "invalid token" error',
-      () => [...document.querySelectorAll('[data-testid="error-item"]')].some((e) => /invalid token/.test(e.textContent)));
+    await waitForError(D, /invalid token/);
     await expectAttr(D, tid('status'), 'data-state', 'disconnected', 'status disconnected after refusal');
     await waitFor(D, 'back in the lobby', () => document.body.dataset.view === 'lobby');
   });
@@ -440,8 +451,7 @@ async function main() {
       el.value = 'x'.repeat(129);
     });
     await D.page.locator(tid('join-button')).click();
-    await waitFor(D, 'a join-error message',
-      () => [...document.querySelectorAll('[data-testid="error-item"]')].some((e) => /Could not join room/.test(e.textContent)));
+    await waitForError(D, /Could not join room/);
     const errs = await errorTexts(D);
     log(`  D shows: ${JSON.stringify(errs[0])}`);
     await screenshotAll('06-errors');

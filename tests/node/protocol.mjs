@@ -18,6 +18,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -266,22 +267,27 @@ function clients(t, transports) {
     return peer;
   };
 
+  /** Whichever comes first for `peer`: `{ connected: true }` or `{ error }` (connect_error). */
+  const firstOutcome = (peer) => new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`${peer.label}: neither connect nor connect_error within ${WAIT_MS} ms`)),
+      WAIT_MS);
+    peer.socket.once('connect', () => {
+      clearTimeout(timer);
+      resolve({ connected: true });
+    });
+    peer.socket.once('connect_error', (error) => {
+      clearTimeout(timer);
+      resolve({ error });
+    });
+  });
+
   return {
     /** A connected client for user `sub` (token claims `name`/`rooms` optional). */
     async connect(label, claims = {}) {
       const peer = open(label, { auth: { token: token({ sub: `user-${label}`, ...claims }) } });
-      await new Promise((resolve, reject) => {
-        const timer = setTimeout(
-          () => reject(new Error(`${label}: not connected within ${WAIT_MS} ms`)), WAIT_MS);
-        peer.socket.once('connect', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        peer.socket.once('connect_error', (err) => {
-          clearTimeout(timer);
-          reject(new Error(`${label}: connect_error ${err.message}`));
-        });
-      });
+      const { error } = await firstOutcome(peer);
+      if (error) throw new Error(`${label}: connect_error ${error.message}`);
       peer.id = peer.socket.id;
       assert.ok(peer.id, `${label}: no socket id after connect`);
       return peer;
@@ -291,19 +297,9 @@ function clients(t, transports) {
     async refusal(label, options) {
       const peer = open(label, options);
       try {
-        return await new Promise((resolve, reject) => {
-          const timer = setTimeout(
-            () => reject(new Error(`${label}: neither connect nor connect_error within ${WAIT_MS} ms`)),
-            WAIT_MS);
-          peer.socket.once('connect', () => {
-            clearTimeout(timer);
-            reject(new Error(`${label}: connected, but the server should have refused it`));
-          });
-          peer.socket.once('connect_error', (err) => {
-            clearTimeout(timer);
-            resolve(err);
-          });
-        });
+        const { error } = await firstOutcome(peer);
+        if (!error) throw new Error(`${label}: connected, but the server should have refused it`);
+        return error;
       } finally {
         peer.socket.disconnect();
       }
@@ -314,10 +310,7 @@ function clients(t, transports) {
 const userConnected = (peer, name) => ({ id: peer.id, name, userId: `user-${peer.label}` });
 
 /** `peer` joins an empty (or new) room: its only reply is `join-ok`. */
-async function joinEmpty(peer, roomId, name = peer.label) {
-  peer.emit('join-room', { roomId, name });
-  await peer.expectExactly('join-ok', { roomId }, `${peer.label} joins ${roomId}`);
-}
+const joinEmpty = (peer, roomId, name = peer.label) => joinRoom(peer, roomId, [], name);
 
 /**
  * `peer` joins `roomId` whose members are `members` (each `[peer, name]`, in joining order,
@@ -336,6 +329,18 @@ async function joinRoom(peer, roomId, members, name = peer.label) {
     await member.expectExactly('#rtcio:init-offer', { source: peer.id },
       `${member.label} is asked to offer to ${peer.label}`);
   }
+}
+
+/** Connects `labels` and joins them, in that order and under those names, to a new room. */
+async function roomWith(c, tag, labels) {
+  const room = uniqueRoom(tag);
+  const peers = [];
+  for (const label of labels) {
+    const peer = await c.connect(label);
+    await joinRoom(peer, room, peers.map((p) => [p, p.label]));
+    peers.push(peer);
+  }
+  return { room, peers };
 }
 
 /** `from` relays a marker to `to`, which must receive it as its very next event. */
@@ -387,11 +392,8 @@ for (const [transportName, transports] of TRANSPORTS) {
       const room = uniqueRoom('call');
 
       await joinEmpty(a, room, 'Alice');
-      b.emit('join-room', { roomId: room, name: 'Bob' });
-      await b.expectExactly('user-connected', userConnected(a, 'Alice'), 'B learns of A');
-      await b.expectExactly('join-ok', { roomId: room }, 'B joined');
-      await a.expectExactly('user-connected', userConnected(b, 'Bob'), 'A learns of B');
-      await a.expectExactly('#rtcio:init-offer', { source: b.id }, 'A (existing member) makes the offer');
+      // Includes A's #rtcio:init-offer: the existing member makes the offer.
+      await joinRoom(b, room, [[a, 'Alice']], 'Bob');
 
       // A offers with a spoofed source and trickles right behind the offer, as rtc.io does.
       const offer = { description: { type: 'offer', sdp: fakeSdp('offer') } };
@@ -470,7 +472,7 @@ for (const [transportName, transports] of TRANSPORTS) {
       const expectedB = [['user-connected', userConnected(b, 'Bob')]];
       const ok = [['join-ok', { roomId: room }]];
       const orders = [[...expectedA, ...expectedB, ...ok], [...expectedB, ...expectedA, ...ok]];
-      assert.ok(orders.some((o) => { try { assert.deepEqual(seen, o); return true; } catch { return false; } }),
+      assert.ok(orders.some((o) => isDeepStrictEqual(seen, o)),
         `Carol's join: expected user-connected A + media-state A backfill + user-connected B (any member order), then join-ok; got ${show(seen)}`);
       for (const member of [a, b]) {
         await member.expectExactly('user-connected', userConnected(carol, 'Carol'), `${member.label} learns of Carol`);
@@ -488,13 +490,7 @@ for (const [transportName, transports] of TRANSPORTS) {
 
     test('stopScreenShare is echoed to the others with the server id, not to the sender', async (t) => {
       const c = clients(t, transports);
-      const a = await c.connect('alice');
-      const b = await c.connect('bob');
-      const carol = await c.connect('carol');
-      const room = uniqueRoom('screen');
-      await joinEmpty(a, room);
-      await joinRoom(b, room, [[a, 'alice']]);
-      await joinRoom(carol, room, [[a, 'alice'], [b, 'bob']]);
+      const { room, peers: [a, b, carol] } = await roomWith(c, 'screen', ['alice', 'bob', 'carol']);
 
       a.emit('stopScreenShare', { roomId: room, streamId: 'screen-1', id: 'spoofed' });
       for (const other of [b, carol]) {
@@ -507,13 +503,7 @@ for (const [transportName, transports] of TRANSPORTS) {
 
     test('leave-room: the others hear peer-left and user-disconnected exactly once', async (t) => {
       const c = clients(t, transports);
-      const a = await c.connect('alice');
-      const b = await c.connect('bob');
-      const carol = await c.connect('carol');
-      const room = uniqueRoom('leave');
-      await joinEmpty(a, room);
-      await joinRoom(b, room, [[a, 'alice']]);
-      await joinRoom(carol, room, [[a, 'alice'], [b, 'bob']]);
+      const { room, peers: [a, b, carol] } = await roomWith(c, 'leave', ['alice', 'bob', 'carol']);
       a.emit('media-state', { roomId: room, mic: true, cam: true });
       for (const other of [b, carol]) await other.expect('media-state', `A's state at ${other.label}`);
 
@@ -661,13 +651,8 @@ for (const [transportName, transports] of TRANSPORTS) {
       const room = uniqueRoom('auth');
       const a = await c.connect('alice', { name: 'Alice (token)' });
       const b = await c.connect('bob');
-      a.emit('join-room', { roomId: room, name: 'Mallory' });
-      await a.expectExactly('join-ok', { roomId: room });
-      b.emit('join-room', { roomId: room, name: 'Bob' });
-      await b.expectExactly('user-connected', userConnected(a, 'Alice (token)'), 'A under its token name');
-      await b.expectExactly('join-ok', { roomId: room });
-      await a.expectExactly('user-connected', userConnected(b, 'Bob'));
-      await a.expectExactly('#rtcio:init-offer', { source: b.id });
+      await joinEmpty(a, room, 'Mallory');
+      await joinRoom(b, room, [[a, 'Alice (token)']], 'Bob');
 
       // A `rooms` claim limits which rooms the token may join.
       const allowed = uniqueRoom('allowed');
@@ -683,16 +668,8 @@ for (const [transportName, transports] of TRANSPORTS) {
 
     test('isolation: no echo or relay outside the rooms a socket has joined', async (t) => {
       const c = clients(t, transports);
-      const a = await c.connect('alice');
-      const b = await c.connect('bob');
-      const x = await c.connect('xavier');
-      const y = await c.connect('yvonne');
-      const room = uniqueRoom('iso');
-      const other = uniqueRoom('iso-other');
-      await joinEmpty(a, room);
-      await joinRoom(b, room, [[a, 'alice']]);
-      await joinEmpty(x, other);
-      await joinRoom(y, other, [[x, 'xavier']]);
+      const { room, peers: [a, b] } = await roomWith(c, 'iso', ['alice', 'bob']);
+      const { peers: [x, y] } = await roomWith(c, 'iso-other', ['xavier', 'yvonne']);
 
       x.emit('media-state', { roomId: room, mic: true, cam: true });
       await x.expectError('media-state', 'not-in-room', 'media-state into a room X is not in');
@@ -717,12 +694,8 @@ for (const [transportName, transports] of TRANSPORTS) {
 
     test('bad input gets the sender an error, changes nothing, and the sockets keep working', async (t) => {
       const c = clients(t, transports);
-      const a = await c.connect('alice');
-      const b = await c.connect('bob');
+      const { room, peers: [a, b] } = await roomWith(c, 'bad', ['alice', 'bob']);
       const n = await c.connect('newcomer');
-      const room = uniqueRoom('bad');
-      await joinEmpty(a, room);
-      await joinRoom(b, room, [[a, 'alice']]);
 
       // Bad joins aimed at the room, from a socket outside it.
       const tooLong = 'r'.repeat(129);

@@ -97,10 +97,15 @@ impl Server {
 
     /// A connected client for user `sub`.
     pub async fn client(&self, sub: &str) -> Peer {
+        self.client_with_token(&self.token(sub)).await
+    }
+
+    /// A client connected with this exact token.
+    pub async fn client_with_token(&self, token: &str) -> Peer {
         let client = self
-            .connect_with(Some(json!({ "token": self.token(sub) })))
+            .connect_with(Some(json!({ "token": token })))
             .await
-            .expect("connect");
+            .expect("connect with token");
         Peer { client }
     }
 
@@ -120,6 +125,15 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id().expect("server pid")
     }
+}
+
+/// `alice` (on `alice_on`) and then `bob` (on `bob_on`) in `room`, with alice's
+/// `user-connected` and `#rtcio:init-offer` for bob already consumed.
+pub async fn pair(alice_on: &Server, bob_on: &Server, room: &str) -> (Peer, Peer) {
+    let (mut alice, _) = alice_on.joined("alice", room).await;
+    let (bob, _) = bob_on.joined("bob", room).await;
+    alice.until("#rtcio:init-offer").await;
+    (alice, bob)
 }
 
 async fn wait_listening(child: &mut Child) -> SocketAddr {
@@ -147,13 +161,19 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A tiny HTTP/1.1 GET over a raw socket, enough for `/health` and friends.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A tiny HTTP/1.1 GET over a raw socket, with extra request headers; returns the whole
+/// response, status line and headers included.
+pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("http connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -163,6 +183,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .read_to_string(&mut response)
         .await
         .expect("http read");
+    response
+}
+
+/// [`http_get_raw`] without extra headers, as status and body: enough for `/health` and friends.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_get_raw(addr, path, &[]).await;
     let status = response
         .split_whitespace()
         .nth(1)
@@ -223,6 +249,12 @@ impl Peer {
             self.client.sid, event.name, event.data
         );
         event.data
+    }
+
+    /// The next event, which must be an `error` reply with this `code`.
+    pub async fn expect_error(&mut self, code: &str) {
+        let reply = self.expect("error").await;
+        assert_eq!(reply["code"], json!(code), "{}: {reply}", self.client.sid);
     }
 
     /// Every event up to and including the first `name`.

@@ -32,40 +32,23 @@ async fn worker(
 ) -> (Client, Tally) {
     let mut t = Tally::default();
     let mut rng = seed | 1;
-    let mut rand = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
     let me = client.sid.clone();
     let mut last = usize::MAX;
     let name = format!("churner-{seed}");
     while next.fetch_add(1, Ordering::Relaxed) < total {
-        let mut room = rand() as usize % rooms;
+        let mut room = fleet::xorshift(&mut rng) as usize % rooms;
         if room == last {
             room = (room + 1) % rooms;
         }
         last = room;
         let room_id = format!("churn-{room}");
         client.emit("join-room", &json!({ "roomId": room_id, "name": name }));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut ok = false;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(ev) = client.next_event_within(left).await else {
-                break;
-            };
-            let who = ev.data["id"]
-                .as_str()
-                .or_else(|| ev.data["source"].as_str());
-            if who == Some(me.as_str()) {
+        let join_ok = fleet::wait_for(&mut client, Duration::from_secs(10), |ev| {
+            if fleet::peer_of(ev) == Some(me.as_str()) {
                 t.self_events += 1;
             }
             match ev.name.as_str() {
-                "join-ok" if ev.data["roomId"] == room_id.as_str() => {
-                    ok = true;
-                    break;
-                }
+                "join-ok" if ev.data["roomId"] == room_id.as_str() => return true,
                 "join-ok" if std::env::var_os("LOADGEN_DEBUG").is_some() => {
                     println!(
                         "  debug: {me} got a late join-ok {} while waiting for {room_id}",
@@ -79,15 +62,17 @@ async fn worker(
                 }
                 _ => {}
             }
-        }
-        if !ok {
+            false
+        })
+        .await;
+        if join_ok.is_none() {
             t.timeouts += 1;
             if std::env::var_os("LOADGEN_DEBUG").is_some() {
                 println!("  debug: {me} got no join-ok for {room_id} (cycle of {name})");
             }
         }
-        let r = rand();
-        if r % 4 == 0 {
+        let r = fleet::xorshift(&mut rng);
+        if r.is_multiple_of(4) {
             client.emit(
                 "media-state",
                 &json!({ "roomId": room_id, "mic": r & 16 != 0, "cam": r & 32 != 0 }),
@@ -113,16 +98,22 @@ pub async fn run(
         kind.label()
     );
     let mut server = Server::start(kind, cfg).await?;
-    let clients =
-        match fleet::connect_many(server.addr, &plan.secret, "churn", pool, 128, Then::Nothing)
-            .await
-        {
-            Ok(c) => c.clients,
-            Err(e) => {
-                server.stop().await;
-                return Err(e);
-            }
-        };
+    let clients = match fleet::connect_many(
+        server.addr,
+        &cfg.secret,
+        "churn",
+        pool,
+        128,
+        Then::Nothing,
+    )
+    .await
+    {
+        Ok(c) => c.clients,
+        Err(e) => {
+            server.stop().await;
+            return Err(e);
+        }
+    };
     let settle = Duration::from_secs(if plan.quick { 1 } else { 3 });
     let rss_start = server
         .settled_rss_kib(settle, settle * 4)

@@ -64,25 +64,44 @@ pub async fn connect_one(
     secret: &str,
     sub: &str,
 ) -> Result<Client, ConnectError> {
+    const ATTEMPTS: u64 = 3;
     let tok = token(secret, sub, sub);
-    let mut last = None;
-    for attempt in 0..3 {
+    let mut attempt = 1;
+    loop {
         let opts = Options {
             addr,
             auth: Some(json!({ "token": tok })),
             bind: Some(next_bind_ip()),
             timeout: Duration::from_secs(20),
         };
-        match Client::connect(opts).await {
+        let err = match Client::connect(opts).await {
             Ok(c) => return Ok(c),
-            Err(ConnectError::Refused(m)) => return Err(ConnectError::Refused(m)),
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
-            }
+            Err(e) => e,
+        };
+        // A refusal is the server's answer, not a transient failure: no retry.
+        if matches!(err, ConnectError::Refused(_)) || attempt == ATTEMPTS {
+            return Err(err);
         }
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+        attempt += 1;
     }
-    Err(last.unwrap())
+}
+
+/// The peer an event is about: the `id` (user-connected, ...) or `source` (relayed
+/// messages) in its payload.
+pub fn peer_of(ev: &sioclient::Event) -> Option<&str> {
+    ev.data["id"]
+        .as_str()
+        .or_else(|| ev.data["source"].as_str())
+}
+
+/// One step of a xorshift64 generator: updates `state` and returns it (`state` must not be
+/// zero). Cheap, deterministic randomness for the scenarios.
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 /// Waits for the first event matching `pred`, discarding others, within `wait`.
@@ -147,9 +166,8 @@ pub async fn connect_many_spread(
     let mut slots: Vec<Option<Client>> = (0..n).map(|_| None).collect();
     let mut set = JoinSet::new();
     let mut next = 0usize;
-    let mut failures = 0usize;
-    let mut first_err = None;
-    while next < n || !set.is_empty() {
+    let mut ok = 0usize;
+    loop {
         while next < n && set.len() < concurrency {
             let i = next;
             next += 1;
@@ -158,35 +176,39 @@ pub async fn connect_many_spread(
             let then = then.clone();
             let addr = addrs[i % addrs.len()];
             set.spawn(async move {
-                let mut c = connect_one(addr, &secret, &sub)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Then::Join(room) = then {
-                    join(&mut c, &room(i), &sub, Duration::from_secs(30)).await?;
-                }
-                Ok::<_, String>((i, c))
+                let client = async {
+                    let mut c = connect_one(addr, &secret, &sub)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if let Then::Join(room) = then {
+                        join(&mut c, &room(i), &sub, Duration::from_secs(30)).await?;
+                    }
+                    Ok::<_, String>(c)
+                };
+                (i, client.await)
             });
         }
-        match set.join_next().await {
-            Some(Ok(Ok((i, c)))) => slots[i] = Some(c),
-            Some(Ok(Err(e))) => {
-                failures += 1;
-                first_err.get_or_insert(e);
+        // None: all `n` are done.
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        // Stop at the first failure (dropping `set` aborts the other handshakes): a benchmark
+        // with missing clients is not comparable.
+        match joined {
+            Ok((i, Ok(c))) => {
+                slots[i] = Some(c);
+                ok += 1;
             }
-            Some(Err(e)) => {
-                failures += 1;
-                first_err.get_or_insert(e.to_string());
+            Ok((i, Err(e))) => {
+                return Err(format!(
+                    "client {i} of {n} failed after {ok} connected: {e}"
+                ));
             }
-            None => break,
-        }
-        if failures > 0 {
-            // Stop early: a benchmark with missing clients is not comparable.
-            set.abort_all();
-            return Err(format!(
-                "{failures} of {n} clients failed (after {} ok): {}",
-                slots.iter().filter(|s| s.is_some()).count(),
-                first_err.unwrap_or_default()
-            ));
+            Err(e) => {
+                return Err(format!(
+                    "a connect task of {n} failed after {ok} connected: {e}"
+                ));
+            }
         }
     }
     Ok(Connected {

@@ -38,7 +38,7 @@ pub async fn run(
     let cpu0 = server.cpu_us().unwrap_or(0);
     let res = fleet::connect_many(
         server.addr,
-        &plan.secret,
+        &cfg.secret,
         &format!("idle{n}"),
         n,
         256,

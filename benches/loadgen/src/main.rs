@@ -23,7 +23,7 @@ mod server;
 mod storm;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
@@ -118,11 +118,42 @@ pub struct Plan {
     pub idle_hold: u64,
     pub churn_pool: usize,
     pub churn_rooms: usize,
-    pub secret: String,
-    pub server_core: usize,
     pub loadgen_core: usize,
     /// Bound on the wait for idle cores before a run (zero: no wait).
-    pub quiet_wait: std::time::Duration,
+    pub quiet_wait: Duration,
+}
+
+/// Waits (at most `quiet_max`; zero: not at all) for every core to be quiet before `what`
+/// starts; a note for the report if the machine stayed busy.
+async fn busy_note(what: &str, quiet_max: Duration) -> Option<String> {
+    if quiet_max.is_zero() || machine::wait_quiet(quiet_max, 15.0).await {
+        None
+    } else {
+        Some(format!(
+            "{what}: machine was busy with other processes when it started"
+        ))
+    }
+}
+
+/// Runs one scenario on `kind` after waiting for a quiet machine (see `busy_note`), noting in
+/// `report` a busy start and a failure. Returns whether it failed.
+async fn run_noted(
+    report: &mut Report,
+    kind: Kind,
+    what: &str,
+    quiet_max: Duration,
+    scenario: impl AsyncFnOnce(&mut Report) -> Result<(), String>,
+) -> bool {
+    if let Some(note) = busy_note(what, quiet_max).await {
+        report.note(kind, note);
+    }
+    match scenario(report).await {
+        Ok(()) => false,
+        Err(e) => {
+            report.note(kind, format!("{what} FAILED: {e}"));
+            true
+        }
+    }
 }
 
 fn pin_self(core: usize) {
@@ -187,8 +218,7 @@ async fn run(args: Args, nofile: u64) -> i32 {
         server_core: args.server_core,
     };
     let q = args.quick;
-    let quiet_max =
-        std::time::Duration::from_secs(args.quiet_wait.unwrap_or(if q { 5 } else { 300 }));
+    let quiet_max = Duration::from_secs(args.quiet_wait.unwrap_or(if q { 5 } else { 300 }));
     let plan = Plan {
         quick: q,
         idle_sizes: args.idle_sizes.clone().unwrap_or(if q {
@@ -213,8 +243,6 @@ async fn run(args: Args, nofile: u64) -> i32 {
         idle_hold: args.idle_hold,
         churn_pool: if q { 100 } else { 1_000 },
         churn_rooms: if q { 25 } else { 250 },
-        secret: args.secret.clone(),
-        server_core: args.server_core,
         loadgen_core: args.loadgen_core,
         quiet_wait: quiet_max,
     };
@@ -253,37 +281,26 @@ async fn run(args: Args, nofile: u64) -> i32 {
         true,
     );
     let mut failed = false;
-    let quiet = |what: String| async move {
-        if quiet_max.is_zero() || machine::wait_quiet(quiet_max, 15.0).await {
-            None
-        } else {
-            Some(format!(
-                "{what}: machine was busy with other processes when it started"
-            ))
-        }
-    };
     if wants(Scenario::Idle) {
         for &n in &plan.idle_sizes {
             for &k in &kinds {
-                if let Some(n) = quiet(format!("idle N={n}")).await {
-                    report.note(k, n);
-                }
-                if let Err(e) = idle::run(k, &cfg, &plan, n, &mut report).await {
-                    report.note(k, format!("idle N={n} FAILED: {e}"));
-                    failed = true;
-                }
+                failed |= run_noted(
+                    &mut report,
+                    k,
+                    &format!("idle N={n}"),
+                    quiet_max,
+                    async |r| idle::run(k, &cfg, &plan, n, r).await,
+                )
+                .await;
             }
         }
     }
     if wants(Scenario::Relay) {
         for &k in &kinds {
-            if let Some(n) = quiet("relay".to_string()).await {
-                report.note(k, n);
-            }
-            if let Err(e) = relay::run(k, &cfg, &plan, &mut report).await {
-                report.note(k, format!("relay FAILED: {e}"));
-                failed = true;
-            }
+            failed |= run_noted(&mut report, k, "relay", quiet_max, async |r| {
+                relay::run(k, &cfg, &plan, r).await
+            })
+            .await;
         }
     }
     // Node has no cluster in this comparison: relay-cluster runs only with ours (and `all`
@@ -293,8 +310,8 @@ async fn run(args: Args, nofile: u64) -> i32 {
         failed = true;
     }
     if wants(Scenario::RelayCluster) && kinds.contains(&Kind::Ours) {
-        if let Some(n) = quiet("relay-cluster".to_string()).await {
-            cluster_report.note(report::Col::Left, n);
+        if let Some(note) = busy_note("relay-cluster", quiet_max).await {
+            cluster_report.note(report::Col::Left, note);
         }
         if let Err(e) = relay::run_cluster(&cfg, &plan, &mut cluster_report).await {
             cluster_report.note(report::Col::Right, format!("relay-cluster FAILED: {e}"));
@@ -304,25 +321,23 @@ async fn run(args: Args, nofile: u64) -> i32 {
     if wants(Scenario::Storm) {
         for &rooms in &plan.storm_rooms {
             for &k in &kinds {
-                if let Some(n) = quiet(format!("storm R={rooms}")).await {
-                    report.note(k, n);
-                }
-                if let Err(e) = storm::run(k, &cfg, &plan, rooms, &mut report).await {
-                    report.note(k, format!("storm R={rooms} FAILED: {e}"));
-                    failed = true;
-                }
+                failed |= run_noted(
+                    &mut report,
+                    k,
+                    &format!("storm R={rooms}"),
+                    quiet_max,
+                    async |r| storm::run(k, &cfg, &plan, rooms, r).await,
+                )
+                .await;
             }
         }
     }
     if wants(Scenario::Churn) {
         for &k in &kinds {
-            if let Some(n) = quiet("churn".to_string()).await {
-                report.note(k, n);
-            }
-            if let Err(e) = churn::run(k, &cfg, &plan, &mut report).await {
-                report.note(k, format!("churn FAILED: {e}"));
-                failed = true;
-            }
+            failed |= run_noted(&mut report, k, "churn", quiet_max, async |r| {
+                churn::run(k, &cfg, &plan, r).await
+            })
+            .await;
         }
     }
     if !report.is_empty() {

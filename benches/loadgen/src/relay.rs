@@ -22,6 +22,9 @@ use crate::server::{self, Kind, Redis, Server, ServerConfig};
 
 const EVENT: &str = "#rtcio:message";
 
+/// Saturation (closed loop): messages kept in flight per client.
+const IN_FLIGHT: usize = 4;
+
 struct Phase {
     echo: bool,
     running: bool,
@@ -124,6 +127,30 @@ struct Peer {
     sender: Sender,
 }
 
+/// Sends one message of phase `p` from client `i` to its partner (`i ^ 1`), stamped `now`
+/// (which the caller has already counted with `Phase::record_send`).
+fn send_to_partner(
+    peers: &[Peer],
+    shared: &Shared,
+    bodies: &Bodies,
+    i: usize,
+    p: usize,
+    now: Instant,
+) {
+    let seq = shared
+        .seq
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let f = frame(
+        bodies,
+        &peers[i].sid,
+        &peers[i ^ 1].sid,
+        shared.ns(now),
+        seq,
+        p,
+    );
+    peers[i].sender.send_raw(f);
+}
+
 async fn reader(
     mut client: Client,
     me: usize,
@@ -173,18 +200,7 @@ async fn reader(
             let now = Instant::now();
             ph.record_send(now);
             drop(phases);
-            let n = shared
-                .seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let f = frame(
-                &bodies,
-                &peers[me].sid,
-                &peers[partner].sid,
-                shared.ns(now),
-                n,
-                p as usize,
-            );
-            peers[me].sender.send_raw(f);
+            send_to_partner(&peers, &shared, &bodies, me, p as usize, now);
         }
     }
 }
@@ -196,8 +212,8 @@ async fn phase(
     shared: &Arc<Shared>,
     bodies: &Arc<Bodies>,
     rate: Option<u64>,
+    cfg: &ServerConfig,
     plan: &Plan,
-    in_flight: usize,
 ) -> PhaseResult {
     let warmup = Duration::from_millis(if plan.quick { 300 } else { 1000 });
     let window = Duration::from_secs(plan.relay_secs);
@@ -232,23 +248,12 @@ async fn phase(
             let send_one = |i: usize| {
                 let now = Instant::now();
                 shared.phases.lock().unwrap()[p].record_send(now);
-                let seq = shared
-                    .seq
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let f = frame(
-                    &bodies,
-                    &peers[i].sid,
-                    &peers[i ^ 1].sid,
-                    shared.ns(now),
-                    seq,
-                    p,
-                );
-                peers[i].sender.send_raw(f);
+                send_to_partner(&peers, &shared, &bodies, i, p, now);
             };
             match rate {
                 None => {
-                    // Closed loop: seed `in_flight` messages per client; readers answer.
-                    for _ in 0..in_flight {
+                    // Closed loop: seed `IN_FLIGHT` messages per client; readers answer.
+                    for _ in 0..IN_FLIGHT {
                         for i in 0..n {
                             send_one(i);
                         }
@@ -346,7 +351,7 @@ async fn phase(
             .collect(),
         secs,
         loadgen_cpu_pct: (l1 - l0) as f64 / (secs * 1e4),
-        server_core: machine::core_busy(&m0, &m1, plan.server_core),
+        server_core: machine::core_busy(&m0, &m1, cfg.server_core),
         loadgen_core: machine::core_busy(&m0, &m1, plan.loadgen_core),
         recv_in_window: ph.recv_in_window,
         wrong_source: ph.wrong_source,
@@ -473,6 +478,7 @@ pub struct RunOpts {
 /// reports them in `opts.col` of `report`.
 pub async fn bench(
     target: &mut Target<'_>,
+    cfg: &ServerConfig,
     plan: &Plan,
     opts: &RunOpts,
     report: &mut Report,
@@ -482,7 +488,7 @@ pub async fn bench(
     let addrs: Vec<_> = target.servers.iter().map(|s| s.addr).collect();
     let connected = fleet::connect_many_spread(
         &addrs,
-        &plan.secret,
+        &cfg.secret,
         opts.tag,
         pairs * 2,
         64,
@@ -543,7 +549,7 @@ pub async fn bench(
             let l = r.loadgen_core.0 - r.loadgen_cpu_pct;
             s.max(l).max(r.server_core.1).max(r.loadgen_core.1)
         };
-        let mut r = phase(&pids, &peers, &shared, &bodies, rate, plan, 4).await;
+        let mut r = phase(&pids, &peers, &shared, &bodies, rate, cfg, plan).await;
         for attempt in 2..=3 {
             if noise(&r) <= 10.0 {
                 break;
@@ -553,7 +559,7 @@ pub async fn bench(
                 noise(&r)
             );
             machine::wait_quiet(Duration::from_secs(120), 15.0).await;
-            let again = phase(&pids, &peers, &shared, &bodies, rate, plan, 4).await;
+            let again = phase(&pids, &peers, &shared, &bodies, rate, cfg, plan).await;
             if noise(&again) < noise(&r) {
                 r = again;
             }
@@ -744,6 +750,7 @@ async fn bench_one_server(
             servers: std::slice::from_mut(&mut server),
             redis: None,
         },
+        cfg,
         plan,
         opts,
         report,
@@ -807,6 +814,7 @@ pub async fn run_cluster(
             servers: &mut servers,
             redis: Some(&mut redis),
         },
+        cfg,
         plan,
         &opts,
         report,

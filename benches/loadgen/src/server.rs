@@ -182,7 +182,7 @@ impl Server {
             }
             let body = &text[text.find("\r\n\r\n")? + 4..];
             let (a, b) = (body.find('{')?, body.rfind('}')?);
-            serde_json::from_str(&body[a..=b]).ok()
+            serde_json::from_str(body.get(a..=b)?).ok()
         };
         tokio::time::timeout(Duration::from_secs(5), fut)
             .await

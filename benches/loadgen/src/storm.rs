@@ -21,8 +21,8 @@ use crate::server::{Kind, Server, ServerConfig};
 const PEERS: usize = 4;
 
 struct Seen {
-    /// (event name, id or source in its payload, arrival).
-    events: Vec<(String, Option<String>, Instant)>,
+    /// (event name, id or source in its payload).
+    events: Vec<(String, Option<String>)>,
     complete_at: Option<Instant>,
 }
 
@@ -44,10 +44,7 @@ async fn collect(
             ev = client.next_timed_event() => match ev { Some(x) => x, None => break },
             _ = stop.changed() => break,
         };
-        let who = ev.data["id"]
-            .as_str()
-            .or_else(|| ev.data["source"].as_str())
-            .map(str::to_string);
+        let who = fleet::peer_of(&ev).map(str::to_string);
         if ev.name == "user-connected"
             && let Some(id) = &who
             && others.contains(id)
@@ -57,7 +54,7 @@ async fn collect(
         if ev.name == "join-ok" {
             join_ok = true;
         }
-        seen.events.push((ev.name, who, at));
+        seen.events.push((ev.name, who));
         if seen.complete_at.is_none() && roster.len() == others.len() {
             seen.complete_at = Some(at);
         }
@@ -93,22 +90,16 @@ pub async fn run(
     while rep < plan.storm_reps && attempt < plan.storm_reps * 2 {
         attempt += 1;
         let tag = format!("storm{rooms}a{attempt}");
-        let clients = match fleet::connect_many(
-            server.addr,
-            &plan.secret,
-            &tag,
-            n,
-            256,
-            fleet::Then::Nothing,
-        )
-        .await
-        {
-            Ok(c) => c.clients,
-            Err(e) => {
-                server.stop().await;
-                return Err(e);
-            }
-        };
+        let clients =
+            match fleet::connect_many(server.addr, &cfg.secret, &tag, n, 256, fleet::Then::Nothing)
+                .await
+            {
+                Ok(c) => c.clients,
+                Err(e) => {
+                    server.stop().await;
+                    return Err(e);
+                }
+            };
         let sids: Vec<String> = clients.iter().map(|c| c.sid.clone()).collect();
         let room_of = |i: usize| i / PEERS;
         let room_name = |r: usize| format!("storm-{attempt}-{r}");
@@ -134,10 +125,7 @@ pub async fn run(
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((attempt as u64) * 0x1234_5678);
         for i in (1..n).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            order.swap(i, (rng % (i as u64 + 1)) as usize);
+            order.swap(i, (fleet::xorshift(&mut rng) % (i as u64 + 1)) as usize);
         }
         let (m0, s0, l0) = (
             machine::snap(),
@@ -166,7 +154,7 @@ pub async fn run(
             .as_secs_f64()
             .max(1e-3)
             * 1e4;
-        let other_s = machine::core_busy(&m0, &m1, plan.server_core).0
+        let other_s = machine::core_busy(&m0, &m1, cfg.server_core).0
             - s1.zip(s0)
                 .map(|(b, a)| (b - a) as f64 / span)
                 .unwrap_or(0.0);
@@ -203,7 +191,7 @@ pub async fn run(
             let r = room_of(i);
             let mut uc: HashMap<&str, usize> = HashMap::new();
             let mut joinoks = 0;
-            for (name, who, _) in &s.events {
+            for (name, who) in &s.events {
                 if who.as_deref() == Some(sids[i].as_str()) {
                     v_self += 1;
                 }
@@ -258,12 +246,7 @@ pub async fn run(
             for i in 0..PEERS.min(n) {
                 println!(
                     "  debug client {i} sid {} events {:?}",
-                    sids[i],
-                    results[i]
-                        .events
-                        .iter()
-                        .map(|e| (&e.0, &e.1))
-                        .collect::<Vec<_>>()
+                    sids[i], results[i].events
                 );
             }
         }
@@ -297,26 +280,21 @@ pub async fn run(
                 ),
             );
         }
-        if noisy && attempt < plan.storm_reps * 2 {
-            println!(
-                "  attempt {attempt}: other processes used {other_s:.0}% / {other_l:.0}% of the server / load generator core; \
-                 latency discarded, repeating"
-            );
-            fleet::close_all(
-                clients,
-                Duration::from_millis(if plan.quick { 300 } else { 1500 }),
-            )
-            .await;
-            machine::wait_quiet(Duration::from_secs(120), 15.0).await;
-            continue;
-        }
-        rep += 1;
-        all_lat.extend_from_slice(&lat);
         fleet::close_all(
             clients,
             Duration::from_millis(if plan.quick { 300 } else { 1500 }),
         )
         .await;
+        if noisy && attempt < plan.storm_reps * 2 {
+            println!(
+                "  attempt {attempt}: other processes used {other_s:.0}% / {other_l:.0}% of the server / load generator core; \
+                 latency discarded, repeating"
+            );
+            machine::wait_quiet(Duration::from_secs(120), 15.0).await;
+            continue;
+        }
+        rep += 1;
+        all_lat.extend_from_slice(&lat);
         if !server.alive() {
             report.fail(kind, format!("{sec}: server died: {}", server.log_tail()));
             break;

@@ -71,7 +71,7 @@ impl Options {
 pub struct Client {
     /// The Socket.IO socket id the server assigned (the id peers see).
     pub sid: String,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    sender: Sender,
     events: mpsc::UnboundedReceiver<(Event, Instant)>,
 }
 
@@ -85,7 +85,10 @@ pub struct Sender {
 impl Sender {
     /// Emits `event` with one argument.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
-        emit_on(&self.outgoing, event, data);
+        let packet = serde_json::to_string(&(event, data)).map(|body| format!("42{body}"));
+        if let Ok(packet) = packet {
+            let _ = self.outgoing.send(Outgoing::Text(packet));
+        }
     }
 
     /// Sends one Engine.IO text frame exactly as given.
@@ -96,17 +99,6 @@ impl Sender {
     /// Closes the WebSocket politely.
     pub fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Close);
-    }
-}
-
-fn emit_on<T: Serialize + ?Sized>(
-    outgoing: &mpsc::UnboundedSender<Outgoing>,
-    event: &str,
-    data: &T,
-) {
-    let packet = serde_json::to_string(&(event, data)).map(|body| format!("42{body}"));
-    if let Ok(packet) = packet {
-        let _ = outgoing.send(Outgoing::Text(packet));
     }
 }
 
@@ -188,26 +180,24 @@ impl Client {
         tokio::spawn(pump(ws, out_rx, ev_tx));
         Ok(Client {
             sid,
-            outgoing: out_tx,
+            sender: Sender { outgoing: out_tx },
             events: ev_rx,
         })
     }
 
     /// Emits `event` with one argument.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
-        emit_on(&self.outgoing, event, data);
+        self.sender.emit(event, data);
     }
 
     /// A handle that sends on this connection from another task.
     pub fn sender(&self) -> Sender {
-        Sender {
-            outgoing: self.outgoing.clone(),
-        }
+        self.sender.clone()
     }
 
     /// Sends one Engine.IO text frame exactly as given (for malformed-input tests).
     pub fn send_raw(&self, frame: String) {
-        let _ = self.outgoing.send(Outgoing::Text(frame));
+        self.sender.send_raw(frame);
     }
 
     /// The next event, or `None` once the connection is gone.
@@ -237,7 +227,7 @@ impl Client {
 
     /// Closes the WebSocket politely (the server sees a transport close).
     pub fn close(&self) {
-        let _ = self.outgoing.send(Outgoing::Close);
+        self.sender.close();
     }
 }
 
