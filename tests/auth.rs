@@ -216,11 +216,7 @@ async fn dev_tokens_exist_only_in_dev_mode() {
 
 #[tokio::test]
 async fn refuses_to_start_without_a_key() {
-    let out = tokio::process::Command::new(support::server_bin())
-        .args(["--host", "127.0.0.1", "--port", "0"])
-        .env_remove("JWT_SECRET")
-        .env_remove("JWT_PUBLIC_KEY_FILE")
-        .env_remove("DEV_MODE")
+    let out = support::server_command(&[])
         .output()
         .await
         .expect("run server");
@@ -232,11 +228,8 @@ async fn refuses_to_start_without_a_key() {
             && stderr.contains("--dev"),
         "{stderr}"
     );
-    let short = tokio::process::Command::new(support::server_bin())
-        .args(["--host", "127.0.0.1", "--port", "0"])
+    let short = support::server_command(&[])
         .env("JWT_SECRET", "short")
-        .env_remove("JWT_PUBLIC_KEY_FILE")
-        .env_remove("DEV_MODE")
         .output()
         .await
         .expect("run server");

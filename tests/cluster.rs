@@ -264,8 +264,7 @@ async fn a_killed_node_is_announced_and_purged() {
 #[tokio::test]
 async fn redis_unreachable_at_start_is_a_clear_error() {
     let port = free_port();
-    let out = Command::new(support::server_bin())
-        .args(["--host", "127.0.0.1", "--port", "0"])
+    let out = support::server_command(&[])
         .env("JWT_SECRET", SECRET)
         .env("REDIS_URL", format!("redis://:hunter2@127.0.0.1:{port}"))
         .output()

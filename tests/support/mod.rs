@@ -21,6 +21,38 @@ pub fn server_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rtcio-signal")
 }
 
+/// Every setting the server reads from the environment (`src/config.rs`). A test's server
+/// starts without any of them, so the shell running the tests cannot change what they see.
+const SERVER_ENV: [&str; 16] = [
+    "HOST",
+    "PORT",
+    "ALLOWED_ORIGINS",
+    "PING_INTERVAL_MS",
+    "PING_TIMEOUT_MS",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_PEERS_PER_ROOM",
+    "JWT_SECRET",
+    "JWT_PUBLIC_KEY_FILE",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "DEV_MODE",
+    "DEMO_DIR",
+    "ICE_SERVERS",
+    "REDIS_URL",
+    "SHUTDOWN_GRACE_MS",
+];
+
+/// The server binary on a loopback port of the OS's choosing, with `args` and none of the
+/// settings' environment variables.
+pub fn server_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(server_bin());
+    cmd.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+    for var in SERVER_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 pub fn repo_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -40,19 +72,14 @@ impl Server {
     }
 
     pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(server_bin());
-        cmd.args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .env_remove("JWT_SECRET")
-            .env_remove("JWT_PUBLIC_KEY_FILE")
-            .env_remove("REDIS_URL")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+        let mut cmd = server_command(args);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
