@@ -16,16 +16,5 @@ async fn simultaneous_joins_keep_every_invariant() {
         support::storm::storm(&[&server], 50, 4, &format!("r{round}")).await;
     }
     // Every room of every round emptied when its clients went away.
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    loop {
-        let health = server.health().await;
-        if health["rooms"] == json!(0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rooms left behind: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a counter
-    }
+    server.health_until(|h| h["rooms"] == json!(0)).await;
 }

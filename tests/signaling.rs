@@ -176,18 +176,9 @@ async fn leaving_and_disconnecting_are_announced_exactly_once() {
 
     // Empty rooms leave nothing behind.
     drop((alice, bob, dave, erin));
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    loop {
-        let health = server.health().await;
-        if health["rooms"] == json!(0) && health["connections"] == json!(0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rooms left behind: {health}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling a counter, not synchronising clients
-    }
+    server
+        .health_until(|h| h["rooms"] == json!(0) && h["connections"] == json!(0))
+        .await;
 }
 
 #[tokio::test]

@@ -149,6 +149,23 @@ impl Server {
         http_get_json(self.addr, "/health").await
     }
 
+    /// Polls `/health` until `done` holds, for at most [`WAIT`]: cleanup after clients leave
+    /// has no event a client could await.
+    pub async fn health_until(&self, done: impl Fn(&Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let health = self.health().await;
+            if done(&health) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still not done after {WAIT:?}: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a counter
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("server pid")
     }
