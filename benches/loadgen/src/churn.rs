@@ -98,22 +98,24 @@ pub async fn run(
         kind.label()
     );
     let mut server = Server::start(kind, cfg).await?;
-    let clients = match fleet::connect_many(
-        server.addr,
-        &cfg.secret,
-        "churn",
-        pool,
-        128,
-        Then::Nothing,
-    )
-    .await
-    {
-        Ok(c) => c.clients,
-        Err(e) => {
-            server.stop().await;
-            return Err(e);
-        }
-    };
+    let result = run_on(&mut server, kind, cfg, plan, report).await;
+    server.stop().await;
+    result
+}
+
+/// The churn workload against a started server (stopped by the caller).
+async fn run_on(
+    server: &mut Server,
+    kind: Kind,
+    cfg: &ServerConfig,
+    plan: &Plan,
+    report: &mut Report,
+) -> Result<(), String> {
+    let total = plan.churn_cycles;
+    let pool = plan.churn_pool;
+    let clients = fleet::connect_many(server.addr, &cfg.secret, "churn", pool, 128, Then::Nothing)
+        .await?
+        .clients;
     let settle = Duration::from_secs(if plan.quick { 1 } else { 3 });
     let rss_start = server
         .settled_rss_kib(settle, settle * 4)
@@ -284,6 +286,5 @@ pub async fn run(
     if !server.alive() {
         report.fail(kind, format!("{sec}: server died: {}", server.log_tail()));
     }
-    server.stop().await;
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sioclient::Client;
+
 use crate::fleet::{self, Then};
 use crate::report::Report;
 use crate::server::{Kind, Server, ServerConfig};
@@ -20,6 +22,23 @@ pub async fn run(
 ) -> Result<(), String> {
     println!("\n--- idle N={n} on {} ---", kind.label());
     let mut server = Server::start(kind, cfg).await?;
+    let result = run_on(&mut server, kind, cfg, plan, n, report).await;
+    server.stop().await;
+    // The clients are closed after the server stopped.
+    fleet::close_all(result?, Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// Connects and joins `n` clients to a started server (stopped by the caller) and measures;
+/// returns the clients, still connected.
+async fn run_on(
+    server: &mut Server,
+    kind: Kind,
+    cfg: &ServerConfig,
+    plan: &Plan,
+    n: usize,
+    report: &mut Report,
+) -> Result<Vec<Client>, String> {
     let settle = if plan.quick {
         Duration::from_millis(500)
     } else {
@@ -50,7 +69,6 @@ pub async fn run(
         Err(e) => {
             let alive = server.alive();
             let tail = server.log_tail();
-            server.stop().await;
             return Err(format!("{e} (server alive: {alive}; log tail: {tail})"));
         }
     };
@@ -109,7 +127,5 @@ pub async fn run(
     if !server.alive() {
         report.fail(kind, format!("idle N={n}: server died"));
     }
-    server.stop().await;
-    fleet::close_all(clients.clients, Duration::from_millis(100)).await;
-    Ok(())
+    Ok(clients.clients)
 }

@@ -5,7 +5,7 @@
 //! VmRSS from /proc/PID/status and utime+stime (clock ticks) from /proc/PID/stat.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -41,13 +41,108 @@ pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     pub pid: u32,
-    child: Child,
-    log_path: PathBuf,
+    proc: Proc,
 }
 
 fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// `taskset -c CORE`, to which the caller appends the program and its arguments (taskset
+/// execs, so the child's pid is the program's).
+fn pinned(core: usize) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(core.to_string());
+    cmd
+}
+
+/// A child process under test (a server or Redis): its stderr goes to a log file in the temp
+/// directory, its stdout is read until a ready line and drained afterwards.
+struct Proc {
+    pid: u32,
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stderr to `loadgen-NAME-PID-PORT.log` and waits up to `timeout` for a
+    /// stdout line containing `ready_marker`. Spawn errors read "spawning {what}: ..."; if
+    /// the line does not come, the child is killed and the error is `not_ready(log path,
+    /// stdout lines seen)`.
+    async fn spawn_until_ready(
+        mut cmd: Command,
+        name: &str,
+        port: u16,
+        ready_marker: &str,
+        timeout: Duration,
+        what: &str,
+        not_ready: impl FnOnce(&Path, Vec<String>) -> String,
+    ) -> Result<Proc, String> {
+        let log_path =
+            std::env::temp_dir().join(format!("loadgen-{name}-{}-{port}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("spawning {what}: {e}"))?;
+        let pid = child.id().ok_or_else(|| format!("{what} exited at once"))?;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let ready = tokio::time::timeout(timeout, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(ready_marker) {
+                    return true;
+                }
+                seen.push(line);
+            }
+            false
+        })
+        .await;
+        if ready != Ok(true) {
+            let _ = child.kill().await;
+            return Err(not_ready(&log_path, seen));
+        }
+        // Keep draining stdout so a chatty process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Proc {
+            pid,
+            child,
+            log_path,
+        })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last 1500 bytes of the log.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let start = log.len().saturating_sub(1500);
+        log[log.floor_char_boundary(start)..].to_string()
+    }
+
+    /// SIGTERM, then SIGKILL if the process is still there after 5 s; then removes the log,
+    /// unless `keep_log` (which prints where it is).
+    async fn stop(mut self, keep_log: bool) {
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        if keep_log {
+            println!("  server log kept: {}", self.log_path.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
+    }
 }
 
 impl Server {
@@ -63,15 +158,7 @@ impl Server {
     ) -> Result<Server, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log_path = std::env::temp_dir().join(format!(
-            "loadgen-{}-{}-{}.log",
-            kind.label(),
-            std::process::id(),
-            port
-        ));
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
-        let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg(cfg.server_core.to_string());
+        let mut cmd = pinned(cfg.server_core);
         match kind {
             Kind::Ours => {
                 cmd.arg(&cfg.ours_bin)
@@ -93,52 +180,35 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.current_dir(&cfg.repo_root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawning {kind:?} server: {e}"))?;
-        let pid = child.id().ok_or("server exited at once")?;
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("listening on") {
-                    return Ok(line);
-                }
-            }
-            Err(())
-        })
-        .await;
-        match ready {
-            Ok(Ok(_line)) => {}
-            _ => {
-                let _ = child.kill().await;
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!(
+        cmd.current_dir(&cfg.repo_root);
+        let proc = Proc::spawn_until_ready(
+            cmd,
+            kind.label(),
+            port,
+            "listening on",
+            Duration::from_secs(30),
+            &format!("{kind:?} server"),
+            |log_path, _stdout| {
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                format!(
                     "{} server did not print 'listening on' (log {}):\n{}",
                     kind.label(),
                     log_path.display(),
                     log.chars().take(2000).collect::<String>()
-                ));
-            }
-        }
-        // Keep draining stdout so a chatty server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+                )
+            },
+        )
+        .await?;
         Ok(Server {
             kind,
             addr,
-            pid,
-            child,
-            log_path,
+            pid: proc.pid,
+            proc,
         })
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.proc.alive()
     }
 
     /// Resident set size in KiB.
@@ -207,22 +277,19 @@ impl Server {
         Some(last)
     }
 
-    pub async fn stop(mut self) {
-        terminate(self.pid, &mut self.child).await;
-        if std::env::var_os("LOADGEN_KEEP_LOGS").is_some() {
-            println!("  server log kept: {}", self.log_path.display());
-        } else {
-            let _ = std::fs::remove_file(&self.log_path);
-        }
+    pub async fn stop(self) {
+        self.proc
+            .stop(std::env::var_os("LOADGEN_KEEP_LOGS").is_some())
+            .await;
     }
 
     pub fn log_tail(&self) -> String {
-        log_tail(&self.log_path)
+        self.proc.log_tail()
     }
 
     /// Lines of the server's log (stderr) at WARN or ERROR level: (count, first few).
     pub fn log_warnings(&self) -> (usize, Vec<String>) {
-        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let log = std::fs::read_to_string(&self.proc.log_path).unwrap_or_default();
         // tracing colours the level even into a file: match on the plain text.
         let hits: Vec<String> = log
             .lines()
@@ -231,25 +298,6 @@ impl Server {
             .collect();
         (hits.len(), hits.into_iter().take(3).collect())
     }
-}
-
-/// SIGTERM, then SIGKILL if the process is still there after 5 s.
-async fn terminate(pid: u32, child: &mut tokio::process::Child) {
-    unsafe {
-        libc::kill(pid as i32, libc::SIGTERM);
-    }
-    if tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
-}
-
-fn log_tail(path: &std::path::Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let start = log.len().saturating_sub(1500);
-    log[log.floor_char_boundary(start)..].to_string()
 }
 
 /// Removes terminal colour codes (tracing's fmt layer colours its level names).
@@ -275,57 +323,32 @@ fn strip_ansi(line: &str) -> String {
 pub struct Redis {
     pub port: u16,
     pub pid: u32,
-    child: Child,
-    log_path: PathBuf,
+    proc: Proc,
 }
 
 impl Redis {
     pub async fn start(core: usize) -> Result<Redis, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let log_path =
-            std::env::temp_dir().join(format!("loadgen-redis-{}-{}.log", std::process::id(), port));
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("log file: {e}"))?;
-        let mut child = Command::new("taskset")
-            .arg("-c")
-            .arg(core.to_string())
-            .arg("redis-server")
+        let mut cmd = pinned(core);
+        cmd.arg("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
-            .args(["--bind", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawning redis-server: {e}"))?;
-        let pid = child.id().ok_or("redis-server exited at once")?;
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let mut seen = Vec::new();
-        let ready = tokio::time::timeout(Duration::from_secs(15), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Ready to accept connections") {
-                    return true;
-                }
-                seen.push(line);
-            }
-            false
-        })
-        .await;
-        if ready != Ok(true) {
-            let _ = child.kill().await;
-            return Err(format!(
-                "redis-server did not get ready:\n{}",
-                seen.join("\n")
-            ));
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .args(["--bind", "127.0.0.1"]);
+        let proc = Proc::spawn_until_ready(
+            cmd,
+            "redis",
+            port,
+            "Ready to accept connections",
+            Duration::from_secs(15),
+            "redis-server",
+            |_log_path, stdout| format!("redis-server did not get ready:\n{}", stdout.join("\n")),
+        )
+        .await?;
         Ok(Redis {
             port,
-            pid,
-            child,
-            log_path,
+            pid: proc.pid,
+            proc,
         })
     }
 
@@ -334,16 +357,16 @@ impl Redis {
     }
 
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.proc.alive()
     }
 
     pub fn log_tail(&self) -> String {
-        log_tail(&self.log_path)
+        self.proc.log_tail()
     }
 
-    pub async fn stop(mut self) {
-        terminate(self.pid, &mut self.child).await;
-        let _ = std::fs::remove_file(&self.log_path);
+    /// Stops Redis and removes its log (LOADGEN_KEEP_LOGS keeps only server logs).
+    pub async fn stop(self) {
+        self.proc.stop(false).await;
     }
 }
 

@@ -66,7 +66,6 @@ async fn collect(
     (client, seen)
 }
 
-#[allow(clippy::needless_range_loop)]
 pub async fn run(
     kind: Kind,
     cfg: &ServerConfig,
@@ -74,12 +73,27 @@ pub async fn run(
     rooms: usize,
     report: &mut Report,
 ) -> Result<(), String> {
-    let n = rooms * PEERS;
     println!(
         "\n--- storm {rooms} rooms x {PEERS} on {} ---",
         kind.label()
     );
     let mut server = Server::start(kind, cfg).await?;
+    let result = run_on(&mut server, kind, cfg, plan, rooms, report).await;
+    server.stop().await;
+    result
+}
+
+/// The storm repetitions against a started server (stopped by the caller).
+#[allow(clippy::needless_range_loop)]
+async fn run_on(
+    server: &mut Server,
+    kind: Kind,
+    cfg: &ServerConfig,
+    plan: &Plan,
+    rooms: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    let n = rooms * PEERS;
     let sec = format!("storm {rooms}x{PEERS}");
     let mut all_lat: Vec<u32> = Vec::new();
     let mut p99s = Vec::new();
@@ -91,15 +105,9 @@ pub async fn run(
         attempt += 1;
         let tag = format!("storm{rooms}a{attempt}");
         let clients =
-            match fleet::connect_many(server.addr, &cfg.secret, &tag, n, 256, fleet::Then::Nothing)
-                .await
-            {
-                Ok(c) => c.clients,
-                Err(e) => {
-                    server.stop().await;
-                    return Err(e);
-                }
-            };
+            fleet::connect_many(server.addr, &cfg.secret, &tag, n, 256, fleet::Then::Nothing)
+                .await?
+                .clients;
         let sids: Vec<String> = clients.iter().map(|c| c.sid.clone()).collect();
         let room_of = |i: usize| i / PEERS;
         let room_name = |r: usize| format!("storm-{attempt}-{r}");
@@ -337,6 +345,5 @@ pub async fn run(
         all_lat.last().map(|&x| x as f64 / 1e3),
         2,
     );
-    server.stop().await;
     Ok(())
 }
