@@ -1,23 +1,27 @@
 //! rtcio-signal: a WebRTC signaling server that speaks the rtc.io protocol over Socket.IO.
 //!
-//! - [`protocol`]: the wire contract (event names, payloads, validation).
+//! - [`protocol`]: the wire contract (event names, payloads in and out, validation).
 //! - [`auth`]: JWT verification at connect time.
-//! - [`rooms`]: room membership and its per-room ordering.
+//! - [`transport`]: socketioxide glue: admitting a connection, dispatching its events.
 //! - [`session`]: per-socket state and in-order event handling.
-//! - [`signaling`]: the socket handlers.
-//! - [`server`]: HTTP routes, the listener and graceful shutdown.
-//! - [`cluster`]: room state in Redis for several processes; [`pubsub`]: their transport.
-//! - [`config`]: every setting.
+//! - [`hub`]: the rooms' behaviour, one flow per file (join, leave, echo, relay).
+//! - [`delivery`]: the one path every emit to a peer takes.
+//! - [`store`]: room state, in memory or in Redis; [`turns`]: the order of changes in a room.
+//! - [`cluster`]: connecting to Redis, node heartbeats and reaping, the pub/sub transport.
+//! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 #[cfg(feature = "heap-census")]
 pub mod heap_census;
+pub mod http;
+pub mod hub;
 pub mod protocol;
-pub mod pubsub;
-pub mod rooms;
 pub mod server;
 pub mod session;
-pub mod signaling;
+pub mod store;
+pub mod transport;
+pub mod turns;

@@ -1,4 +1,5 @@
-//! Room state shared by every node of a cluster, in Redis.
+//! Room state shared by every node of a cluster, in Redis, and the node registry that lets
+//! survivors clean up after a node that died.
 //!
 //! Each membership change is one Lua script, so Redis runs it atomically: a join reads the
 //! room and adds the newcomer in the same step, which is what keeps two nodes' simultaneous
@@ -22,8 +23,8 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use socketioxide::socket::Sid;
 
+use super::{JoinOutcome, Member, StoreError};
 use crate::protocol::MediaState;
-use crate::rooms::{JoinOutcome, Member, StoreError};
 
 const PREFIX: &str = "rtcio:";
 /// A node whose heartbeat is this old is presumed dead.

@@ -1,0 +1,115 @@
+//! Cluster mode's moving parts: connecting to Redis at start, the node's heartbeat loop (which
+//! also reaps nodes that died), and the pub/sub transport under socketioxide's Redis adapter
+//! ([`pubsub`]). Room state itself is in `store::redis`.
+
+pub mod pubsub;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketioxide::SocketIo;
+use socketioxide::adapter::Emitter;
+use socketioxide_redis::CustomRedisAdapter;
+
+use crate::hub::Hub;
+use crate::server::StartError;
+use crate::store::RedisRooms;
+use crate::store::redis::HEARTBEAT_EVERY;
+use pubsub::PubSub;
+
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The socketioxide adapter of cluster mode: Redis pub/sub over [`PubSub`].
+pub type ClusterAdapter = CustomRedisAdapter<Emitter, PubSub>;
+
+/// The pub/sub transport needs RESP3; add it unless the URL says otherwise.
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Connects both Redis connections (pub/sub and room state) and registers this node, or says
+/// clearly why not within [`REDIS_CONNECT_TIMEOUT`].
+pub async fn connect(redis_url: &str) -> Result<(PubSub, RedisRooms), StartError> {
+    let client = redis::Client::open(with_resp3(redis_url))
+        .map_err(|e| StartError(format!("REDIS_URL is not usable: {e}")))?;
+    let unreachable = |e: &dyn std::fmt::Display| unreachable(redis_url, e);
+    let connect = async {
+        // One plain round trip first, so a wrong address fails at once instead of after the
+        // connection managers' reconnect back-off.
+        let mut probe = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut probe)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let pubsub = PubSub::connect(client.clone())
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let rooms = RedisRooms::connect(client)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok::<_, StartError>((pubsub, rooms))
+    };
+    tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| unreachable(&"no answer within 10 s"))?
+}
+
+/// A start failure that names the Redis URL without its password.
+pub fn unreachable(redis_url: &str, cause: &dyn std::fmt::Display) -> StartError {
+    StartError(format!(
+        "cannot reach Redis at {}: {cause}",
+        redact(redis_url)
+    ))
+}
+
+/// Cluster mode: refresh this node's heartbeat, and announce the members of nodes that died.
+pub async fn keep_node_alive(
+    hub: Arc<Hub<ClusterAdapter>>,
+    io: SocketIo<ClusterAdapter>,
+    pubsub: PubSub,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match hub.heartbeat().await {
+            Ok(true) => {}
+            Ok(false) => {
+                // The others may have announced our members as gone: make every client
+                // reconnect and rejoin so the rooms agree again.
+                tracing::error!(
+                    "this node's heartbeat had lapsed; disconnecting its clients so they rejoin"
+                );
+                if let Err(e) = io.local().disconnect().await {
+                    tracing::warn!(cause = %e, "disconnecting clients failed");
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "heartbeat failed; Redis unreachable"),
+        }
+        if let Err(e) = pubsub.ping().await {
+            tracing::error!(cause = %e, "cluster pub/sub connection down");
+        }
+        if let Err(e) = hub.reap_dead_nodes().await {
+            tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable");
+        }
+    }
+}

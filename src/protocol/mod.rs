@@ -1,0 +1,85 @@
+//! The wire contract (`PROTOCOL.md`): event names, why an event is refused, and (in
+//! [`inbound`] and [`outbound`]) the payloads clients send, how they are validated, and the
+//! payloads the server sends. Nothing else in the crate spells an event name or builds a
+//! payload by hand.
+
+pub mod inbound;
+pub mod outbound;
+
+pub use inbound::{Frame, JoinRequest, MediaState, RelayRequest};
+
+// Client -> server.
+pub const JOIN_ROOM: &str = "join-room";
+pub const LEAVE_ROOM: &str = "leave-room";
+pub const MEDIA_STATE: &str = "media-state";
+pub const STOP_SCREEN_SHARE: &str = "stopScreenShare";
+pub const RELAY: &str = "#rtcio:message";
+
+// Server -> client (besides the echoes of `media-state`, `stopScreenShare` and the relay).
+pub const USER_CONNECTED: &str = "user-connected";
+pub const USER_DISCONNECTED: &str = "user-disconnected";
+pub const INIT_OFFER: &str = "#rtcio:init-offer";
+pub const PEER_LEFT: &str = "#rtcio:peer-left";
+pub const JOIN_OK: &str = "join-ok";
+pub const JOIN_ERROR: &str = "join-error";
+pub const ERROR: &str = "error";
+
+pub const MAX_ROOM_ID_CHARS: usize = 128;
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Why a client's event was refused; becomes `join-error.reason` or `error.code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    InvalidPayload,
+    InvalidRoom,
+    InvalidName,
+    Forbidden,
+    RoomFull,
+    NotInRoom,
+    UnknownTarget,
+    PayloadTooLarge,
+    UnknownEvent,
+    Busy,
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::InvalidPayload => "invalid-payload",
+            Refusal::InvalidRoom => "invalid-room",
+            Refusal::InvalidName => "invalid-name",
+            Refusal::Forbidden => "forbidden",
+            Refusal::RoomFull => "room-full",
+            Refusal::NotInRoom => "not-in-room",
+            Refusal::UnknownTarget => "unknown-target",
+            Refusal::PayloadTooLarge => "payload-too-large",
+            Refusal::UnknownEvent => "unknown-event",
+            Refusal::Busy => "busy",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::InvalidPayload => "payload has the wrong shape for this event",
+            Refusal::InvalidRoom => {
+                "roomId must be a string of 1 to 128 characters without control characters"
+            }
+            Refusal::InvalidName => "name must be a string of at most 64 characters",
+            Refusal::Forbidden => "this token may not join that room",
+            Refusal::RoomFull => "the room has reached its member limit",
+            Refusal::NotInRoom => "this socket has not joined that room",
+            Refusal::UnknownTarget => "target is not a socket that shares a room with you",
+            Refusal::PayloadTooLarge => "event is larger than the server accepts",
+            Refusal::UnknownEvent => "the server does not handle this event",
+            Refusal::Busy => "too many events are waiting; slow down",
+            Refusal::Unavailable => "room state is unreachable right now; try again",
+        }
+    }
+}
+
+pub fn valid_room_id(room: &str) -> bool {
+    let chars = room.chars().count();
+    (1..=MAX_ROOM_ID_CHARS).contains(&chars) && !room.chars().any(char::is_control)
+}

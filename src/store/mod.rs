@@ -1,0 +1,106 @@
+//! Room state: who is in which room, under which name, with which cached media state. One
+//! interface, [`RoomStore`], over two places it can live: this process ([`memory`]) or Redis,
+//! shared by every node of a cluster ([`redis`]). The hub never asks which one it has.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use socketioxide::socket::Sid;
+
+use crate::protocol::MediaState;
+use crate::session::Session;
+
+pub use memory::MemoryRooms;
+pub use redis::RedisRooms;
+
+/// One member of a room as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub sid: Sid,
+    pub name: Arc<str>,
+    pub user_id: Arc<str>,
+    pub media: Option<MediaState>,
+}
+
+/// What a join found.
+#[derive(Debug)]
+pub enum JoinOutcome {
+    /// Joined; these were the members before the newcomer, in joining order.
+    Joined(Vec<Member>),
+    /// The socket was already a member; nothing changed.
+    AlreadyMember,
+    /// The room is at its limit; nothing changed.
+    Full,
+}
+
+/// Where room state lives: in this process, or (cluster mode) shared through Redis.
+pub enum RoomStore {
+    Memory(MemoryRooms),
+    Redis(Box<RedisRooms>),
+}
+
+/// Room state could not be read or written (cluster mode only: Redis unreachable).
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl RoomStore {
+    pub async fn join(
+        &self,
+        room: &str,
+        member: Member,
+        max_members: usize,
+    ) -> Result<JoinOutcome, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.join(room, member, max_members)),
+            RoomStore::Redis(rooms) => rooms.join(room, member, max_members).await,
+        }
+    }
+
+    pub async fn leave(&self, room: &str, sid: Sid) -> Result<Option<Vec<Sid>>, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.leave(room, sid)),
+            RoomStore::Redis(rooms) => rooms.leave(room, sid).await,
+        }
+    }
+
+    pub async fn set_media(
+        &self,
+        room: &str,
+        sid: Sid,
+        state: MediaState,
+    ) -> Result<bool, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.set_media(room, sid, state)),
+            RoomStore::Redis(rooms) => rooms.set_media(room, sid, state).await,
+        }
+    }
+
+    /// Whether `target` is a member of any room `session` has joined.
+    pub async fn shares_room(&self, session: &Session, target: Sid) -> Result<bool, StoreError> {
+        match self {
+            RoomStore::Memory(memory) => Ok(session.any_room(|r| memory.is_member(r, target))),
+            RoomStore::Redis(redis) => redis.shares_room(&session.rooms(), target).await,
+        }
+    }
+
+    /// Rooms held in this process's memory (none in cluster mode).
+    pub fn local_room_count(&self) -> usize {
+        match self {
+            RoomStore::Memory(rooms) => rooms.room_count(),
+            RoomStore::Redis(_) => 0,
+        }
+    }
+
+    /// Whether other processes share this state (and may hold the sockets we address).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, RoomStore::Redis(_))
+    }
+}
