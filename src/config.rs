@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::limits::{GuessLimits, WindowLimit};
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "rtcio-signal",
@@ -42,6 +44,18 @@ pub struct Config {
     /// Most members one room may hold; the next joiner gets `join-error` `room-full`.
     #[arg(long, env = "MAX_PEERS_PER_ROOM", default_value_t = 50)]
     pub max_peers_per_room: usize,
+
+    /// Wrong room passwords one socket may try per window; then `join-error` `rate-limited`.
+    #[arg(long, env = "WRONG_PASSWORDS_PER_SOCKET", default_value_t = 5)]
+    pub wrong_passwords_per_socket: u32,
+
+    /// Wrong passwords one room may be tried with per window, from all sockets together.
+    #[arg(long, env = "WRONG_PASSWORDS_PER_ROOM", default_value_t = 5)]
+    pub wrong_passwords_per_room: u32,
+
+    /// The window of both wrong-password limits, in milliseconds.
+    #[arg(long, env = "WRONG_PASSWORD_WINDOW_MS", default_value_t = 60_000)]
+    pub wrong_password_window_ms: u64,
 
     /// HS256 secret for verifying client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -83,6 +97,20 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn guess_limits(&self) -> GuessLimits {
+        let window = Duration::from_millis(self.wrong_password_window_ms);
+        GuessLimits {
+            per_socket: WindowLimit {
+                limit: self.wrong_passwords_per_socket,
+                window,
+            },
+            per_room: WindowLimit {
+                limit: self.wrong_passwords_per_room,
+                window,
+            },
+        }
+    }
+
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }

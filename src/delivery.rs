@@ -74,12 +74,13 @@ pub fn send<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &st
     }
 }
 
-/// Answers a `join-room` with `join-error`.
+/// Answers a `join-room` or `check-room` with `join-error`.
 pub fn refuse_join<A: Adapter>(socket: &SocketRef<A>, room: Option<&str>, refusal: Refusal) {
     let reply = out::JoinError {
         room_id: room,
         reason: refusal.code(),
         message: refusal.message(),
+        retry_after_ms: refusal.retry_after_ms(),
     };
     send(socket, p::JOIN_ERROR, &reply);
 }
@@ -90,6 +91,7 @@ pub fn refuse<A: Adapter>(socket: &SocketRef<A>, event: &str, refusal: Refusal) 
         event,
         code: refusal.code(),
         message: refusal.message(),
+        retry_after_ms: refusal.retry_after_ms(),
     };
     send(socket, p::ERROR, &reply);
 }

@@ -1,13 +1,14 @@
 //! rtcio-signal: a WebRTC signaling server that speaks the rtc.io protocol over Socket.IO.
 //!
 //! - [`protocol`]: the wire contract (event names, payloads in and out, validation).
-//! - [`auth`]: JWT verification at connect time.
+//! - [`auth`]: JWT verification at connect time; [`room_lock`]: room passwords, hashed.
 //! - [`transport`]: socketioxide glue: admitting a connection, dispatching its events.
 //! - [`session`]: per-socket state and in-order event handling.
 //! - [`hub`]: the rooms' behaviour, one flow per file (join, leave, echo, relay).
 //! - [`delivery`]: the one path every emit to a peer takes.
 //! - [`store`]: room state, in memory or in Redis; [`turns`]: the order of changes in a room.
 //! - [`cluster`]: connecting to Redis, node heartbeats and reaping, the pub/sub transport.
+//! - [`limits`]: limits on attempts in a span of time (wrong passwords).
 //! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
@@ -19,7 +20,9 @@ pub mod delivery;
 pub mod heap_census;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
+pub mod room_lock;
 pub mod server;
 pub mod session;
 pub mod store;

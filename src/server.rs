@@ -144,6 +144,7 @@ fn limits(config: &Config) -> Limits {
     Limits {
         max_payload_bytes: config.max_payload_bytes,
         max_peers_per_room: config.max_peers_per_room,
+        guesses: config.guess_limits(),
     }
 }
 

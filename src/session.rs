@@ -1,5 +1,5 @@
-//! Per-socket state: the verified identity, the rooms the socket has joined, and the queue
-//! that runs its events one after another.
+//! Per-socket state: the verified identity, the rooms the socket has joined, its count of
+//! wrong room passwords, and the queue that runs its events one after another.
 //!
 //! socketioxide spawns a task per incoming event, so two events from one client could be
 //! handled out of order (a relayed ICE candidate overtaking its offer, a `media-state`
@@ -16,6 +16,7 @@ use std::task::{Context, Waker};
 use socketioxide::socket::Sid;
 
 use crate::auth::Identity;
+use crate::limits::{FixedWindow, WindowLimit};
 
 pub struct Session {
     pub sid: Sid,
@@ -23,6 +24,7 @@ pub struct Session {
     pub sid_str: Arc<str>,
     pub identity: Identity,
     rooms: Mutex<Vec<Arc<str>>>,
+    wrong_passwords: Mutex<FixedWindow>,
     serial: Arc<Serial>,
     live: Arc<AtomicUsize>,
 }
@@ -43,6 +45,7 @@ impl Session {
             sid_str: sid.to_string().into(),
             identity,
             rooms: Mutex::new(Vec::new()),
+            wrong_passwords: Mutex::default(),
             serial: Arc::new(Serial::default()),
         }
     }
@@ -70,6 +73,15 @@ impl Session {
 
     pub fn remove_room(&self, room: &str) {
         lock(&self.rooms).retain(|r| &**r != room);
+    }
+
+    /// How long until this socket may try a password again, if it has had too many wrong.
+    pub fn guesses_blocked_for(&self, limit: WindowLimit) -> Option<std::time::Duration> {
+        lock(&self.wrong_passwords).blocked_for(std::time::Instant::now(), limit)
+    }
+
+    pub fn record_wrong_guess(&self, limit: WindowLimit) {
+        lock(&self.wrong_passwords).record(std::time::Instant::now(), limit);
     }
 
     /// Queues `job` behind this socket's earlier events; false if the queue is full.

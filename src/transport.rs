@@ -110,9 +110,12 @@ impl<A: Adapter> MessageHandler<A, InOrder> for Dispatcher<A> {
             let (hub, socket, payload) = (&*hub, &job_socket, frame.payload);
             match &*frame.event {
                 p::JOIN_ROOM => hub.join_room(socket, &session, payload).await,
+                p::CHECK_ROOM => hub.check_room(socket, &session, payload).await,
                 p::LEAVE_ROOM => hub.leave_room(socket, &session, payload).await,
                 p::MEDIA_STATE => hub.media_state(socket, &session, payload).await,
-                p::STOP_SCREEN_SHARE => hub.stop_screen_share(socket, &session, payload).await,
+                event @ (p::STOP_SCREEN_SHARE | p::CHAT_MESSAGE) => {
+                    hub.pass_on(socket, &session, event, payload).await
+                }
                 p::RELAY => hub.relay(socket, &session, payload).await,
                 other => refuse(socket, other, Refusal::UnknownEvent),
             }

@@ -143,3 +143,19 @@ async fn demo_directory_is_served_at_root() {
         json!("turn:turn.example:3478")
     );
 }
+
+#[test]
+fn every_setting_is_in_the_readme() {
+    let readme = std::fs::read_to_string(support::repo_path("README.md")).expect("README");
+    let settings = support::server_env();
+    assert!(
+        settings.len() >= 19,
+        "settings read from config.rs: {settings:?}"
+    );
+    for var in settings {
+        assert!(
+            readme.contains(&format!("| `{var}` |")),
+            "{var} is missing from the README's settings table"
+        );
+    }
+}

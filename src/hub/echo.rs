@@ -1,5 +1,6 @@
 //! Events a member sends to everyone else in one of its rooms, with `id` stamped by the server:
-//! `media-state` (whose `{mic, cam}` is also cached for late joiners) and `stopScreenShare`.
+//! `media-state` (whose `{mic, cam}` is also cached for late joiners), `stopScreenShare` and
+//! `chat-message` (neither cached nor replayed to late joiners).
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -34,20 +35,22 @@ impl<A: Adapter> Hub<A> {
         echo(socket, session, p::MEDIA_STATE, &room, object).await;
     }
 
-    pub(crate) async fn stop_screen_share(
+    /// `stopScreenShare` and `chat-message`: echoed as they are.
+    pub(crate) async fn pass_on(
         &self,
         socket: &SocketRef<A>,
         session: &Session,
+        event: &str,
         payload: Option<&RawValue>,
     ) {
         let (room, object) = match p::inbound::parse_room_of(payload) {
             Ok(parsed) => parsed,
-            Err(refusal) => return refuse(socket, p::STOP_SCREEN_SHARE, refusal),
+            Err(refusal) => return refuse(socket, event, refusal),
         };
         if !session.in_room(&room) {
-            return refuse(socket, p::STOP_SCREEN_SHARE, Refusal::NotInRoom);
+            return refuse(socket, event, Refusal::NotInRoom);
         }
-        echo(socket, session, p::STOP_SCREEN_SHARE, &room, object).await;
+        echo(socket, session, event, &room, object).await;
     }
 }
 

@@ -1,4 +1,10 @@
-//! `join-room`: the join of the contract, step by step, atomic per room.
+//! `join-room` and `check-room`: the join of the contract, step by step, atomic per room, and
+//! the question "would a join be let in?" answered the same way without joining.
+//!
+//! Getting past a room's password is a look followed by an atomic join that checks the look
+//! still holds ([`Expect`]): the slow password hash runs between the two, outside any lock and
+//! off the async workers. In one process the room's turn makes the check a formality; across a
+//! cluster it is what makes two first joiners with different passwords agree on one winner.
 
 use std::sync::Arc;
 
@@ -9,9 +15,22 @@ use socketioxide::socket::Sid;
 
 use super::Hub;
 use crate::delivery::{refuse_join, room_key, send};
-use crate::protocol::{self as p, JoinRequest, Refusal, outbound as out};
+use crate::limits::retry_after_ms;
+use crate::protocol::{self as p, JoinRequest, Password, Refusal, RoomCheck, outbound as out};
+use crate::room_lock::RoomLock;
 use crate::session::Session;
-use crate::store::{JoinOutcome, Member};
+use crate::store::{Expect, JoinOutcome, Member, RoomView};
+
+/// Looks a join may take when other nodes keep changing the room's lock under it.
+const LOCK_ATTEMPTS: usize = 3;
+
+/// How a join or a check went before the join proper.
+enum Found {
+    /// The socket is already a member: nothing to do.
+    Member,
+    /// The joiner may go in, if the room is still as [`Expect`]ed.
+    MayJoin(Expect),
+}
 
 impl<A: Adapter> Hub<A> {
     pub(crate) async fn join_room(
@@ -40,21 +59,34 @@ impl<A: Adapter> Hub<A> {
         };
 
         let _turn = self.turns.take(room).await;
-        let existing = match self
-            .rooms
-            .join(room, newcomer, self.limits.max_peers_per_room)
-            .await
-        {
-            Ok(JoinOutcome::Joined(existing)) => existing,
-            Ok(JoinOutcome::AlreadyMember) => {
-                return send(socket, p::JOIN_OK, &out::JoinOk { room_id: room });
-            }
-            Ok(JoinOutcome::Full) => {
-                return refuse_join(socket, Some(room), Refusal::RoomFull);
-            }
-            Err(e) => {
-                tracing::error!(room, cause = %e, "join failed: room state unavailable");
-                return refuse_join(socket, Some(room), Refusal::Unavailable);
+        let mut attempts = 0;
+        let existing = loop {
+            attempts += 1;
+            let expect = match self.look(session, room, request.password.as_ref()).await {
+                Ok(Found::MayJoin(expect)) => expect,
+                Ok(Found::Member) => {
+                    return send(socket, p::JOIN_OK, &out::JoinOk { room_id: room });
+                }
+                Err(refusal) => return refuse_join(socket, Some(room), refusal),
+            };
+            let max = self.limits.max_peers_per_room;
+            match self.rooms.join(room, newcomer.clone(), max, &expect).await {
+                Ok(JoinOutcome::Joined(existing)) => break existing,
+                Ok(JoinOutcome::AlreadyMember) => {
+                    return send(socket, p::JOIN_OK, &out::JoinOk { room_id: room });
+                }
+                Ok(JoinOutcome::Full) => {
+                    return refuse_join(socket, Some(room), Refusal::RoomFull);
+                }
+                Ok(JoinOutcome::LockChanged) if attempts < LOCK_ATTEMPTS => {}
+                Ok(JoinOutcome::LockChanged) => {
+                    tracing::warn!(room, "join gave up: the room's lock kept changing");
+                    return refuse_join(socket, Some(room), Refusal::Unavailable);
+                }
+                Err(e) => {
+                    tracing::error!(room, cause = %e, "join failed: room state unavailable");
+                    return refuse_join(socket, Some(room), Refusal::Unavailable);
+                }
             }
         };
         session.add_room(room);
@@ -100,5 +132,106 @@ impl<A: Adapter> Hub<A> {
         self.delivery
             .send_to(&others, p::INIT_OFFER, &out::InitOffer { source: me })
             .await;
+    }
+
+    pub(crate) async fn check_room(
+        &self,
+        socket: &SocketRef<A>,
+        session: &Session,
+        payload: Option<&RawValue>,
+    ) {
+        let request = match RoomCheck::parse(payload) {
+            Ok(request) => request,
+            Err((room, refusal)) => return refuse_join(socket, room.as_deref(), refusal),
+        };
+        let room = request.room_id.as_str();
+        if !session.identity.may_join(room) {
+            return refuse_join(socket, Some(room), Refusal::Forbidden);
+        }
+        let password_required = match self.look(session, room, request.password.as_ref()).await {
+            // A member's own room: whether it is locked is all there is to say.
+            Ok(Found::Member) => self.is_locked(room, session).await,
+            Ok(Found::MayJoin(expect)) => Ok(matches!(expect, Expect::Locked(_))),
+            Err(refusal) => Err(refusal),
+        };
+        match password_required {
+            Ok(password_required) => send(
+                socket,
+                p::ROOM_CHECK_OK,
+                &out::RoomCheckOk {
+                    room_id: room,
+                    password_required,
+                },
+            ),
+            Err(refusal) => refuse_join(socket, Some(room), refusal),
+        }
+    }
+
+    async fn is_locked(&self, room: &str, session: &Session) -> Result<bool, Refusal> {
+        let view = self.peek(room, session).await?;
+        Ok(view.lock.is_some())
+    }
+
+    async fn peek(&self, room: &str, session: &Session) -> Result<RoomView, Refusal> {
+        self.rooms
+            .peek(room, session.sid, self.limits.guesses.per_room)
+            .await
+            .map_err(|e| {
+                tracing::error!(room, cause = %e, "room state unavailable");
+                Refusal::Unavailable
+            })
+    }
+
+    /// Looks at the room and decides whether `session` may join it with `password`: the
+    /// room's limits, its lock, and the wrong-password limits. A wrong password is counted
+    /// against the socket and the room. Changes nothing else.
+    async fn look(
+        &self,
+        session: &Session,
+        room: &str,
+        password: Option<&Password>,
+    ) -> Result<Found, Refusal> {
+        let view = self.peek(room, session).await?;
+        if view.is_member {
+            return Ok(Found::Member);
+        }
+        if view.members >= self.limits.max_peers_per_room {
+            return Err(Refusal::RoomFull);
+        }
+        if view.members == 0 {
+            let seal = match password {
+                Some(password) => Some(RoomLock::seal(password).await.map_err(|e| {
+                    tracing::error!(room, cause = %e, "could not hash a room password");
+                    Refusal::Unavailable
+                })?),
+                None => None,
+            };
+            return Ok(Found::MayJoin(Expect::Empty { seal }));
+        }
+        let Some(lock) = view.lock else {
+            return Ok(Found::MayJoin(Expect::Open));
+        };
+        let Some(password) = password else {
+            return Err(Refusal::PasswordRequired);
+        };
+        let limits = self.limits.guesses;
+        let blocked = [
+            session.guesses_blocked_for(limits.per_socket),
+            view.guesses_blocked_for,
+        ];
+        if let Some(wait) = blocked.into_iter().flatten().max() {
+            return Err(Refusal::RateLimited {
+                retry_after_ms: retry_after_ms(wait),
+            });
+        }
+        if lock.opens(password).await {
+            return Ok(Found::MayJoin(Expect::Locked(lock)));
+        }
+        session.record_wrong_guess(limits.per_socket);
+        if let Err(e) = self.rooms.record_wrong_guess(room, limits.per_room).await {
+            tracing::error!(room, cause = %e, "wrong password not counted against the room");
+        }
+        tracing::info!(sid = %session.sid, user = %session.identity.user_id, room, "wrong room password");
+        Err(Refusal::WrongPassword)
     }
 }

@@ -1,9 +1,9 @@
 //! The rooms' behaviour: one flow per file, one method per row of the contract's tables.
 //! [`Hub`] holds what every flow shares; `transport` feeds it one socket's events in order.
 //!
-//! - `join`: `join-room`.
+//! - `join`: `join-room` and `check-room`, getting past a room's password lock.
 //! - `leave`: `leave-room`, disconnects, and announcing departures.
-//! - `echo`: `media-state` and `stopScreenShare`, echoed to the sender's room.
+//! - `echo`: `media-state`, `stopScreenShare` and `chat-message`, echoed to the sender's room.
 //! - `relay`: `#rtcio:message`, to one peer.
 
 mod echo;
@@ -19,6 +19,7 @@ use socketioxide::adapter::Adapter;
 
 use crate::auth::Verifier;
 use crate::delivery::Delivery;
+use crate::limits::GuessLimits;
 use crate::store::{RoomStore, StoreError};
 use crate::turns::RoomTurns;
 
@@ -27,6 +28,7 @@ use crate::turns::RoomTurns;
 pub struct Limits {
     pub max_payload_bytes: usize,
     pub max_peers_per_room: usize,
+    pub guesses: GuessLimits,
 }
 
 /// Everything the flows share.

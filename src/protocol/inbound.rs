@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{MAX_NAME_CHARS, MAX_ROOM_ID_CHARS, Refusal, valid_room_id};
+use super::{MAX_NAME_CHARS, MAX_PASSWORD_CHARS, MAX_ROOM_ID_CHARS, Refusal, valid_room_id};
 
 /// One incoming event frame, `["name", payload, ...]`, split without parsing the payload.
 pub struct Frame<'a> {
@@ -25,35 +25,95 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// `join-room { roomId, name }`, validated.
+/// A room password as a client sent it, trimmed and never empty. It is only ever hashed or
+/// checked against a hash; `Debug` does not show it, so it cannot reach a log by accident.
+pub struct Password(String);
+
+impl Password {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// `join-room { roomId, name, password? }`, validated.
 #[derive(Debug)]
 pub struct JoinRequest {
     pub room_id: String,
     pub name: String,
+    pub password: Option<Password>,
 }
 
+/// `check-room { roomId, password? }`, validated.
+#[derive(Debug)]
+pub struct RoomCheck {
+    pub room_id: String,
+    pub password: Option<Password>,
+}
+
+/// A refused `join-room` or `check-room`: the room id as far as it could be read (for the
+/// `join-error` reply), and why.
+pub type RoomRefusal = (Option<String>, Refusal);
+
 impl JoinRequest {
-    /// On failure returns the room id as far as it could be read, for the `join-error` reply.
-    pub fn parse(payload: Option<&RawValue>) -> Result<JoinRequest, (Option<String>, Refusal)> {
-        let object = parse_object(payload).map_err(|r| (None, r))?;
-        let room_id = match object.get("roomId") {
-            Some(Value::String(room)) if valid_room_id(room) => room.clone(),
-            Some(Value::String(room)) => {
-                let shown: String = room.chars().take(MAX_ROOM_ID_CHARS).collect();
-                return Err((Some(shown), Refusal::InvalidRoom));
-            }
-            _ => return Err((None, Refusal::InvalidRoom)),
-        };
+    pub fn parse(payload: Option<&RawValue>) -> Result<JoinRequest, RoomRefusal> {
+        let (room_id, object) = parse_room_request(payload)?;
         let name = match object.get("name") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(name)) if name.chars().count() <= MAX_NAME_CHARS => name.clone(),
             Some(_) => return Err((Some(room_id), Refusal::InvalidName)),
         };
-        Ok(JoinRequest { room_id, name })
+        let password = parse_password(&object).map_err(|r| (Some(room_id.clone()), r))?;
+        Ok(JoinRequest {
+            room_id,
+            name,
+            password,
+        })
     }
 }
 
-/// `leave-room { roomId }`.
+impl RoomCheck {
+    pub fn parse(payload: Option<&RawValue>) -> Result<RoomCheck, RoomRefusal> {
+        let (room_id, object) = parse_room_request(payload)?;
+        let password = parse_password(&object).map_err(|r| (Some(room_id.clone()), r))?;
+        Ok(RoomCheck { room_id, password })
+    }
+}
+
+/// The object and its valid `roomId`; an invalid one is echoed back cut to the maximum length.
+fn parse_room_request(
+    payload: Option<&RawValue>,
+) -> Result<(String, Map<String, Value>), RoomRefusal> {
+    let object = parse_object(payload).map_err(|r| (None, r))?;
+    match object.get("roomId") {
+        Some(Value::String(room)) if valid_room_id(room) => Ok((room.clone(), object)),
+        Some(Value::String(room)) => {
+            let shown: String = room.chars().take(MAX_ROOM_ID_CHARS).collect();
+            Err((Some(shown), Refusal::InvalidRoom))
+        }
+        _ => Err((None, Refusal::InvalidRoom)),
+    }
+}
+
+/// `password`: absent, null, empty or blank means none; otherwise at most 256 characters,
+/// trimmed.
+fn parse_password(object: &Map<String, Value>) -> Result<Option<Password>, Refusal> {
+    match object.get("password") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.chars().count() <= MAX_PASSWORD_CHARS => {
+            let trimmed = text.trim();
+            Ok((!trimmed.is_empty()).then(|| Password(trimmed.to_string())))
+        }
+        Some(_) => Err(Refusal::InvalidPassword),
+    }
+}
+
+/// `{ roomId, ... }`: `leave-room`, and the start of every echoed event.
 pub fn parse_room_of(payload: Option<&RawValue>) -> Result<(String, Map<String, Value>), Refusal> {
     let object = parse_object(payload)?;
     match object.get("roomId") {
@@ -148,6 +208,33 @@ mod tests {
         assert_eq!(bad_name, (Some("r".into()), Refusal::InvalidName));
         let not_object = JoinRequest::parse(Some(&raw(r#""r""#))).unwrap_err();
         assert_eq!(not_object.1, Refusal::InvalidPayload);
+    }
+
+    #[test]
+    fn passwords_are_trimmed_bounded_and_hidden() {
+        let join = |json: &str| JoinRequest::parse(Some(&raw(json)));
+        let given = join(r#"{"roomId":"r","password":"  s3cret \t"}"#).expect("ok");
+        assert_eq!(
+            given.password.as_ref().map(Password::as_bytes),
+            Some(&b"s3cret"[..])
+        );
+        assert!(!format!("{given:?}").contains("s3cret"));
+        for none in [r#""""#, r#""   ""#, "null"] {
+            let parsed = join(&format!(r#"{{"roomId":"r","password":{none}}}"#)).expect("ok");
+            assert!(parsed.password.is_none(), "{none}");
+        }
+        let longest = format!(r#"{{"roomId":"r","password":"{}"}}"#, "é".repeat(256));
+        assert!(join(&longest).expect("ok").password.is_some());
+        let too_long = format!(r#"{{"roomId":"r","password":"{}"}}"#, "a".repeat(257));
+        assert_eq!(
+            join(&too_long).unwrap_err(),
+            (Some("r".into()), Refusal::InvalidPassword)
+        );
+        let not_text = RoomCheck::parse(Some(&raw(r#"{"roomId":"r","password":5}"#)));
+        assert_eq!(
+            not_text.unwrap_err(),
+            (Some("r".into()), Refusal::InvalidPassword)
+        );
     }
 
     #[test]

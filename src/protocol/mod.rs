@@ -6,16 +6,20 @@
 pub mod inbound;
 pub mod outbound;
 
-pub use inbound::{Frame, JoinRequest, MediaState, RelayRequest};
+pub use inbound::{Frame, JoinRequest, MediaState, Password, RelayRequest, RoomCheck};
 
 // Client -> server.
 pub const JOIN_ROOM: &str = "join-room";
+pub const CHECK_ROOM: &str = "check-room";
 pub const LEAVE_ROOM: &str = "leave-room";
 pub const MEDIA_STATE: &str = "media-state";
 pub const STOP_SCREEN_SHARE: &str = "stopScreenShare";
+pub const CHAT_MESSAGE: &str = "chat-message";
 pub const RELAY: &str = "#rtcio:message";
 
-// Server -> client (besides the echoes of `media-state`, `stopScreenShare` and the relay).
+// Server -> client (besides the echoes of `media-state`, `stopScreenShare`, `chat-message` and
+// the relay).
+pub const ROOM_CHECK_OK: &str = "room-check-ok";
 pub const USER_CONNECTED: &str = "user-connected";
 pub const USER_DISCONNECTED: &str = "user-disconnected";
 pub const INIT_OFFER: &str = "#rtcio:init-offer";
@@ -26,6 +30,7 @@ pub const ERROR: &str = "error";
 
 pub const MAX_ROOM_ID_CHARS: usize = 128;
 pub const MAX_NAME_CHARS: usize = 64;
+pub const MAX_PASSWORD_CHARS: usize = 256;
 
 /// Why a client's event was refused; becomes `join-error.reason` or `error.code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +38,15 @@ pub enum Refusal {
     InvalidPayload,
     InvalidRoom,
     InvalidName,
+    InvalidPassword,
     Forbidden,
     RoomFull,
+    PasswordRequired,
+    WrongPassword,
+    /// Over a limit; the client may try again after this many milliseconds.
+    RateLimited {
+        retry_after_ms: u64,
+    },
     NotInRoom,
     UnknownTarget,
     PayloadTooLarge,
@@ -49,8 +61,12 @@ impl Refusal {
             Refusal::InvalidPayload => "invalid-payload",
             Refusal::InvalidRoom => "invalid-room",
             Refusal::InvalidName => "invalid-name",
+            Refusal::InvalidPassword => "invalid-password",
             Refusal::Forbidden => "forbidden",
             Refusal::RoomFull => "room-full",
+            Refusal::PasswordRequired => "password-required",
+            Refusal::WrongPassword => "wrong-password",
+            Refusal::RateLimited { .. } => "rate-limited",
             Refusal::NotInRoom => "not-in-room",
             Refusal::UnknownTarget => "unknown-target",
             Refusal::PayloadTooLarge => "payload-too-large",
@@ -67,14 +83,26 @@ impl Refusal {
                 "roomId must be a string of 1 to 128 characters without control characters"
             }
             Refusal::InvalidName => "name must be a string of at most 64 characters",
+            Refusal::InvalidPassword => "password must be a string of at most 256 characters",
             Refusal::Forbidden => "this token may not join that room",
             Refusal::RoomFull => "the room has reached its member limit",
+            Refusal::PasswordRequired => "this room is locked: a password is required",
+            Refusal::WrongPassword => "that is not this room's password",
+            Refusal::RateLimited { .. } => "too many attempts; wait before trying again",
             Refusal::NotInRoom => "this socket has not joined that room",
             Refusal::UnknownTarget => "target is not a socket that shares a room with you",
             Refusal::PayloadTooLarge => "event is larger than the server accepts",
             Refusal::UnknownEvent => "the server does not handle this event",
             Refusal::Busy => "too many events are waiting; slow down",
             Refusal::Unavailable => "room state is unreachable right now; try again",
+        }
+    }
+
+    /// `retryAfterMs` of the reply, for refusals that have one.
+    pub fn retry_after_ms(self) -> Option<u64> {
+        match self {
+            Refusal::RateLimited { retry_after_ms } => Some(retry_after_ms),
+            _ => None,
         }
     }
 }

@@ -47,17 +47,29 @@ pub struct PeerId<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+pub struct RoomCheckOk<'a> {
+    pub room_id: &'a str,
+    pub password_required: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JoinError<'a> {
     pub room_id: Option<&'a str>,
     pub reason: &'static str,
     pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ErrorReply<'a> {
     pub event: &'a str,
     pub code: &'static str,
     pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Sets the server-stamped `id` on an echoed object.

@@ -1,35 +1,80 @@
-//! Room membership kept in this process (single-node mode).
+//! Room state kept in this process (single-node mode).
 //!
-//! The member lists live in a `DashMap` whose shard locks are held only inside one
-//! synchronous method call. A room whose last member leaves is removed: an empty room leaves
-//! nothing behind.
+//! The rooms live in a `DashMap` whose shard locks are held only inside one synchronous method
+//! call. A room whose last member leaves is removed, and its lock with it: an empty room leaves
+//! nothing behind. Wrong-password counters live in a second map and are swept once they
+//! outnumber [`GUESS_SWEEP_AT`], so a flood of guesses cannot grow it without bound.
+
+use std::time::Instant;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use socketioxide::socket::Sid;
 
-use super::{JoinOutcome, Member};
+use super::{Expect, JoinOutcome, Member, RoomView};
+use crate::limits::{FixedWindow, WindowLimit};
 use crate::protocol::MediaState;
+use crate::room_lock::RoomLock;
 
-/// Room membership kept in this process.
+/// Counters kept before expired ones are swept.
+const GUESS_SWEEP_AT: usize = 4096;
+
+#[derive(Default)]
+struct Room {
+    /// In joining order.
+    members: Vec<Member>,
+    lock: Option<RoomLock>,
+}
+
+/// Room state kept in this process.
 #[derive(Default)]
 pub struct MemoryRooms {
-    rooms: DashMap<String, Vec<Member>>,
+    rooms: DashMap<String, Room>,
+    guesses: DashMap<String, FixedWindow>,
 }
 
 impl MemoryRooms {
-    /// Snapshots the room and adds `member` in one step.
-    pub fn join(&self, room: &str, member: Member, max_members: usize) -> JoinOutcome {
+    pub fn peek(&self, room: &str, sid: Sid, guesses: WindowLimit) -> RoomView {
+        let guesses_blocked_for = self
+            .guesses
+            .get(room)
+            .and_then(|window| window.blocked_for(Instant::now(), guesses));
+        match self.rooms.get(room) {
+            Some(found) => RoomView {
+                members: found.members.len(),
+                is_member: found.members.iter().any(|m| m.sid == sid),
+                lock: found.lock.clone(),
+                guesses_blocked_for,
+            },
+            None => RoomView {
+                members: 0,
+                is_member: false,
+                lock: None,
+                guesses_blocked_for,
+            },
+        }
+    }
+
+    /// Snapshots the room and adds `member` in one step, if its lock is as expected.
+    pub fn join(
+        &self,
+        room: &str,
+        member: Member,
+        max_members: usize,
+        expect: &Expect,
+    ) -> JoinOutcome {
         match self.rooms.entry(room.to_string()) {
             Entry::Occupied(mut entry) => {
-                let members = entry.get_mut();
-                if members.iter().any(|m| m.sid == member.sid) {
+                let found = entry.get_mut();
+                if found.members.iter().any(|m| m.sid == member.sid) {
                     JoinOutcome::AlreadyMember
-                } else if members.len() >= max_members {
+                } else if found.members.len() >= max_members {
                     JoinOutcome::Full
+                } else if !expect.matches_lock(found.lock.as_ref()) {
+                    JoinOutcome::LockChanged
                 } else {
-                    let before = members.clone();
-                    members.push(member);
+                    let before = found.members.clone();
+                    found.members.push(member);
                     JoinOutcome::Joined(before)
                 }
             }
@@ -37,19 +82,37 @@ impl MemoryRooms {
                 if max_members == 0 {
                     return JoinOutcome::Full;
                 }
-                entry.insert(vec![member]);
+                let Expect::Empty { seal } = expect else {
+                    return JoinOutcome::LockChanged;
+                };
+                entry.insert(Room {
+                    members: vec![member],
+                    lock: seal.clone(),
+                });
                 JoinOutcome::Joined(Vec::new())
             }
         }
     }
 
+    pub fn record_wrong_guess(&self, room: &str, guesses: WindowLimit) {
+        let now = Instant::now();
+        if self.guesses.len() >= GUESS_SWEEP_AT {
+            self.guesses
+                .retain(|_, window| !window.expired(now, guesses));
+        }
+        self.guesses
+            .entry(room.to_string())
+            .or_default()
+            .record(now, guesses);
+    }
+
     /// Removes `sid` from the room; returns the members who remain, or `None` if it was not
-    /// a member. Drops the room when it empties.
+    /// a member. Drops the room, and its lock, when it empties.
     pub fn leave(&self, room: &str, sid: Sid) -> Option<Vec<Sid>> {
         let Entry::Occupied(mut entry) = self.rooms.entry(room.to_string()) else {
             return None;
         };
-        let members = entry.get_mut();
+        let members = &mut entry.get_mut().members;
         let position = members.iter().position(|m| m.sid == sid)?;
         members.remove(position);
         let remaining: Vec<Sid> = members.iter().map(|m| m.sid).collect();
@@ -61,10 +124,10 @@ impl MemoryRooms {
 
     /// Caches a member's media state; false if `sid` is not in the room.
     pub fn set_media(&self, room: &str, sid: Sid, state: MediaState) -> bool {
-        let Some(mut members) = self.rooms.get_mut(room) else {
+        let Some(mut found) = self.rooms.get_mut(room) else {
             return false;
         };
-        match members.iter_mut().find(|m| m.sid == sid) {
+        match found.members.iter_mut().find(|m| m.sid == sid) {
             Some(member) => {
                 member.media = Some(state);
                 true
@@ -76,7 +139,7 @@ impl MemoryRooms {
     pub fn is_member(&self, room: &str, sid: Sid) -> bool {
         self.rooms
             .get(room)
-            .is_some_and(|members| members.iter().any(|m| m.sid == sid))
+            .is_some_and(|found| found.members.iter().any(|m| m.sid == sid))
     }
 
     /// Rooms currently held in memory.
@@ -102,19 +165,104 @@ mod tests {
     fn join_snapshots_before_adding_and_leave_cleans_up() {
         let rooms = MemoryRooms::default();
         let (a, b) = (member(1), member(2));
-        assert!(matches!(rooms.join("r", a.clone(), 10), JoinOutcome::Joined(v) if v.is_empty()));
-        match rooms.join("r", b.clone(), 10) {
+        let first = Expect::Empty { seal: None };
+        assert!(
+            matches!(rooms.join("r", a.clone(), 10, &first), JoinOutcome::Joined(v) if v.is_empty())
+        );
+        match rooms.join("r", b.clone(), 10, &Expect::Open) {
             JoinOutcome::Joined(v) => assert_eq!(v, vec![a.clone()]),
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            rooms.join("r", a.clone(), 10),
+            rooms.join("r", a.clone(), 10, &first),
             JoinOutcome::AlreadyMember
         ));
-        assert!(matches!(rooms.join("r", member(3), 2), JoinOutcome::Full));
+        assert!(matches!(
+            rooms.join("r", member(3), 2, &Expect::Open),
+            JoinOutcome::Full
+        ));
         assert_eq!(rooms.leave("r", a.sid), Some(vec![b.sid]));
         assert_eq!(rooms.leave("r", a.sid), None);
         assert_eq!(rooms.leave("r", b.sid), Some(vec![]));
         assert_eq!(rooms.room_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lock_is_checked_in_the_join_and_gone_with_the_room() {
+        let rooms = MemoryRooms::default();
+        let limit = WindowLimit {
+            limit: 5,
+            window: std::time::Duration::from_secs(60),
+        };
+        let view = |sid| rooms.peek("r", sid, limit);
+        let seal = Expect::Empty {
+            seal: Some(lock("pw-1").await),
+        };
+        let (a, b, c) = (member(1), member(2), member(3));
+        assert!(matches!(
+            rooms.join("r", a.clone(), 10, &seal),
+            JoinOutcome::Joined(_)
+        ));
+        let lock_a = view(b.sid).lock.expect("sealed");
+        // A second "first joiner" lost the race; so did one that expected an open room.
+        assert!(matches!(
+            rooms.join("r", b.clone(), 10, &seal),
+            JoinOutcome::LockChanged
+        ));
+        assert!(matches!(
+            rooms.join("r", b.clone(), 10, &Expect::Open),
+            JoinOutcome::LockChanged
+        ));
+        let other = Expect::Locked(lock("pw-1").await);
+        assert!(matches!(
+            rooms.join("r", b.clone(), 10, &other),
+            JoinOutcome::LockChanged
+        ));
+        let right = Expect::Locked(lock_a.clone());
+        assert!(matches!(
+            rooms.join("r", b.clone(), 10, &right),
+            JoinOutcome::Joined(_)
+        ));
+        rooms.leave("r", a.sid);
+        rooms.leave("r", b.sid);
+        assert!(
+            view(c.sid).lock.is_none(),
+            "the lock went with the last member"
+        );
+        assert!(matches!(
+            rooms.join("r", c, 10, &right),
+            JoinOutcome::LockChanged
+        ));
+    }
+
+    async fn lock(text: &str) -> RoomLock {
+        let raw = serde_json::value::RawValue::from_string(format!(
+            r#"{{"roomId":"r","password":"{text}"}}"#
+        ))
+        .expect("json");
+        let check = crate::protocol::RoomCheck::parse(Some(&raw)).expect("valid");
+        RoomLock::seal(&check.password.expect("given"))
+            .await
+            .expect("sealed")
+    }
+
+    #[test]
+    fn wrong_guesses_block_the_room_until_the_window_closes() {
+        let rooms = MemoryRooms::default();
+        let limit = WindowLimit {
+            limit: 2,
+            window: std::time::Duration::from_secs(60),
+        };
+        let sid = Sid::new();
+        rooms.record_wrong_guess("r", limit);
+        assert!(rooms.peek("r", sid, limit).guesses_blocked_for.is_none());
+        rooms.record_wrong_guess("r", limit);
+        assert!(rooms.peek("r", sid, limit).guesses_blocked_for.is_some());
+        assert!(
+            rooms
+                .peek("other", sid, limit)
+                .guesses_blocked_for
+                .is_none()
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Room state: who is in which room, under which name, with which cached media state. One
-//! interface, [`RoomStore`], over two places it can live: this process ([`memory`]) or Redis,
+//! Room state: who is in which room, under which name, with which cached media state, behind
+//! which password lock, and how many wrong passwords it has seen lately. One interface, [`RoomStore`], over two places it can live: this process ([`memory`]) or Redis,
 //! shared by every node of a cluster ([`redis`]). The hub never asks which one it has.
 
 pub mod memory;
@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use socketioxide::socket::Sid;
 
+use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
+use crate::room_lock::RoomLock;
 use crate::session::Session;
 
 pub use memory::MemoryRooms;
@@ -33,6 +35,42 @@ pub enum JoinOutcome {
     AlreadyMember,
     /// The room is at its limit; nothing changed.
     Full,
+    /// The room's lock is not the one the joiner expected (another joiner sealed the empty
+    /// room first, or the room emptied); nothing changed. Look again and retry.
+    LockChanged,
+}
+
+/// A room as a joiner finds it, before it decides how to get past the lock.
+#[derive(Debug)]
+pub struct RoomView {
+    pub members: usize,
+    pub is_member: bool,
+    /// The room's lock; always `None` for an empty room.
+    pub lock: Option<RoomLock>,
+    /// The room has had too many wrong passwords: how long until it takes guesses again.
+    pub guesses_blocked_for: Option<std::time::Duration>,
+}
+
+/// The lock a joiner got past, checked again in the same atomic step as the join.
+#[derive(Debug)]
+pub enum Expect {
+    /// The room was empty; the joiner seals it with this lock (or leaves it open).
+    Empty { seal: Option<RoomLock> },
+    /// The room had members and no password.
+    Open,
+    /// The room had members and this lock, which the joiner's password opened.
+    Locked(RoomLock),
+}
+
+impl Expect {
+    /// Whether a room with members and `lock` is what the joiner expected.
+    fn matches_lock(&self, lock: Option<&RoomLock>) -> bool {
+        match (self, lock) {
+            (Expect::Open, None) => true,
+            (Expect::Locked(expected), Some(lock)) => expected == lock,
+            _ => false,
+        }
+    }
 }
 
 /// Where room state lives: in this process, or (cluster mode) shared through Redis.
@@ -52,15 +90,46 @@ impl std::fmt::Display for StoreError {
 }
 
 impl RoomStore {
+    /// The room as `sid` would find it joining now.
+    pub async fn peek(
+        &self,
+        room: &str,
+        sid: Sid,
+        guesses: WindowLimit,
+    ) -> Result<RoomView, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.peek(room, sid, guesses)),
+            RoomStore::Redis(rooms) => rooms.peek(room, sid, guesses).await,
+        }
+    }
+
+    /// Snapshots the room and adds `member` in one atomic step, if the room's lock is still
+    /// what the joiner `expect`s.
     pub async fn join(
         &self,
         room: &str,
         member: Member,
         max_members: usize,
+        expect: &Expect,
     ) -> Result<JoinOutcome, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.join(room, member, max_members)),
-            RoomStore::Redis(rooms) => rooms.join(room, member, max_members).await,
+            RoomStore::Memory(rooms) => Ok(rooms.join(room, member, max_members, expect)),
+            RoomStore::Redis(rooms) => rooms.join(room, member, max_members, expect).await,
+        }
+    }
+
+    /// Counts a wrong password against the room.
+    pub async fn record_wrong_guess(
+        &self,
+        room: &str,
+        guesses: WindowLimit,
+    ) -> Result<(), StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => {
+                rooms.record_wrong_guess(room, guesses);
+                Ok(())
+            }
+            RoomStore::Redis(rooms) => rooms.record_wrong_guess(room, guesses).await,
         }
     }
 

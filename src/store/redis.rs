@@ -6,6 +6,9 @@
 //! joins from missing each other. Layout (standalone Redis; scripts touch keys they compute):
 //! - `rtcio:room:{room}`   hash sid -> "seq|{name,user}"  (seq orders the snapshot by join)
 //! - `rtcio:media:{room}`  hash sid -> "mic,cam" (0/1)
+//! - `rtcio:lock:{room}`   the room's password seal (an argon2id PHC string), while it has
+//!   members; set by the join that fills the empty room, deleted by the leave that empties it
+//! - `rtcio:guesses:{room}` wrong passwords in the current window, expiring with the window
 //! - `rtcio:node:{id}:members` set of "room\nsid" this node's sockets hold
 //! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
@@ -23,8 +26,10 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use socketioxide::socket::Sid;
 
-use super::{JoinOutcome, Member, StoreError};
+use super::{Expect, JoinOutcome, Member, RoomView, StoreError};
+use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
+use crate::room_lock::RoomLock;
 
 const PREFIX: &str = "rtcio:";
 /// A node whose heartbeat is this old is presumed dead.
@@ -32,11 +37,39 @@ pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// How often a node refreshes its heartbeat and looks for dead nodes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
+/// The room as a joiner finds it: member count, membership, lock, wrong guesses and the time
+/// left in their window.
+const PEEK: &str = r#"
+local room, lock, guesses = KEYS[1], KEYS[2], KEYS[3]
+return {
+  redis.call('HLEN', room),
+  redis.call('HEXISTS', room, ARGV[1]),
+  redis.call('GET', lock) or '',
+  tonumber(redis.call('GET', guesses) or '0'),
+  redis.call('PTTL', guesses),
+}
+"#;
+
+/// Joins if the room's lock is what the joiner expected (`expect` is `empty`, `open` or
+/// `locked` with the seal in ARGV[6]); the joiner of an empty room sets its seal (ARGV[7],
+/// empty for an open room).
 const JOIN: &str = r#"
-local room, media, mine, seqkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local room, media, mine, seqkey, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, record, max, entry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local expect, expected, seal = ARGV[5], ARGV[6], ARGV[7]
 if redis.call('HEXISTS', room, sid) == 1 then return {'already', {}, {}} end
-if redis.call('HLEN', room) >= max then return {'full', {}, {}} end
+local count = redis.call('HLEN', room)
+if count >= max then return {'full', {}, {}} end
+if count == 0 then
+  if expect ~= 'empty' then return {'changed', {}, {}} end
+  if seal == '' then redis.call('DEL', lock) else redis.call('SET', lock, seal) end
+else
+  local current = redis.call('GET', lock) or ''
+  if expect == 'empty' or (expect == 'open' and current ~= '')
+    or (expect == 'locked' and current ~= expected) then
+    return {'changed', {}, {}}
+  end
+end
 local members = redis.call('HGETALL', room)
 local states = redis.call('HGETALL', media)
 local seq = redis.call('INCR', seqkey)
@@ -46,12 +79,21 @@ return {'joined', members, states}
 "#;
 
 const LEAVE: &str = r#"
-local room, media, mine = KEYS[1], KEYS[2], KEYS[3]
+local room, media, mine, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sid, entry = ARGV[1], ARGV[2]
 redis.call('SREM', mine, entry)
 if redis.call('HDEL', room, sid) == 0 then return {0, {}} end
 redis.call('HDEL', media, sid)
-return {1, redis.call('HKEYS', room)}
+local remaining = redis.call('HKEYS', room)
+if #remaining == 0 then redis.call('DEL', lock) end
+return {1, remaining}
+"#;
+
+/// Counts a wrong password; the first one of a window starts its expiry.
+const WRONG_GUESS: &str = r#"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return count
 "#;
 
 const SET_MEDIA: &str = r#"
@@ -82,9 +124,11 @@ for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
   local roomkey = prefix .. 'room:' .. room
   if redis.call('HDEL', roomkey, sid) == 1 then
     redis.call('HDEL', prefix .. 'media:' .. room, sid)
+    local remaining = redis.call('HKEYS', roomkey)
+    if #remaining == 0 then redis.call('DEL', prefix .. 'lock:' .. room) end
     table.insert(out, room)
     table.insert(out, sid)
-    table.insert(out, table.concat(redis.call('HKEYS', roomkey), ' '))
+    table.insert(out, table.concat(remaining, ' '))
   end
 end
 redis.call('DEL', mine)
@@ -107,8 +151,10 @@ pub struct Departure {
 pub struct RedisRooms {
     conn: ConnectionManager,
     node: Arc<str>,
+    peek: Script,
     join: Script,
     leave: Script,
+    wrong_guess: Script,
     set_media: Script,
     shares_room: Script,
     reap: Script,
@@ -124,6 +170,14 @@ fn room_key(room: &str) -> String {
 
 fn media_key(room: &str) -> String {
     format!("{PREFIX}media:{room}")
+}
+
+fn lock_key(room: &str) -> String {
+    format!("{PREFIX}lock:{room}")
+}
+
+fn guesses_key(room: &str) -> String {
+    format!("{PREFIX}guesses:{room}")
 }
 
 fn members_key(node: &str) -> String {
@@ -174,8 +228,10 @@ impl RedisRooms {
         let rooms = RedisRooms {
             conn,
             node,
+            peek: Script::new(PEEK),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
+            wrong_guess: Script::new(WRONG_GUESS),
             set_media: Script::new(SET_MEDIA),
             shares_room: Script::new(SHARES_ROOM),
             reap: Script::new(REAP),
@@ -188,12 +244,57 @@ impl RedisRooms {
         &self.node
     }
 
+    pub async fn peek(
+        &self,
+        room: &str,
+        sid: Sid,
+        guesses: WindowLimit,
+    ) -> Result<RoomView, StoreError> {
+        let (members, is_member, lock, wrong, ttl_ms): (usize, bool, String, u32, i64) = self
+            .peek
+            .key(room_key(room))
+            .key(lock_key(room))
+            .key(guesses_key(room))
+            .arg(sid.to_string())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        let guesses_blocked_for = (wrong >= guesses.limit && ttl_ms > 0)
+            .then(|| Duration::from_millis(ttl_ms.unsigned_abs()));
+        Ok(RoomView {
+            members,
+            is_member,
+            lock: RoomLock::from_stored(&lock),
+            guesses_blocked_for,
+        })
+    }
+
+    pub async fn record_wrong_guess(
+        &self,
+        room: &str,
+        guesses: WindowLimit,
+    ) -> Result<(), StoreError> {
+        self.wrong_guess
+            .key(guesses_key(room))
+            .arg(guesses.window.as_millis().max(1) as u64)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
     pub async fn join(
         &self,
         room: &str,
         member: Member,
         max: usize,
+        expect: &Expect,
     ) -> Result<JoinOutcome, StoreError> {
+        let (expect_kind, expected, seal) = match expect {
+            Expect::Empty { seal } => ("empty", "", seal.as_ref().map_or("", RoomLock::as_stored)),
+            Expect::Open => ("open", "", ""),
+            Expect::Locked(lock) => ("locked", lock.as_stored(), ""),
+        };
         let record = serde_json::to_string(&Record {
             name: member.name.to_string(),
             user: member.user_id.to_string(),
@@ -205,16 +306,21 @@ impl RedisRooms {
             .key(media_key(room))
             .key(members_key(&self.node))
             .key(format!("{PREFIX}seq"))
+            .key(lock_key(room))
             .arg(member.sid.to_string())
             .arg(record)
             .arg(max)
             .arg(entry(room, member.sid))
+            .arg(expect_kind)
+            .arg(expected)
+            .arg(seal)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
         match status.as_str() {
             "already" => return Ok(JoinOutcome::AlreadyMember),
             "full" => return Ok(JoinOutcome::Full),
+            "changed" => return Ok(JoinOutcome::LockChanged),
             _ => {}
         }
         let media: std::collections::HashMap<String, MediaState> = pairs(flat_media)
@@ -245,6 +351,7 @@ impl RedisRooms {
             .key(room_key(room))
             .key(media_key(room))
             .key(members_key(&self.node))
+            .key(lock_key(room))
             .arg(sid.to_string())
             .arg(entry(room, sid))
             .invoke_async(&mut self.conn.clone())

@@ -56,6 +56,7 @@ function startServer() {
   for (const key of [
     'HOST', 'PORT', 'DEV_MODE', 'REDIS_URL', 'JWT_PUBLIC_KEY_FILE', 'JWT_ISSUER', 'JWT_AUDIENCE',
     'MAX_PAYLOAD_BYTES', 'MAX_PEERS_PER_ROOM', 'DEMO_DIR', 'ALLOWED_ORIGINS',
+    'WRONG_PASSWORDS_PER_SOCKET', 'WRONG_PASSWORDS_PER_ROOM', 'WRONG_PASSWORD_WINDOW_MS',
   ]) {
     delete env[key];
   }
@@ -244,12 +245,20 @@ class Peer {
  */
 function clients(t, transports) {
   const made = [];
+  const secrets = []; // every room password handed out by password() in this test
   const base = { forceNew: true, reconnection: false, timeout: WAIT_MS };
   if (transports) base.transports = transports;
 
   t.after(() => {
     for (const peer of made) peer.socket.disconnect();
     for (const peer of made) {
+      // A room password never reaches any client, in any event.
+      for (const m of peer.log) {
+        const text = JSON.stringify([m.event, m.payload, ...m.extra]);
+        for (const secret of secrets) {
+          assert.ok(!text.includes(secret), `${peer.label} received a room password in ${m.event}: ${show(m.payload)}`);
+        }
+      }
       if (!peer.id) continue;
       for (const m of peer.log) {
         const p = m.payload;
@@ -283,6 +292,16 @@ function clients(t, transports) {
   });
 
   return {
+    /**
+     * A fresh, distinctive room password. At the end of the test no client may have received
+     * it (nor any other password this returned) in any event.
+     */
+    password() {
+      const secret = `pw-${randomBytes(8).toString('hex')}`;
+      secrets.push(secret);
+      return secret;
+    },
+
     /** A connected client for user `sub` (token claims `name`/`rooms` optional). */
     async connect(label, claims = {}) {
       const peer = open(label, { auth: { token: token({ sub: `user-${label}`, ...claims }) } });
@@ -310,14 +329,16 @@ function clients(t, transports) {
 const userConnected = (peer, name) => ({ id: peer.id, name, userId: `user-${peer.label}` });
 
 /** `peer` joins an empty (or new) room: its only reply is `join-ok`. */
-const joinEmpty = (peer, roomId, name = peer.label) => joinRoom(peer, roomId, [], name);
+const joinEmpty = (peer, roomId, name = peer.label, password = undefined) =>
+  joinRoom(peer, roomId, [], name, password);
 
 /**
  * `peer` joins `roomId` whose members are `members` (each `[peer, name]`, in joining order,
- * without cached media state); checks the whole exchange on every side.
+ * without cached media state); checks the whole exchange on every side. `password` is sent
+ * only when given.
  */
-async function joinRoom(peer, roomId, members, name = peer.label) {
-  peer.emit('join-room', { roomId, name });
+async function joinRoom(peer, roomId, members, name = peer.label, password = undefined) {
+  peer.emit('join-room', password === undefined ? { roomId, name } : { roomId, name, password });
   for (const [member, memberName] of members) {
     await peer.expectExactly('user-connected', userConnected(member, memberName),
       `${peer.label} learns of ${member.label} in ${roomId}`);
@@ -348,6 +369,69 @@ async function barrier(from, to, tag) {
   const data = { barrier: tag };
   from.relayTo(to, data);
   await to.expectRelay(from, data, `barrier "${tag}" (nothing may arrive before it)`);
+}
+
+/** `peer` sends `check-room` and must be answered `room-check-ok { roomId, passwordRequired }`. */
+async function checkOk(peer, roomId, password, passwordRequired, what) {
+  peer.emit('check-room', password === undefined ? { roomId } : { roomId, password });
+  await peer.expectExactly('room-check-ok', { roomId, passwordRequired }, `check-room: ${what}`);
+}
+
+/**
+ * `peer` sends `event` (join-room or check-room) with `payload` and must be refused with
+ * `join-error { roomId, reason, message }`; `rate-limited` also carries `retryAfterMs`.
+ */
+async function refusedJoin(peer, event, payload, reason, what) {
+  peer.emit(event, payload);
+  const roomId = typeof payload?.roomId === 'string' && reason !== 'invalid-room' ? payload.roomId : undefined;
+  const got = await peer.expectJoinError(reason, roomId, `${event}: ${what}`);
+  assert.equal(typeof got.message, 'string', `${peer.label}: join-error message for ${event}: ${what}: ${show(got)}`);
+  assert.ok(got.message.length > 0, `${peer.label}: empty join-error message for ${event}: ${what}`);
+  if (reason === 'rate-limited') {
+    assert.ok(Number.isInteger(got.retryAfterMs) && got.retryAfterMs > 0 && got.retryAfterMs <= 60_000,
+      `${peer.label}: rate-limited needs an integer retryAfterMs in 1..=60000 for ${event}: ${what}: ${show(got)}`);
+  }
+  return got;
+}
+
+/**
+ * Reads `peer`'s join backfill up to and including `join-ok { roomId }` and asserts it is
+ * exactly `groups`, one per member (`[['user-connected', ...], ['media-state', ...]?]`), in any
+ * member order: nothing else (no chat, no echo) may be replayed to a joiner.
+ */
+async function expectBackfill(peer, roomId, groups, what) {
+  const seen = [];
+  for (;;) {
+    const m = await peer.next(`${what}: the backfill, then join-ok`);
+    assert.equal(m.extra.length, 0, `${peer.label}: ${m.event} carried extra arguments ${show(m.extra)}`);
+    if (m.event === 'join-ok') {
+      assert.deepEqual(m.payload, { roomId }, `${peer.label}: join-ok payload (${what})`);
+      break;
+    }
+    seen.push([m.event, m.payload]);
+    assert.ok(seen.length <= 2 * groups.length, `${peer.label}: backfill too long (${what}): ${show(seen)}`);
+  }
+  const got = [];
+  for (const e of seen) {
+    if (e[0] === 'user-connected' || got.length === 0) got.push([e]);
+    else got.at(-1).push(e);
+  }
+  const unmatched = [...groups];
+  const ok = got.length === groups.length && got.every((g) => {
+    const i = unmatched.findIndex((want) => isDeepStrictEqual(g, want));
+    if (i >= 0) unmatched.splice(i, 1);
+    return i >= 0;
+  });
+  assert.ok(ok, `${peer.label}: ${what}: expected the backfill ${show(groups)} (any member order), then join-ok; got ${show(seen)}`);
+}
+
+/** `peer` leaves `roomId`; `others` (its remaining members) hear it once. */
+async function leaveRoom(peer, roomId, others) {
+  peer.emit('leave-room', { roomId });
+  for (const other of others) {
+    await other.expectExactly('#rtcio:peer-left', { id: peer.id }, `${peer.label} left, at ${other.label}`);
+    await other.expectExactly('user-disconnected', { id: peer.id }, `${peer.label} left, at ${other.label}`);
+  }
 }
 
 function fakeSdp(type, bytes = 3000) {
@@ -763,6 +847,327 @@ for (const [transportName, transports] of TRANSPORTS) {
       n.relayTo(a, { mid: '0' });
       await a.expectRelay(n, { mid: '0' });
       for (const p of [a, b, n]) p.assertDrained('at the end');
+    });
+
+    // ------------------------------------------------ check-room, passwords, guessing, chat
+
+    test('check-room: answers the sender alone with room-check-ok or the join-error a join would get, changing nothing', async (t) => {
+      const c = clients(t, transports);
+      const pw = c.password();
+      const locked = uniqueRoom('check-locked');
+      const a = await c.connect('alice');
+      const b = await c.connect('bob');
+      await joinEmpty(a, locked, 'alice', pw);
+      await joinRoom(b, locked, [[a, 'alice']], 'bob', pw);
+      const { room: open, peers: [o1, o2] } = await roomWith(c, 'check-open', ['olga', 'oscar']);
+      const n = await c.connect('newcomer');
+      const unknown = uniqueRoom('check-unknown');
+
+      // An unknown (empty) room: no password needed, whatever the checker sends.
+      await checkOk(n, unknown, undefined, false, 'unknown room, no password');
+      await checkOk(n, unknown, c.password(), false, 'unknown room, with a password');
+      await checkOk(n, unknown, 'p'.repeat(256), false, 'unknown room, 256-character password');
+      // A room with members and no password admits anyone.
+      await checkOk(n, open, undefined, false, 'open room, no password');
+      await checkOk(n, open, c.password(), false, 'open room, some password');
+      await checkOk(n, open, '   ', false, 'open room, whitespace password');
+      // A locked room.
+      await checkOk(n, locked, pw, true, 'locked room, the right password');
+      await checkOk(n, locked, `  ${pw}  `, true, 'locked room, the right password with surrounding spaces');
+      await refusedJoin(n, 'check-room', { roomId: locked }, 'password-required', 'locked room, no password');
+      await refusedJoin(n, 'check-room', { roomId: locked, password: '' }, 'password-required', 'locked room, empty password');
+      await refusedJoin(n, 'check-room', { roomId: locked, password: '   ' }, 'password-required', 'locked room, whitespace password');
+      await refusedJoin(n, 'check-room', { roomId: locked, password: `${pw}x` }, 'wrong-password', 'locked room, wrong password');
+      // Bad input.
+      await refusedJoin(n, 'check-room', { roomId: unknown, password: 5 }, 'invalid-password', 'numeric password');
+      await refusedJoin(n, 'check-room', { roomId: unknown, password: { pw } }, 'invalid-password', 'object password');
+      await refusedJoin(n, 'check-room', { roomId: unknown, password: 'p'.repeat(257) }, 'invalid-password', '257-character password');
+      await refusedJoin(n, 'check-room', { roomId: '' }, 'invalid-room', 'empty roomId');
+      await refusedJoin(n, 'check-room', { roomId: 'r'.repeat(129) }, 'invalid-room', '129-character roomId');
+      await refusedJoin(n, 'check-room', { roomId: 'a\nb' }, 'invalid-room', 'roomId with a control character');
+      await refusedJoin(n, 'check-room', { roomId: 5 }, 'invalid-room', 'numeric roomId');
+      await refusedJoin(n, 'check-room', { password: pw }, 'invalid-room', 'missing roomId');
+      n.emit('check-room', locked);
+      await n.expectJoinError(null, undefined, 'check-room: payload is a string');
+      // The rooms claim.
+      const allowed = uniqueRoom('check-allowed');
+      const limited = await c.connect('limited', { rooms: [allowed] });
+      await refusedJoin(limited, 'check-room', { roomId: open }, 'forbidden', 'a room outside the rooms claim');
+      await checkOk(limited, allowed, undefined, false, 'the room the claim allows');
+
+      // None of it made the checker a member...
+      n.emit('media-state', { roomId: locked, mic: true, cam: true });
+      await n.expectError('media-state', 'not-in-room', 'check-room does not join');
+      // ...nor set a password on the unknown room: its first joiner needs none, and sets none.
+      const u = await c.connect('ursula');
+      await joinEmpty(u, unknown, 'ursula');
+      await checkOk(n, unknown, undefined, false, 'the room its first joiner opened without a password');
+      // The members heard nothing: the newcomer's join is the next thing they get.
+      await joinRoom(n, locked, [[a, 'alice'], [b, 'bob']], 'newcomer', pw);
+      await barrier(o1, o2, 'no check-room news in the open room');
+      await barrier(o2, o1, 'no check-room news in the open room');
+      // Ursula heard nothing either, and her room, opened without a password, admits any.
+      await joinRoom(n, unknown, [[u, 'ursula']], 'newcomer', c.password());
+      for (const p of [a, b, o1, o2, n, u, limited]) p.assertDrained('at the end');
+    });
+
+    test('check-room and join-room: room-full at 50 members; a place freed is a place to take', async (t) => {
+      const c = clients(t, transports);
+      const pw = c.password();
+      const room = uniqueRoom('full');
+      const labels = Array.from({ length: 50 }, (_, i) => `m${i}`);
+      const members = await Promise.all(labels.map((l) => c.connect(l)));
+      for (const [i, m] of members.entries()) {
+        await joinRoom(m, room, members.slice(0, i).map((p) => [p, p.label]), m.label, pw);
+      }
+      const n = await c.connect('newcomer');
+      await refusedJoin(n, 'check-room', { roomId: room, password: pw }, 'room-full', 'a full room, the right password');
+      await refusedJoin(n, 'join-room', { roomId: room, name: 'N', password: pw }, 'room-full', 'a full room, the right password');
+      for (const m of members.slice(1)) await barrier(members[0], m, 'nothing about the refused newcomer');
+      await barrier(members[1], members[0], 'nothing about the refused newcomer');
+
+      const last = members.pop();
+      await leaveRoom(last, room, members);
+      await checkOk(n, room, pw, true, 'a place was freed');
+      await joinRoom(n, room, members.map((p) => [p, p.label]), 'newcomer', pw);
+      for (const p of [...members, n]) p.assertDrained('at the end');
+    });
+
+    test('passwords: the first joiner sets one, later joiners need it (trimmed), it goes when the room empties', async (t) => {
+      const c = clients(t, transports);
+      const pw = c.password();
+      const room = uniqueRoom('locked');
+      const a = await c.connect('alice');
+      const b = await c.connect('bob');
+      await joinEmpty(a, room, 'alice', `  ${pw}  `);
+
+      await refusedJoin(b, 'join-room', { roomId: room, name: 'bob' }, 'password-required', 'no password');
+      await refusedJoin(b, 'join-room', { roomId: room, name: 'bob', password: '' }, 'password-required', 'empty password');
+      await refusedJoin(b, 'join-room', { roomId: room, name: 'bob', password: '   ' }, 'password-required', 'whitespace password');
+      await refusedJoin(b, 'join-room', { roomId: room, name: 'bob', password: c.password() }, 'wrong-password', 'another password');
+      await refusedJoin(b, 'join-room', { roomId: room, name: 'bob', password: 5 }, 'invalid-password', 'numeric password');
+      await refusedJoin(b, 'join-room', { roomId: room, name: 'bob', password: 'p'.repeat(257) }, 'invalid-password', '257-character password');
+      // A heard nothing of those: B's proper join is the next thing it gets.
+      await joinRoom(b, room, [[a, 'alice']], 'bob', pw);
+      const carol = await c.connect('carol');
+      await joinRoom(carol, room, [[a, 'alice'], [b, 'bob']], 'carol', ` ${pw} `);
+
+      // A room whose first joiner gave no password (or a blank one) admits anyone.
+      for (const [i, first] of [undefined, '   '].entries()) {
+        const open = uniqueRoom('open');
+        const x = await c.connect(`xavier${i}`);
+        const y = await c.connect(`yvonne${i}`);
+        const z = await c.connect(`zoe${i}`);
+        await joinEmpty(x, open, 'xavier', first);
+        await joinRoom(y, open, [[x, 'xavier']], 'yvonne', c.password());
+        await joinRoom(z, open, [[x, 'xavier'], [y, 'yvonne']], 'zoe', '  ');
+        await checkOk(carol, open, undefined, false, 'an open room');
+        for (const p of [x, y, z]) p.assertDrained('in the open room');
+      }
+
+      // Emptied by leave-room: the password is gone; the next first joiner sets a new one.
+      await leaveRoom(a, room, [b, carol]);
+      await leaveRoom(b, room, [carol]);
+      carol.emit('leave-room', { roomId: room });
+      carol.emit('media-state', { roomId: room, mic: true, cam: true });
+      await carol.expectError('media-state', 'not-in-room', 'the last member has left');
+      const pw2 = c.password();
+      const d = await c.connect('dave');
+      const e = await c.connect('erin');
+      await joinEmpty(d, room, 'dave', pw2);
+      await refusedJoin(e, 'join-room', { roomId: room, name: 'erin', password: pw }, 'wrong-password', 'the old password');
+      await refusedJoin(e, 'check-room', { roomId: room }, 'password-required', 'locked again, by its new first joiner');
+      await joinRoom(e, room, [[d, 'dave']], 'erin', pw2);
+
+      // Emptied by disconnects: the next first joiner, with no password, opens it.
+      d.socket.disconnect();
+      await e.expectExactly('#rtcio:peer-left', { id: d.id }, 'Dave disconnected');
+      await e.expectExactly('user-disconnected', { id: d.id }, 'Dave disconnected');
+      e.socket.disconnect();
+      const f = await c.connect('frank');
+      // Until the server has handled Erin's disconnect the room is still locked; no sleeping.
+      for (let tries = 0; ; tries++) {
+        f.emit('check-room', { roomId: room });
+        const m = await f.next('check-room while the room empties');
+        if (m.event === 'room-check-ok') {
+          assert.deepEqual(m.payload, { roomId: room, passwordRequired: false }, 'the emptied room');
+          break;
+        }
+        assert.equal(m.event, 'join-error', `frank: unexpected ${m.event} ${show(m.payload)}`);
+        assert.equal(m.payload.reason, 'password-required', `frank: ${show(m.payload)}`);
+        assert.ok(tries < 500, 'the room never emptied after its last member disconnected');
+      }
+      await joinEmpty(f, room, 'frank');
+      const g = await c.connect('grace');
+      await joinRoom(g, room, [[f, 'frank']], 'grace', pw2);
+      for (const p of [carol, f, g]) p.assertDrained('at the end');
+    });
+
+    test('passwords: concurrent first joins with different passwords, one wins and the other gets wrong-password', async (t) => {
+      const c = clients(t, transports);
+      await Promise.all(Array.from({ length: 10 }, async (_, i) => {
+        const room = uniqueRoom(`race${i}`);
+        const [x, y] = await Promise.all([c.connect(`x${i}`), c.connect(`y${i}`)]);
+        const passwords = new Map([[x, c.password()], [y, c.password()]]);
+        x.emit('join-room', { roomId: room, name: x.label, password: passwords.get(x) });
+        y.emit('join-room', { roomId: room, name: y.label, password: passwords.get(y) });
+        const [mx, my] = await Promise.all([x.next('the first join'), y.next('the first join')]);
+        const oks = [[x, mx], [y, my]].filter(([, m]) => m.event === 'join-ok');
+        assert.equal(oks.length, 1, `room ${i}: exactly one first joiner wins; got ${show([[mx.event, mx.payload], [my.event, my.payload]])}`);
+        const [winner, won] = oks[0];
+        const [loser, lost] = winner === x ? [y, my] : [x, mx];
+        assert.deepEqual(won.payload, { roomId: room }, `room ${i}: join-ok payload`);
+        assert.equal(lost.event, 'join-error', `room ${i}: the loser's reply ${lost.event} ${show(lost.payload)}`);
+        assert.equal(lost.payload?.reason, 'wrong-password', `room ${i}: the loser's join-error ${show(lost.payload)}`);
+        assert.equal(lost.payload.roomId, room, `room ${i}: the loser's join-error roomId`);
+        // The winner's password is the room's: the loser gets in with it.
+        await joinRoom(loser, room, [[winner, winner.label]], loser.label, passwords.get(winner));
+        for (const p of [x, y]) p.assertDrained(`room ${i} at the end`);
+      }));
+    });
+
+    test('password guessing: five wrong passwords rate-limit the socket, even with the right one; no-password attempts do not count', async (t) => {
+      const c = clients(t, transports);
+      const pw1 = c.password();
+      const pw2 = c.password();
+      const r1 = uniqueRoom('guess1');
+      const r2 = uniqueRoom('guess2');
+      const [a1, a2, b1] = await Promise.all(['a1', 'a2', 'b1'].map((l) => c.connect(l)));
+      await joinEmpty(a1, r1, 'a1', pw1);
+      await joinRoom(a2, r1, [[a1, 'a1']], 'a2', pw1);
+      await joinEmpty(b1, r2, 'b1', pw2);
+      const g = await c.connect('guesser');
+      const join = (password) => ({ roomId: r1, name: 'guesser', password });
+
+      await refusedJoin(g, 'join-room', join(c.password()), 'wrong-password', 'wrong #1');
+      await refusedJoin(g, 'check-room', { roomId: r1, password: c.password() }, 'wrong-password', 'wrong #2');
+      // Attempts without a password are never counted.
+      await refusedJoin(g, 'join-room', { roomId: r1, name: 'guesser' }, 'password-required', 'no password');
+      await refusedJoin(g, 'join-room', join(''), 'password-required', 'empty password');
+      await refusedJoin(g, 'join-room', join('   '), 'password-required', 'whitespace password');
+      await refusedJoin(g, 'check-room', { roomId: r1 }, 'password-required', 'no password');
+      await refusedJoin(g, 'check-room', { roomId: r1, password: '' }, 'password-required', 'empty password');
+      await refusedJoin(g, 'check-room', { roomId: r1, password: '  ' }, 'password-required', 'whitespace password');
+      await refusedJoin(g, 'join-room', join(c.password()), 'wrong-password', 'wrong #3');
+      await refusedJoin(g, 'check-room', { roomId: r1, password: ` ${c.password()} ` }, 'wrong-password', 'wrong #4');
+      await refusedJoin(g, 'join-room', join(c.password()), 'wrong-password', 'wrong #5');
+
+      // Now every password attempt of this socket on a locked room is refused, right or not.
+      await refusedJoin(g, 'join-room', join(pw1), 'rate-limited', 'the right password after five wrong ones');
+      await refusedJoin(g, 'check-room', { roomId: r1, password: pw1 }, 'rate-limited', 'the right password after five wrong ones');
+      await refusedJoin(g, 'join-room', { roomId: r2, name: 'guesser', password: pw2 }, 'rate-limited', 'another locked room');
+      await refusedJoin(g, 'check-room', { roomId: r2, password: pw2 }, 'rate-limited', 'another locked room');
+      // Five wrong passwords were tried in r1, so r1 refuses a fresh socket too.
+      const h = await c.connect('helen');
+      await refusedJoin(h, 'join-room', { roomId: r1, name: 'helen', password: pw1 }, 'rate-limited', 'r1 after five wrong passwords');
+      // The guesser can still open a room of its own, and r2 still admits other sockets.
+      await joinEmpty(g, uniqueRoom('guess-own'), 'guesser');
+      await joinRoom(h, r2, [[b1, 'b1']], 'helen', pw2);
+      // The members of r1 heard of none of it.
+      await barrier(a1, a2, 'no news of the guesses');
+      await barrier(a2, a1, 'no news of the guesses');
+      for (const p of [a1, a2, b1, g, h]) p.assertDrained('at the end');
+    });
+
+    test('password guessing: five wrong passwords in a room rate-limit it for every socket; other rooms still admit', async (t) => {
+      const c = clients(t, transports);
+      const pw = c.password();
+      const pw2 = c.password();
+      const room = uniqueRoom('guess-room');
+      const a = await c.connect('alice');
+      const b = await c.connect('bob');
+      await joinEmpty(a, room, 'alice', pw);
+      await joinRoom(b, room, [[a, 'alice']], 'bob', pw);
+      const other = uniqueRoom('guess-other');
+      const o = await c.connect('olga');
+      await joinEmpty(o, other, 'olga', pw2);
+
+      // No-password attempts, many of them, count for nothing.
+      const z = await c.connect('nopw');
+      for (let i = 0; i < 4; i++) {
+        await refusedJoin(z, 'join-room', { roomId: room, name: 'z', ...(i % 2 ? { password: '  ' } : {}) },
+          'password-required', `no password #${i}`);
+        await refusedJoin(z, 'check-room', { roomId: room, ...(i % 2 ? { password: '' } : {}) },
+          'password-required', `no password #${i}`);
+      }
+      // Five sockets, one wrong password each.
+      const guessers = await Promise.all([0, 1, 2, 3, 4].map((i) => c.connect(`s${i}`)));
+      for (const [i, s] of guessers.entries()) {
+        const password = c.password();
+        if (i % 2) await refusedJoin(s, 'check-room', { roomId: room, password }, 'wrong-password', `wrong #${i + 1}`);
+        else await refusedJoin(s, 'join-room', { roomId: room, name: s.label, password }, 'wrong-password', `wrong #${i + 1}`);
+      }
+      // A brand-new socket with the right password is refused for this room...
+      const k = await c.connect('latecomer');
+      await refusedJoin(k, 'join-room', { roomId: room, name: 'latecomer', password: pw }, 'rate-limited', 'the right password in a guessed-at room');
+      await refusedJoin(k, 'check-room', { roomId: room, password: pw }, 'rate-limited', 'the right password in a guessed-at room');
+      // ...but another locked room admits it.
+      await joinRoom(k, other, [[o, 'olga']], 'latecomer', pw2);
+      // The members heard of none of it.
+      await barrier(a, b, 'no news of the guesses');
+      await barrier(b, a, 'no news of the guesses');
+      for (const p of [a, b, o, z, k, ...guessers]) p.assertDrained('at the end');
+    });
+
+    test('chat-message: echoed to the other members with the server id, not to the sender, other rooms, or late joiners', async (t) => {
+      const c = clients(t, transports);
+      const { room, peers: [a, b, carol] } = await roomWith(c, 'chat', ['alice', 'bob', 'carol']);
+      const { room: otherRoom, peers: [x, y] } = await roomWith(c, 'chat-other', ['xavier', 'yvonne']);
+
+      const sentAt = Date.now();
+      a.emit('chat-message', { roomId: room, text: 'hello 👋', name: 'Alice', sentAt, nested: { k: [1, null] }, id: 'spoofed' });
+      for (const other of [b, carol]) {
+        await other.expectExactly('chat-message',
+          { roomId: room, text: 'hello 👋', name: 'Alice', sentAt, nested: { k: [1, null] }, id: a.id },
+          `A's chat at ${other.label}`);
+      }
+      b.emit('chat-message', { roomId: room, text: 'hi' });
+      for (const other of [a, carol]) {
+        await other.expectExactly('chat-message', { roomId: room, text: 'hi', id: b.id }, `B's chat at ${other.label}`);
+      }
+      await barrier(b, a, 'no chat echo to the sender');
+      await barrier(a, b, 'no chat echo to the sender');
+      await barrier(x, y, 'no chat from another room');
+      await barrier(y, x, 'no chat from another room');
+
+      // A non-member's chat is refused and heard by nobody; so are bad room ids.
+      x.emit('chat-message', { roomId: room, text: 'let me in' });
+      await x.expectError('chat-message', 'not-in-room', 'chat into a room X is not in');
+      a.emit('chat-message', { text: 'no room' });
+      await a.expectError('chat-message', 'invalid-room', 'roomId missing');
+      a.emit('chat-message', { roomId: 5, text: 'numeric room' });
+      await a.expectError('chat-message', 'invalid-room', 'numeric roomId');
+      a.emit('chat-message', { roomId: 'r'.repeat(129), text: 'long room' });
+      await a.expectError('chat-message', 'invalid-room', '129-character roomId');
+      a.emit('chat-message', { roomId: otherRoom, text: 'not mine' });
+      await a.expectError('chat-message', 'not-in-room', 'chat into a room A is not in');
+      await barrier(a, b, 'nothing from the refused chats');
+      await barrier(b, carol, 'nothing from the refused chats');
+      await barrier(carol, a, 'nothing from the refused chats');
+      await barrier(x, y, 'nothing from the refused chats');
+      await barrier(y, x, 'nothing from the refused chats');
+
+      // Chat is not cached: a late joiner's backfill is the roster (and cached media state) only.
+      a.emit('media-state', { roomId: room, mic: true, cam: false });
+      for (const other of [b, carol]) await other.expect('media-state', `A's state at ${other.label}`);
+      const dave = await c.connect('dave');
+      dave.emit('join-room', { roomId: room, name: 'dave' });
+      await expectBackfill(dave, room, [
+        [['user-connected', userConnected(a, 'alice')], ['media-state', { id: a.id, roomId: room, mic: true, cam: false }]],
+        [['user-connected', userConnected(b, 'bob')]],
+        [['user-connected', userConnected(carol, 'carol')]],
+      ], "Dave's join");
+      for (const member of [a, b, carol]) {
+        await member.expectExactly('user-connected', userConnected(dave, 'dave'), `${member.label} learns of Dave`);
+        await member.expectExactly('#rtcio:init-offer', { source: dave.id }, `${member.label} offers to Dave`);
+      }
+      // From now on Dave hears the room's chat.
+      carol.emit('chat-message', { roomId: room, text: 'welcome' });
+      for (const other of [a, b, dave]) {
+        await other.expectExactly('chat-message', { roomId: room, text: 'welcome', id: carol.id }, `Carol's chat at ${other.label}`);
+      }
+      await barrier(a, carol, 'no chat echo to the sender');
+      for (const p of [a, b, carol, dave, x, y]) p.assertDrained('at the end');
     });
   });
 }

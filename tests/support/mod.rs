@@ -2,6 +2,7 @@
 //! tokens, and connects real Socket.IO clients to it.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod redis;
 pub mod storm;
 
 use std::net::SocketAddr;
@@ -21,33 +22,23 @@ pub fn server_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rtcio-signal")
 }
 
-/// Every setting the server reads from the environment (`src/config.rs`). A test's server
-/// starts without any of them, so the shell running the tests cannot change what they see.
-const SERVER_ENV: [&str; 16] = [
-    "HOST",
-    "PORT",
-    "ALLOWED_ORIGINS",
-    "PING_INTERVAL_MS",
-    "PING_TIMEOUT_MS",
-    "MAX_PAYLOAD_BYTES",
-    "MAX_PEERS_PER_ROOM",
-    "JWT_SECRET",
-    "JWT_PUBLIC_KEY_FILE",
-    "JWT_ISSUER",
-    "JWT_AUDIENCE",
-    "DEV_MODE",
-    "DEMO_DIR",
-    "ICE_SERVERS",
-    "REDIS_URL",
-    "SHUTDOWN_GRACE_MS",
-];
+/// Every setting the server reads from the environment: each `env = "NAME"` of
+/// `src/config.rs`, read from the source so no setting can be missed. A test's server starts
+/// without any of them, so the shell running the tests cannot change what they see.
+pub fn server_env() -> Vec<&'static str> {
+    include_str!("../../src/config.rs")
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect()
+}
 
 /// The server binary on a loopback port of the OS's choosing, with `args` and none of the
 /// settings' environment variables.
 pub fn server_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(server_bin());
     cmd.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
-    for var in SERVER_ENV {
+    for var in server_env() {
         cmd.env_remove(var);
     }
     cmd
@@ -72,13 +63,19 @@ impl Server {
     }
 
     pub async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_logging_to(args, env, Stdio::inherit()).await
+    }
+
+    /// [`Server::start_with`], its log (stderr) going to `log`. `RUST_LOG` in `env` wins over
+    /// the default.
+    pub async fn start_logging_to(args: &[&str], env: &[(&str, &str)], log: Stdio) -> Server {
         let mut cmd = server_command(args);
         cmd.env(
             "RUST_LOG",
             std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);

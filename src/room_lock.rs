@@ -1,0 +1,128 @@
+//! Room passwords, kept only as salted argon2id hashes.
+//!
+//! The first joiner of an empty room seals it with its password; later joiners must open the
+//! seal. A seal is a PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`): it carries its own
+//! salt and parameters, so a cluster node can check a password against a seal another node
+//! made. Hashing is deliberately slow, so it runs on tokio's blocking pool, never on the async
+//! workers; argon2's verification compares the hashes in constant time.
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use crate::protocol::Password;
+
+/// argon2id with 4 MiB of memory and one pass: about 2 ms per hash on this project's 2-core
+/// test machine (`cargo bench --bench password-cost`), so a join pays a few milliseconds.
+/// Guessing online is held back by the wrong-password limits, and a stolen seal still costs
+/// an attacker 4 MiB and a pass per guess.
+const MEMORY_KIB: u32 = 4096;
+const PASSES: u32 = 1;
+const LANES: u32 = 1;
+const SALT_BYTES: usize = 16;
+
+/// A room's password, sealed. Equality compares the PHC strings (public data, not secrets):
+/// it tells whether a room still has the lock a joiner opened.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoomLock(Arc<str>);
+
+impl std::fmt::Debug for RoomLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoomLock(..)")
+    }
+}
+
+/// Hashing failed; with fixed, valid parameters this means the blocking pool is gone.
+#[derive(Debug)]
+pub struct SealError(pub String);
+
+impl std::fmt::Display for SealError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn hasher() -> Argon2<'static> {
+    // The constants are valid argon2 parameters; `Params::DEFAULT` is only a fallback the
+    // compiler cannot rule out.
+    let params = Params::new(MEMORY_KIB, PASSES, LANES, None).unwrap_or(Params::DEFAULT);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+impl RoomLock {
+    /// A lock as stored (cluster mode reads it back from Redis).
+    pub fn from_stored(text: &str) -> Option<RoomLock> {
+        PasswordHash::new(text).ok()?;
+        Some(RoomLock(text.into()))
+    }
+
+    pub fn as_stored(&self) -> &str {
+        &self.0
+    }
+
+    /// Seals `password` with a fresh random salt.
+    pub async fn seal(password: &Password) -> Result<RoomLock, SealError> {
+        let secret = password.as_bytes().to_vec();
+        let mut salt = [0u8; SALT_BYTES];
+        rand::fill(&mut salt[..]);
+        let phc = tokio::task::spawn_blocking(move || {
+            let salt = SaltString::encode_b64(&salt).map_err(|e| SealError(e.to_string()))?;
+            hasher()
+                .hash_password(&secret, &salt)
+                .map(|hash| hash.to_string())
+                .map_err(|e| SealError(e.to_string()))
+        })
+        .await
+        .map_err(|e| SealError(e.to_string()))??;
+        Ok(RoomLock(phc.into()))
+    }
+
+    /// Whether `password` opens this lock.
+    pub async fn opens(&self, password: &Password) -> bool {
+        let secret = password.as_bytes().to_vec();
+        let phc = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&phc)
+                .is_ok_and(|hash| hasher().verify_password(&secret, &hash).is_ok())
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn password(text: &str) -> Password {
+        let json = format!(r#"{{"roomId":"r","password":"{text}"}}"#);
+        let raw = RawValue::from_string(json).expect("test json");
+        crate::protocol::RoomCheck::parse(Some(&raw))
+            .expect("valid")
+            .password
+            .expect("not blank")
+    }
+
+    #[tokio::test]
+    async fn a_seal_opens_only_with_its_password_and_never_holds_it() {
+        let lock = RoomLock::seal(&password("correct horse"))
+            .await
+            .expect("sealed");
+        assert!(
+            lock.as_stored()
+                .starts_with("$argon2id$v=19$m=4096,t=1,p=1$")
+        );
+        assert!(!lock.as_stored().contains("correct"));
+        assert!(lock.opens(&password("correct horse")).await);
+        assert!(!lock.opens(&password("correct horse!")).await);
+        let again = RoomLock::seal(&password("correct horse"))
+            .await
+            .expect("sealed");
+        assert_ne!(lock, again, "every seal has its own salt");
+        let stored = RoomLock::from_stored(lock.as_stored()).expect("parses");
+        assert!(stored.opens(&password("correct horse")).await);
+        assert!(RoomLock::from_stored("plain text").is_none());
+    }
+}
