@@ -2,12 +2,16 @@
 // tokens, and wires the lobby form and control bar to a room session
 // (signaling connection + local media + peer connections). Owns the
 // join / leave / fatal-error lifecycle; everything else lives in the modules.
+// The room password goes from the form into the session's memory and nowhere
+// else (not the URL, not localStorage, not the console).
 import { Signaling } from './signaling.js';
 import { RoomSession } from './room.js';
 import { LocalMedia } from './media.js';
 import { UI } from './ui.js';
 import { fetchClientConfig, fetchDevToken } from './server-api.js';
-import { describeError, guestName, inviteUrl, randomRoomId, readUrlParams, setRoomInUrl } from './util.js';
+import {
+  PASSWORD_REFUSALS, describeError, guestName, inviteUrl, randomRoomId, readUrlParams, setRoomInUrl,
+} from './util.js';
 
 const NAME_KEY = 'rtcio-demo.name';
 
@@ -53,7 +57,7 @@ function storeName(name) {
   }
 }
 
-async function join({ roomId, name, token }) {
+async function join({ roomId, name, token, password }) {
   if (session || joining) return;
   if (!roomId) {
     ui.showError('Enter a room id (or press "New" for a random one).');
@@ -81,13 +85,6 @@ async function join({ roomId, name, token }) {
       ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
     }
 
-    await media.start();
-    ui.setLocalStream(media.camera);
-    refreshControls();
-
-    setRoomInUrl(roomId);
-    ui.showRoom({ roomId, name, invite: inviteUrl(roomId) });
-
     const getToken = token
       ? async () => token
       : async () => {
@@ -107,19 +104,36 @@ async function join({ roomId, name, token }) {
       onConnect: (info) => session?.handleConnect(info),
       onEvent: (event, payload) => session?.handleEvent(event, payload),
     });
-    session = new RoomSession({
+    const s = new RoomSession({
       roomId,
       name,
+      password,
       signaling,
       media,
       ui,
       iceServers,
-      onFatal: (why) => endSession({ notify: false, status: why }),
+      // Only once check-room let us in: a locked room never turns the camera on.
+      enterRoom: () => enterRoom(s, { roomId, name }),
+      onFatal: (why, reason) => {
+        endSession({ notify: false, status: why });
+        if (PASSWORD_REFUSALS.has(reason)) ui.askForPassword();
+      },
     });
+    session = s;
   } finally {
     joining = false;
   }
   signaling.connect();
+}
+
+async function enterRoom(s, { roomId, name }) {
+  await media.start();
+  if (session !== s) return false; // ended while the camera started (endSession stopped it)
+  ui.setLocalStream(media.camera);
+  refreshControls();
+  setRoomInUrl(roomId);
+  ui.showRoom({ roomId, name, invite: inviteUrl(roomId) });
+  return true;
 }
 
 function endSession({ notify, status }) {
@@ -133,6 +147,8 @@ function endSession({ notify, status }) {
   ui.setLocalScreen(null);
   ui.setLocalStream(null);
   ui.setJoined(false);
+  ui.setRoomLocked(false);
+  ui.clearChat();
   ui.showLobby();
   ui.setStatus(status ? 'disconnected' : 'idle', status);
   refreshControls();
@@ -175,6 +191,7 @@ function boot() {
     },
     leave: () => endSession({ notify: true }),
   });
+  ui.onChatSend((text) => session?.sendChat(text) ?? false);
 
   // Read-only view of the page's state for debugging and the e2e test.
   Object.defineProperty(window, '__rtcDemo', {
@@ -184,6 +201,8 @@ function boot() {
       get roomId() { return session?.roomId ?? null; },
       get joined() { return session?.joined ?? false; },
       get peers() { return session?.describePeers() ?? []; },
+      get locked() { return session?.locked ?? false; },
+      get chat() { return session?.chat.view() ?? Object.freeze([]); },
       get devTokens() { return devTokens; },
     }),
   });

@@ -17,6 +17,9 @@ export class LocalMedia {
     this.screen = null;
     this.micOn = false;
     this.camOn = false;
+    // stopAll() bumps it: a capture still in flight then throws away what it gets.
+    this.generation = 0;
+    this.starting = null;
   }
 
   get hasMic() {
@@ -31,8 +34,20 @@ export class LocalMedia {
     return Boolean(navigator.mediaDevices?.getDisplayMedia);
   }
 
-  /** Asks for camera+mic, then each alone; joins receive-only if all fail. */
-  async start() {
+  /** Asks for camera+mic, then each alone; joins receive-only if all fail. One capture at a time. */
+  start() {
+    if (!this.starting) {
+      const p = this.#capture(this.generation);
+      const done = () => {
+        if (this.starting === p) this.starting = null;
+      };
+      p.then(done, done);
+      this.starting = p;
+    }
+    return this.starting;
+  }
+
+  async #capture(generation) {
     if (this.camera.getTracks().length) return;
     if (!navigator.mediaDevices?.getUserMedia) {
       this.onError('This browser cannot capture camera/microphone here (needs https or localhost). Joining receive-only.');
@@ -47,9 +62,15 @@ export class LocalMedia {
     for (const constraints of attempts) {
       try {
         const stream = await navigator.mediaDevices.getUserMedia(constraints);
+        if (generation !== this.generation) {
+          // stopAll() ran meanwhile (the user left, or the join was refused).
+          stream.getTracks().forEach((t) => t.stop());
+          return;
+        }
         for (const track of stream.getTracks()) this.camera.addTrack(track);
         break;
       } catch (err) {
+        if (generation !== this.generation) return;
         firstError ??= err;
         if (err?.name === 'NotAllowedError') break; // refused: asking again won't help
       }
@@ -108,6 +129,8 @@ export class LocalMedia {
   }
 
   stopAll() {
+    this.generation += 1;
+    this.starting = null;
     this.stopScreen();
     for (const t of this.camera.getTracks()) {
       t.stop();

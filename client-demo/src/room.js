@@ -3,23 +3,52 @@
 // `user-disconnected`, handshakes from `#rtcio:init-offer` (we are the existing,
 // polite side) or lazily from the first relayed message of an unknown peer
 // (we are the newcomer, impolite side), mute badges from `media-state`,
-// screen tiles from video-only remote streams and `stopScreenShare`.
-// It re-joins after every signaling reconnect (the server forgets us).
+// screen tiles from video-only remote streams and `stopScreenShare`, chat
+// from `chat-message`.
+// Getting in: `check-room` first (a locked room is known before the camera
+// starts), then `join-room` with the room password, which lives only in this
+// object's memory. It re-joins, password included, after every signaling
+// reconnect (the server forgets us).
 import { PeerLink } from './peer.js';
+import { ChatLog, checkChatText } from './chat.js';
+import { describeError, describeJoinError } from './util.js';
 
 const isId = (v) => typeof v === 'string' && v.length > 0;
 
+// A server without `check-room` may not answer it at all; then join-room decides.
+const CHECK_TIMEOUT_MS = 5_000;
+
 export class RoomSession {
-  constructor({ roomId, name, signaling, media, ui, iceServers, onFatal }) {
+  #password;
+
+  /**
+   * @param {object} opts
+   * @param {string} opts.password  '' for none; sent with check-room and every join-room
+   * @param {() => Promise<boolean>} opts.enterRoom  once, when the server first lets us in:
+   *   starts the camera and shows the room; false if the session ended meanwhile
+   * @param {(why: string, reason?: string) => void} opts.onFatal  reason: the join-error reason
+   */
+  constructor({ roomId, name, password, signaling, media, ui, iceServers, enterRoom, onFatal }) {
     this.roomId = roomId;
     this.name = name;
+    this.#password = password || '';
     this.signaling = signaling;
     this.media = media;
     this.ui = ui;
     this.iceServers = iceServers;
+    this.enterRoom = enterRoom;
     this.onFatal = onFatal;
     this.joined = false;
     this.closed = false;
+    this.entered = null; // the enterRoom() promise, once started
+    // 'checking' (check-room sent) -> 'joining' (join-room sent) -> 'joined'; again on each reconnect
+    this.phase = 'idle';
+    this.attempt = 0; // one per (re)connect; stale async steps compare against it
+    this.checkTimer = null;
+    this.checkAnswered = false;
+    this.passwordRequired = false;
+    this.locked = false;
+    this.chat = new ChatLog();
     /** @type {Map<string, {id: string, name: string, link: PeerLink|null, mic: boolean, cam: boolean, cameraStreamId: string|null, screens: Map<string, MediaStream>}>} */
     this.peers = new Map();
     // media-state that arrived before the matching user-connected (not expected, but harmless)
@@ -36,7 +65,43 @@ export class RoomSession {
     }
     this.joined = false;
     this.ui.setJoined(false);
-    this.signaling.emit('join-room', { roomId: this.roomId, name: this.name });
+    this.attempt += 1;
+    this.#check();
+  }
+
+  #withPassword(payload) {
+    return this.#password ? { ...payload, password: this.#password } : payload;
+  }
+
+  #check() {
+    const attempt = this.attempt;
+    this.phase = 'checking';
+    this.checkAnswered = false;
+    this.passwordRequired = false;
+    clearTimeout(this.checkTimer);
+    this.checkTimer = setTimeout(() => {
+      if (attempt === this.attempt) this.#join();
+    }, CHECK_TIMEOUT_MS);
+    this.signaling.emit('check-room', this.#withPassword({ roomId: this.roomId }));
+  }
+
+  // The check passed (or the server cannot check): camera on, room shown, join.
+  async #join() {
+    if (this.closed || this.phase !== 'checking') return;
+    clearTimeout(this.checkTimer);
+    this.phase = 'joining';
+    const attempt = this.attempt;
+    try {
+      this.entered ??= this.enterRoom();
+      if (!(await this.entered)) return;
+    } catch (err) {
+      if (this.closed) return;
+      this.ui.showError(`Joining failed: ${describeError(err)}`);
+      this.onFatal('join failed');
+      return;
+    }
+    if (this.closed || attempt !== this.attempt) return; // a reconnect started over
+    this.signaling.emit('join-room', this.#withPassword({ roomId: this.roomId, name: this.name }));
   }
 
   handleEvent(event, payload) {
@@ -47,14 +112,16 @@ export class RoomSession {
         return this.#onUserConnected(p);
       case 'media-state':
         return this.#onMediaState(p);
+      case 'room-check-ok':
+        return this.#onCheckOk(p);
       case 'join-ok':
         return this.#onJoinOk(p);
       case 'join-error':
         return this.#onJoinError(p);
       case 'error':
-        return this.ui.showError(
-          `Server rejected "${p.event ?? '?'}": ${p.message ?? 'no message'}${p.code ? ` [${p.code}]` : ''}`,
-        );
+        return this.#onServerError(p);
+      case 'chat-message':
+        return this.#onChatMessage(p);
       case '#rtcio:init-offer':
         return this.#onInitOffer(p);
       case '#rtcio:message':
@@ -100,20 +167,64 @@ export class RoomSession {
     this.ui.setPeerMedia(peer.id, { mic, cam });
   }
 
+  // It may come after the timeout already moved on to the join (a slow server);
+  // it still precedes our join's answer, so it still counts for the lock badge.
+  #onCheckOk({ roomId, passwordRequired }) {
+    if (roomId !== this.roomId || (this.phase !== 'checking' && this.phase !== 'joining')) return;
+    this.checkAnswered = true;
+    this.passwordRequired = passwordRequired === true;
+    this.#join();
+  }
+
   #onJoinOk({ roomId }) {
     if (roomId !== this.roomId) return;
+    clearTimeout(this.checkTimer);
+    this.phase = 'joined';
     this.joined = true;
+    // Locked: check-room said so, or nobody was here and our password became the room's.
+    // (user-connected for every member already here arrives before join-ok.)
+    this.locked = this.checkAnswered && (this.passwordRequired || (Boolean(this.#password) && this.peers.size === 0));
+    this.ui.setRoomLocked(this.locked);
+    this.ui.dismissErrors('join'); // the lobby's "locked" / "wrong password" are settled
     this.ui.setJoined(true);
     // Tell the room (and the server's cache, for later joiners) our mute state.
     this.#emitMediaState();
   }
 
-  #onJoinError({ roomId, reason }) {
-    const why = reason ? String(reason) : 'unknown reason';
-    const shown = String(roomId ?? this.roomId);
-    const short = shown.length > 40 ? `${shown.slice(0, 40)}…` : shown;
-    this.ui.showError(`Could not join room "${short}": ${why}`);
-    if (roomId === undefined || roomId === this.roomId) this.onFatal(`join refused: ${why}`);
+  // From check-room or join-room. Before we are in, it is about our one room
+  // even if the server echoes a shortened room id.
+  #onJoinError(p) {
+    const { roomId, reason } = p;
+    this.ui.showError(describeJoinError(p, roomId ?? this.roomId), { kind: 'join' });
+    if (this.joined && roomId !== undefined && roomId !== this.roomId) return;
+    clearTimeout(this.checkTimer);
+    this.onFatal(`join refused: ${reason ? String(reason) : 'unknown reason'}`, reason);
+  }
+
+  #onServerError(p) {
+    if (p.event === 'check-room' && this.phase === 'checking') {
+      // A server that cannot check (e.g. unknown-event): the join itself decides.
+      this.#join();
+      return;
+    }
+    if (p.event === 'chat-message') {
+      const why = {
+        'not-in-room': 'you are not in the room right now',
+        'rate-limited': 'too many messages, slow down',
+        'unknown-event': 'this server has no chat',
+      }[p.code] ?? p.message ?? p.code ?? 'refused';
+      this.ui.showError(`A chat message was not delivered: ${why}.`);
+      return;
+    }
+    this.ui.showError(
+      `Server rejected "${p.event ?? '?'}": ${p.message ?? 'no message'}${p.code ? ` [${p.code}]` : ''}`,
+    );
+  }
+
+  #onChatMessage(p) {
+    if (p.roomId !== this.roomId || !isId(p.id) || this.#isSelf(p.id)) return;
+    const entry = this.chat.receive(p, this.peers.get(p.id)?.name);
+    if (entry) this.ui.addChatMessage(entry);
   }
 
   #onInitOffer({ source }) {
@@ -258,9 +369,24 @@ export class RoomSession {
     this.signaling.emit('stopScreenShare', { roomId: this.roomId });
   }
 
+  /** Sends a chat message and shows it at once; false (with the reason shown) if it did not go out. */
+  sendChat(raw) {
+    const { text, error } = checkChatText(raw);
+    if (error) this.ui.showError(error);
+    if (!text) return false;
+    const sentAt = Date.now();
+    if (!this.joined || !this.signaling.emit('chat-message', { roomId: this.roomId, text, name: this.name, sentAt })) {
+      this.ui.showError('Not connected to the room right now; the message was not sent.');
+      return false;
+    }
+    this.ui.addChatMessage(this.chat.add({ id: this.signaling.id, name: this.name, text, mine: true, at: sentAt }));
+    return true;
+  }
+
   /** Leaves the room (telling the server if we still can) and closes every peer connection. */
   leave({ notify = true } = {}) {
     if (this.closed) return;
+    clearTimeout(this.checkTimer);
     if (this.media.screen) this.stopScreenShare();
     if (notify) this.signaling.emit('leave-room', { roomId: this.roomId });
     this.closed = true;

@@ -13,12 +13,14 @@ const ROOM_EVENTS = [
   'user-disconnected',
   'media-state',
   'stopScreenShare',
+  'room-check-ok',
   'join-ok',
   'join-error',
   'error',
   '#rtcio:init-offer',
   '#rtcio:message',
   '#rtcio:peer-left',
+  'chat-message',
 ];
 
 export class Signaling {

@@ -1,6 +1,6 @@
-// Everything that touches the DOM: the lobby form, the status pill, the error
-// list, the video grid (own preview, one tile per peer, screen-share tiles)
-// and the control bar. The room logic calls these methods; it never builds
+// Everything that touches the DOM: the lobby form (with its room password),
+// the status pill, the lock badge, the error list, the video grid (own preview,
+// one tile per peer, screen-share tiles), the chat panel and the control bar. The room logic calls these methods; it never builds
 // elements itself. Stable data-testid / data-* attributes make it testable.
 
 const ICONS = {
@@ -21,6 +21,7 @@ const STATUS_TEXT = {
 };
 
 const MAX_ERRORS = 6;
+const MAX_CHAT_ITEMS = 200;
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
@@ -55,6 +56,8 @@ export class UI {
     this.form = $('join-form');
     this.roomInput = $('room-input');
     this.nameInput = $('name-input');
+    this.passwordInput = $('password-input');
+    this.passwordLabel = $('password-label');
     this.newRoomButton = $('new-room');
     this.tokenBlock = $('token-block');
     this.tokenInput = $('token-input');
@@ -63,6 +66,7 @@ export class UI {
     this.joinButton = $('join-button');
     this.roomInfo = $('room-info');
     this.roomLabel = $('room-label');
+    this.roomLock = $('room-lock');
     this.inviteInput = $('invite-link');
     this.copyButton = $('copy-link');
     this.status = $('status');
@@ -79,8 +83,13 @@ export class UI {
     this.shareButton = $('share-toggle');
     this.leaveButton = $('leave-button');
     this.peerCount = $('peer-count');
+    this.chatList = $('chat-list');
+    this.chatForm = $('chat-form');
+    this.chatInput = $('chat-input');
+    this.chatSend = $('chat-send');
 
     this.copyButton.addEventListener('click', () => this.#copyInvite());
+    this.passwordInput.addEventListener('input', () => this.#clearPasswordPrompt());
     // Remote videos start muted if the browser blocks autoplay with sound;
     // any click on the page is a user gesture that lets us unmute them.
     document.addEventListener('click', () => this.#unmuteRemotes(), true);
@@ -95,6 +104,8 @@ export class UI {
         roomId: this.roomInput.value.trim(),
         name: this.nameInput.value.trim(),
         token: this.tokenInput.value.trim(),
+        // Held in memory only; the server trims it too (empty = an open room).
+        password: this.passwordInput.value.trim(),
       });
     });
   }
@@ -130,6 +141,22 @@ export class UI {
     this.joinButton.textContent = busy ? 'Joining…' : 'Join room';
   }
 
+  /** The room is locked (or refused our password): point the user at the password field. */
+  askForPassword() {
+    this.form.dataset.locked = 'true';
+    this.passwordLabel.textContent = 'Room password (this room is locked)';
+    this.passwordInput.setAttribute('aria-invalid', 'true');
+    this.passwordInput.focus();
+    this.passwordInput.select();
+  }
+
+  #clearPasswordPrompt() {
+    if (this.form.dataset.locked !== 'true') return;
+    delete this.form.dataset.locked;
+    this.passwordLabel.textContent = 'Room password (optional)';
+    this.passwordInput.removeAttribute('aria-invalid');
+  }
+
   showLobby() {
     this.roomView.hidden = true;
     this.roomInfo.hidden = true;
@@ -148,12 +175,21 @@ export class UI {
     this.inviteInput.value = invite;
     this.localName.textContent = name ? `You (${name})` : 'You';
     this.localTile.querySelector('.avatar').textContent = initials(name);
+    this.#clearPasswordPrompt();
     document.body.dataset.view = 'room';
     document.title = `${roomId} · rtc.io video room`;
   }
 
   setJoined(joined) {
     document.body.dataset.joined = joined ? 'true' : 'false';
+    // Chat only while in the room; a draft survives a reconnect.
+    this.chatInput.disabled = !joined;
+    this.chatSend.disabled = !joined;
+  }
+
+  /** The lock badge in the room header: the room has a password. */
+  setRoomLocked(locked) {
+    this.roomLock.hidden = !locked;
   }
 
   async #copyInvite() {
@@ -187,7 +223,8 @@ export class UI {
     this.status.title = detail ? `${state}: ${detail}` : state;
   }
 
-  showError(message) {
+  /** kind: a tag for dismissErrors(kind), e.g. the lobby's join refusals once we are in. */
+  showError(message, { kind } = {}) {
     const last = this.errors.firstElementChild;
     if (last && last.dataset.message === message) {
       const count = Number(last.dataset.count || 1) + 1;
@@ -197,7 +234,7 @@ export class UI {
       return;
     }
     const close = el('button', { class: 'dismiss', type: 'button', 'aria-label': 'Dismiss', text: '×' });
-    const item = el('div', { class: 'error-item', 'data-testid': 'error-item', 'data-message': message }, [
+    const item = el('div', { class: 'error-item', 'data-testid': 'error-item', 'data-message': message, 'data-kind': kind }, [
       el('time', { text: new Date().toLocaleTimeString() }),
       el('span', { class: 'message', text: message }),
       el('span', { class: 'count' }),
@@ -206,6 +243,53 @@ export class UI {
     close.addEventListener('click', () => item.remove());
     this.errors.prepend(item);
     while (this.errors.children.length > MAX_ERRORS) this.errors.lastElementChild.remove();
+  }
+
+  dismissErrors(kind) {
+    for (const item of this.errors.querySelectorAll(`.error-item[data-kind="${CSS.escape(kind)}"]`)) item.remove();
+  }
+
+  // ---- chat --------------------------------------------------------------
+
+  /** handler(text) returns true when the message went out; then the input is cleared. */
+  onChatSend(handler) {
+    this.chatForm.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      if (this.chatInput.disabled) return;
+      if (handler(this.chatInput.value)) this.chatInput.value = '';
+      this.chatInput.focus();
+    });
+  }
+
+  /** One chat line; user text only ever goes through textContent. */
+  addChatMessage({ id, name, text, mine, at }) {
+    const stuck = this.chatList.scrollHeight - this.chatList.scrollTop - this.chatList.clientHeight < 40;
+    const when = new Date(at);
+    const item = el('li', {
+      class: mine ? 'chat-msg mine' : 'chat-msg',
+      'data-testid': 'chat-message',
+      'data-from': id ?? '',
+      'data-mine': mine ? 'true' : 'false',
+    }, [
+      el('div', { class: 'meta' }, [
+        el('span', { class: 'who', 'data-testid': 'chat-name', text: mine ? 'You' : name }),
+        el('time', {
+          datetime: when.toISOString(),
+          text: when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }),
+        }),
+      ]),
+      el('div', { class: 'text', 'data-testid': 'chat-text', text }),
+    ]);
+    item.title = `${mine ? `You (${name})` : name}, ${when.toLocaleString()}`;
+    this.chatList.append(item);
+    while (this.chatList.children.length > MAX_CHAT_ITEMS) this.chatList.firstElementChild.remove();
+    // Follow new messages unless the user scrolled up to read older ones.
+    if (stuck || mine) this.chatList.scrollTop = this.chatList.scrollHeight;
+  }
+
+  clearChat() {
+    this.chatList.replaceChildren();
+    this.chatInput.value = '';
   }
 
   // ---- controls ----------------------------------------------------------

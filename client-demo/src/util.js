@@ -1,5 +1,6 @@
 // Small helpers with no DOM or network side effects: room ids, guest names,
-// reading URL parameters. Kept apart so the other modules stay about one thing.
+// reading URL parameters, errors in words. Kept apart so the other modules stay
+// about one thing.
 
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
 
@@ -53,4 +54,38 @@ export function describeError(err) {
   if (typeof err === 'string') return err;
   const name = err.name && err.name !== 'Error' ? `${err.name}: ` : '';
   return `${name}${err.message || String(err)}`;
+}
+
+// join-error reasons (PROTOCOL.md) that the room's password settles: the lobby
+// asks for the password again.
+export const PASSWORD_REFUSALS = new Set(['password-required', 'wrong-password', 'invalid-password', 'rate-limited']);
+
+const JOIN_REFUSALS = {
+  'invalid-room': 'the room id must be 1 to 128 characters without control characters',
+  'invalid-name': 'the name must be at most 64 characters',
+  'invalid-password': 'the room password must be at most 256 characters',
+  forbidden: 'your access token does not allow this room',
+  'room-full': 'the room is full',
+  unavailable: 'the server cannot reach the room right now; try again in a moment',
+};
+
+// A join-error (from join-room or check-room) in words.
+export function describeJoinError({ reason, message, retryAfterMs }, roomId) {
+  switch (reason) {
+    case 'password-required':
+      return 'This room is locked. Enter its password.';
+    case 'wrong-password':
+      return 'Wrong password for this room. Check it and try again.';
+    case 'rate-limited': {
+      const seconds = Math.ceil(Number(retryAfterMs) / 1000);
+      const wait = seconds > 0 ? `${seconds} second${seconds === 1 ? '' : 's'}` : 'a minute';
+      return `Too many attempts to join this room. Wait ${wait}, then try again.`;
+    }
+    default: {
+      const shown = String(roomId ?? '');
+      const short = shown.length > 40 ? `${shown.slice(0, 40)}…` : shown;
+      const why = JOIN_REFUSALS[reason] ?? (message ? String(message).replace(/\.$/, '') : reason ? String(reason) : 'unknown reason');
+      return `Could not join room "${short}": ${why}.`;
+    }
+  }
 }

@@ -3,12 +3,16 @@
 // against a running server (started by the caller with --dev --demo-dir
 // client-demo). Proves that real RTCPeerConnections negotiate through the
 // server: video flows both ways, mute state and screen shares propagate, late
-// joiners get the backfill, reconnects re-join, leaves and closed tabs vanish.
+// joiners get the backfill, reconnects re-join, leaves and closed tabs vanish,
+// a room password locks a room (asked for, refused in words, re-sent on a
+// rejoin, never leaked), and chat messages reach the other member by name.
 //
 //   SERVER_URL=http://127.0.0.1:3901 node tests/e2e/demo.mjs
 //
 // Env: SERVER_URL (required), CHROMIUM_PATH (default /usr/bin/chromium),
-//      E2E_ARTIFACTS (default <repo>/artifacts/e2e), E2E_HEADFUL=1 to watch.
+//      E2E_ARTIFACTS (default <repo>/artifacts/e2e), E2E_HEADFUL=1 to watch,
+//      E2E_SERVER_LOG (the server's stdout log, set by run-in-netns.sh; its
+//      stdout and .stderr files are searched for the room password).
 // Last line is always "N passed, M failed"; exit code 0 only if M = 0.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs/promises';
@@ -19,7 +23,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const ARTIFACTS = path.resolve(ROOT, process.env.E2E_ARTIFACTS || 'artifacts/e2e');
 const SERVER_URL = (process.env.SERVER_URL || '').replace(/\/+$/, '');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const OVERALL_TIMEOUT_MS = 110_000;
+const SERVER_LOG = process.env.E2E_SERVER_LOG || '';
+const OVERALL_TIMEOUT_MS = 150_000;
 
 const CHROMIUM_ARGS = [
   '--use-fake-device-for-media-stream', // synthetic camera (moving pattern) + mic (beeps)
@@ -97,7 +102,7 @@ async function openPage(label, query = '', { routeSignaling = false } = {}) {
     viewport: { width: 1280, height: 800 },
     permissions: ['camera', 'microphone'],
   });
-  const p = { label, context, page: null, id: null, alive: true, errors: [], sockets: [], holdSockets: false };
+  const p = { label, context, page: null, id: null, alive: true, errors: [], console: [], sockets: [], holdSockets: false };
   if (routeSignaling) {
     // Pass the Socket.IO WebSocket through Playwright so the test can cut it.
     // While holdSockets is set, new upgrade attempts fail at once (network down).
@@ -109,11 +114,19 @@ async function openPage(label, query = '', { routeSignaling = false } = {}) {
       route.connectToServer(); // messages and closes are forwarded both ways
       p.sockets.push(route);
     });
+    // Long-polling too: otherwise a reconnect during the "outage" gets through over
+    // HTTP, cannot upgrade, and stays on polling (a later page close then goes
+    // unnoticed by the server until its ping timeout).
+    await context.route(/\/socket\.io\//, (route) => {
+      if (p.holdSockets) route.abort('internetdisconnected').catch(() => {});
+      else route.continue().catch(() => {});
+    });
   }
   const page = await context.newPage();
   p.page = page;
   page.on('pageerror', (err) => p.errors.push(`pageerror: ${err.message}`));
   page.on('console', (msg) => {
+    p.console.push(msg.text());
     if (msg.type() === 'error') p.errors.push(`console: ${msg.text()}`);
   });
   pages.set(label, p);
@@ -161,6 +174,40 @@ async function waitJoined(p) {
   );
   p.id = await p.page.evaluate(() => window.__rtcDemo.socketId);
   if (!p.id) fail(`${p.label}: no socket id after joining`);
+}
+
+/**
+ * Cuts p's signaling WebSocket from outside the page, as a network failure would
+ * (peer connections are untouched), waits for the page to show "reconnecting",
+ * runs `whileDown`, then lets it reconnect. Needs openPage(..., { routeSignaling: true }).
+ * (context.setOffline does not drop WebSockets inside a loopback-only network
+ * namespace, hence the route.)
+ */
+async function cutSignaling(p, whileDown = async () => {}) {
+  p.holdSockets = true;
+  try {
+    if (!p.sockets.length) fail(`${p.label} has no routed signaling WebSocket to cut`);
+    for (const route of p.sockets.splice(0)) {
+      await route.close({ code: 4000, reason: 'e2e: simulated network drop' }).catch(() => {});
+    }
+    await waitFor(p, 'status "reconnecting"', () => document.querySelector('[data-testid="status"]')?.dataset.state === 'reconnecting');
+    await whileDown();
+  } finally {
+    p.holdSockets = false;
+  }
+}
+
+/** Waits until p is back, joined, under a socket id other than `oldId`; updates p.id. */
+async function waitRejoined(p, oldId) {
+  await waitFor(p, 'a new socket id after reconnecting', (old) => {
+    const d = window.__rtcDemo;
+    return d.connection === 'connected' && d.socketId && d.socketId !== old && d.joined;
+  }, oldId);
+  p.id = await p.page.evaluate(() => window.__rtcDemo.socketId);
+  // socket.io connects over long-polling, then upgrades to a (routed) WebSocket.
+  const t0 = Date.now();
+  while (!p.sockets.length && Date.now() - t0 < 5_000) await new Promise((r) => setTimeout(r, 100));
+  log(`  ${p.label} is back as ${p.id}, ${p.sockets.length ? 'upgraded to a WebSocket' : 'still on long-polling after 5 s'}`);
 }
 
 async function joinViaForm(p, roomId, name) {
@@ -253,6 +300,10 @@ async function main() {
 
   let roomId = '';
   let A, B, C, D;
+  let lockedRoom = '';
+  let E, F;
+  // Distinctive, so any leak (URL, storage, console, server log) is unmistakable.
+  const PASSWORD = `e2e-Lock-${Math.random().toString(36).slice(2, 10)}-pw`;
 
   const LOADS = 'page loads with a random room id and dev tokens available';
   const TWO = 'two pages join one room and play each other\'s video';
@@ -379,26 +430,9 @@ async function main() {
   const RECONNECT = 'after a signaling drop B reconnects, re-joins by itself and media comes back';
   await check(RECONNECT, async () => {
     const oldId = B.id;
-    // Cut B's signaling WebSocket from outside the page, as a network failure
-    // would (peer connections are untouched). B must show "reconnecting", then
-    // come back and re-join by itself. (context.setOffline does not drop
-    // WebSockets inside a loopback-only network namespace, hence the route.)
-    B.holdSockets = true;
-    if (!B.sockets.length) fail('B has no routed signaling WebSocket to cut');
-    for (const route of B.sockets.splice(0)) {
-      await route.close({ code: 4000, reason: 'e2e: simulated network drop' }).catch(() => {});
-    }
-    try {
-      await waitFor(B, 'status "reconnecting"', () => document.querySelector('[data-testid="status"]')?.dataset.state === 'reconnecting');
-      await B.page.screenshot({ path: path.join(ARTIFACTS, '04-reconnecting-B.png') });
-    } finally {
-      B.holdSockets = false;
-    }
-    await waitFor(B, 'a new socket id after reconnecting', (old) => {
-      const d = window.__rtcDemo;
-      return d.connection === 'connected' && d.socketId && d.socketId !== old && d.joined;
-    }, oldId);
-    B.id = await B.page.evaluate(() => window.__rtcDemo.socketId);
+    // B must show "reconnecting", then come back and re-join by itself.
+    await cutSignaling(B, () => B.page.screenshot({ path: path.join(ARTIFACTS, '04-reconnecting-B.png') }));
+    await waitRejoined(B, oldId);
     const errs = await errorTexts(B);
     if (!errs.some((e) => /Lost the signaling connection/.test(e))) {
       fail(`B did not report the lost signaling connection (errors: ${JSON.stringify(errs)})`);
@@ -456,6 +490,180 @@ async function main() {
     log(`  D shows: ${JSON.stringify(errs[0])}`);
     await screenshotAll('06-errors');
   });
+
+  // ---- room password and chat (pages E = Erin, the room's creator, and F = Frank)
+
+  const LOCK_SET = 'a room created with a password shows the lock badge (an open room does not)';
+  const LOCK_ASK = 'a joiner without the password is asked for it and stays out of the room';
+  const LOCK_WRONG = 'a wrong password is refused in words';
+  const LOCK_OPEN = 'the right password lets F in and E and F play each other\'s video';
+  const CHAT = 'chat: E\'s message shows on F with E\'s name, F\'s reply shows on E';
+
+  await check(LOCK_SET, async () => {
+    E = await openPage('E');
+    lockedRoom = await E.page.locator(tid('room-input')).inputValue();
+    const label = await E.page.locator('label[for="password-input"]').textContent();
+    if (label.trim() !== 'Room password (optional)') fail(`password field is labelled "${label}"`);
+    const type = await E.page.locator(tid('password-input')).getAttribute('type');
+    if (type !== 'password') fail(`password field has type "${type}"`);
+    await E.page.locator(tid('password-input')).fill(PASSWORD);
+    await joinViaForm(E, lockedRoom, 'Erin');
+    await waitFor(E, 'the lock badge', () => {
+      const badge = document.querySelector('[data-testid="room-lock"]');
+      return Boolean(badge && !badge.hidden && badge.offsetWidth > 0) && window.__rtcDemo.locked === true;
+    });
+    if (A?.alive && (await A.page.locator(tid('room-lock')).isVisible())) fail('A shows a lock badge in an open room');
+  });
+
+  await check(LOCK_ASK, async () => {
+    F = await openPage('F', `?room=${lockedRoom}`, { routeSignaling: true });
+    // Count camera requests: a room that turns us away must not turn the camera on.
+    await F.page.evaluate(() => {
+      const md = navigator.mediaDevices;
+      const getUserMedia = md.getUserMedia.bind(md);
+      window.__e2eCameraRequests = 0;
+      md.getUserMedia = (constraints) => {
+        window.__e2eCameraRequests += 1;
+        return getUserMedia(constraints);
+      };
+    });
+    await F.page.locator(tid('name-input')).fill('Frank');
+    await F.page.locator(tid('join-button')).click();
+    await waitForError(F, /This room is locked\. Enter its password\./);
+    await waitFor(F, 'the lobby again, password field focused, Join enabled', () =>
+      document.body.dataset.view === 'lobby' &&
+      document.body.dataset.joined === 'false' &&
+      document.activeElement?.id === 'password-input' &&
+      !document.querySelector('[data-testid="join-button"]').disabled);
+    const requests = await F.page.evaluate(() => window.__e2eCameraRequests);
+    if (requests !== 0) fail(`F asked for its camera ${requests} times for a room it could not enter`);
+    const onE = await E.page.evaluate(() => window.__rtcDemo.peers.length);
+    if (onE !== 0) fail(`E knows ${onE} peers although F was refused`);
+    await screenshotAll('07-locked-prompt');
+  }, { requires: [LOCK_SET] });
+
+  await check(LOCK_WRONG, async () => {
+    await F.page.locator(tid('password-input')).fill(`not-${PASSWORD}`);
+    await F.page.locator(tid('join-button')).click();
+    await waitForError(F, /Wrong password for this room/);
+    await waitFor(F, 'the lobby, not joined', () =>
+      document.body.dataset.view === 'lobby' && document.body.dataset.joined === 'false' &&
+      !document.querySelector('[data-testid="join-button"]').disabled);
+    log(`  F shows: ${JSON.stringify((await errorTexts(F))[0])}`);
+    await screenshotAll('08-wrong-password');
+  }, { requires: [LOCK_ASK] });
+
+  await check(LOCK_OPEN, async () => {
+    await F.page.locator(tid('password-input')).fill(PASSWORD);
+    await F.page.locator(tid('join-button')).click();
+    await waitJoined(F);
+    await expectPlaying(E, `${peerTile(F.id)} video`, "F's camera on E");
+    await expectPlaying(F, `${peerTile(E.id)} video`, "E's camera on F");
+    await expectName(E, F.id, 'Frank');
+    await expectName(F, E.id, 'Erin');
+    if (!(await F.page.locator(tid('room-lock')).isVisible())) fail('F shows no lock badge in the locked room');
+    const left = await errorTexts(F);
+    if (left.length) fail(`F still shows the lobby's errors after getting in: ${JSON.stringify(left)}`);
+    await screenshotAll('09-locked-room');
+  }, { requires: [LOCK_WRONG] });
+
+  await check(CHAT, async () => {
+    // Markup in a message must arrive as text, never as elements.
+    const hello = `Hi Frank, <b>welcome</b> & enjoy ${Date.now().toString(36)}`;
+    await E.page.locator(tid('chat-input')).fill(hello);
+    await E.page.locator(tid('chat-input')).press('Enter');
+    await waitFor(E, 'own message shown at once, input cleared', (text) =>
+      window.__rtcDemo.chat.some((m) => m.mine && m.text === text) &&
+      document.querySelector('[data-testid="chat-input"]').value === '' &&
+      [...document.querySelectorAll('[data-testid="chat-message"][data-mine="true"] [data-testid="chat-text"]')]
+        .some((e) => e.textContent === text), hello);
+    await waitFor(F, "E's message in F's chat under E's name", ([text, id]) => {
+      const ok = window.__rtcDemo.chat.some((m) => !m.mine && m.text === text && m.name === 'Erin' && m.id === id);
+      const shown = [...document.querySelectorAll('[data-testid="chat-message"][data-mine="false"]')].some((li) =>
+        li.querySelector('[data-testid="chat-name"]').textContent === 'Erin' &&
+        li.querySelector('[data-testid="chat-text"]').textContent === text &&
+        li.querySelector('time').textContent.trim() !== '');
+      return ok && shown;
+    }, [hello, E.id]);
+    if (await F.page.$('[data-testid="chat-list"] b')) fail('message markup was rendered as HTML on F');
+
+    const reply = `Thanks Erin! ${Date.now().toString(36)}`;
+    await F.page.locator(tid('chat-input')).fill(reply);
+    await F.page.locator(tid('chat-send')).click();
+    await waitFor(E, "F's reply in E's chat under F's name", ([text, id]) =>
+      window.__rtcDemo.chat.some((m) => !m.mine && m.text === text && m.name === 'Frank' && m.id === id) &&
+      [...document.querySelectorAll('[data-testid="chat-message"][data-mine="false"] [data-testid="chat-name"]')]
+        .some((e) => e.textContent === 'Frank'), [reply, F.id]);
+    // Each side: its own message once (no echo to the sender) and the other's once.
+    for (const p of [E, F]) {
+      const chat = await p.page.evaluate(() => window.__rtcDemo.chat.map((m) => `${m.mine ? 'me' : m.name}: ${m.text}`));
+      if (chat.length !== 2) fail(`${p.label}'s chat log has ${chat.length} entries: ${JSON.stringify(chat)}`);
+    }
+    const frozen = await E.page.evaluate(() => {
+      const log = window.__rtcDemo.chat;
+      try { log.push({}); } catch { /* frozen */ }
+      return Object.isFrozen(log) && log.length === 2;
+    });
+    if (!frozen) fail('window.__rtcDemo.chat is not read-only');
+    await screenshotAll('10-chat');
+  }, { requires: [LOCK_OPEN] });
+
+  await check('after a signaling drop F re-joins the locked room by itself (password re-sent)', async () => {
+    const oldId = F.id;
+    await cutSignaling(F);
+    await waitRejoined(F, oldId);
+    await expectGone(E, peerTile(oldId), "F's old tile on E");
+    await expectPlaying(E, `${peerTile(F.id)} video`, "F's camera on E after F re-joined");
+    await expectPlaying(F, `${peerTile(E.id)} video`, "E's camera on F after re-joining");
+    if (!(await F.page.locator(tid('room-lock')).isVisible())) fail('F lost its lock badge on re-joining');
+    const chat = await F.page.evaluate(() => window.__rtcDemo.chat.length);
+    if (chat !== 2) fail(`F's chat log has ${chat} entries after re-joining, expected the 2 from before`);
+  }, { requires: [CHAT] });
+
+  await check('the room password never shows up in URLs, storage, the console or the server log', async () => {
+    const leaks = [];
+    for (const p of [E, F]) {
+      if (!p?.alive) continue;
+      const where = await p.page.evaluate((secret) => {
+        const found = [];
+        if (location.href.includes(secret)) found.push('URL');
+        if (document.querySelector('[data-testid="invite-link"]').value.includes(secret)) found.push('invite link');
+        for (const [name, store] of [['localStorage', localStorage], ['sessionStorage', sessionStorage]]) {
+          for (let i = 0; i < store.length; i++) {
+            const key = store.key(i);
+            if (key.includes(secret) || String(store.getItem(key)).includes(secret)) found.push(name);
+          }
+        }
+        if (JSON.stringify(window.__rtcDemo).includes(secret)) found.push('window.__rtcDemo');
+        return found;
+      }, PASSWORD);
+      if (p.console.some((line) => line.includes(PASSWORD))) where.push('console');
+      for (const w of where) leaks.push(`${p.label}: ${w}`);
+    }
+    if (SERVER_LOG) {
+      for (const file of [SERVER_LOG, `${SERVER_LOG}.stderr`]) {
+        const text = await fs.readFile(file, 'utf8').catch(() => '');
+        if (text.includes(PASSWORD)) leaks.push(path.relative(ROOT, file));
+      }
+    } else {
+      log('  (E2E_SERVER_LOG not set: the server log was not searched)');
+    }
+    if (leaks.length) fail(`the password leaked to: ${leaks.join(', ')}`);
+  }, { requires: [LOCK_SET] });
+
+  await check('no errors shown and no page errors on E and F', async () => {
+    const problems = [];
+    for (const p of [E, F]) {
+      if (!p?.alive) continue;
+      for (const e of await errorTexts(p)) {
+        // F's own signaling drop above is reported on purpose.
+        if (p === F && /Lost the signaling connection|Cannot reach the signaling server/.test(e)) continue;
+        problems.push(`${p.label} shows error: ${e}`);
+      }
+      for (const e of p.errors) if (e.startsWith('pageerror')) problems.push(`${p.label} ${e}`);
+    }
+    if (problems.length) fail(problems.join(' | '));
+  }, { requires: [LOCK_OPEN] });
 
   await screenshotAll('99-final');
 }
