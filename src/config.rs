@@ -57,6 +57,12 @@ pub struct Config {
     #[arg(long, env = "WRONG_PASSWORD_WINDOW_MS", default_value_t = 60_000)]
     pub wrong_password_window_ms: u64,
 
+    /// How long a session whose connection dropped stays recoverable, in milliseconds; its
+    /// peers hear nothing meanwhile. 0 turns recovery off: every departure is announced at
+    /// once. Cluster mode does not recover sessions yet.
+    #[arg(long, env = "RECOVERY_WINDOW_MS", default_value_t = 30_000)]
+    pub recovery_window_ms: u64,
+
     /// HS256 secret for verifying client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -1,35 +1,59 @@
-//! The path every emit takes. A peer is addressed by id; [`Delivery::send_to`] finds it on this
-//! node or, in cluster mode, hands the emit to the adapter for the node that holds it. Emits
-//! to one local socket go through [`send`], which is where a socket too far behind is cut off.
+//! The one path every event to a client takes. An event for a peer on this node goes into
+//! its session: numbered, kept for replay, and written to the socket serving it, if any (an
+//! away session only keeps it). In cluster mode an event for a peer on another node goes
+//! through the adapter to the socket room of that peer. Only the `session` greeting itself
+//! bypasses the numbering, as the protocol says.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
-use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::mpsc;
 
+use crate::ids::{Credential, PeerId};
 use crate::protocol::{self as p, Refusal, outbound as out};
+use crate::session::Session;
+use crate::session::outbox::KeepLimits;
 
-/// The adapter room carrying a protocol room's echoes. Prefixed so a client-chosen room id
-/// can never collide with a socket's own delivery room.
-pub fn room_key(room: &str) -> String {
-    format!("r:{room}")
+/// The adapter room a peer's socket sits in alone, so an event for the peer reaches it from
+/// any node.
+pub fn peer_key(peer: &PeerId) -> String {
+    format!("s:{peer}")
 }
 
-/// The adapter room every socket sits in alone, so a targeted emit reaches it on any node.
-pub fn socket_key(sid: Sid) -> String {
-    format!("s:{sid}")
-}
+/// A session that kept more than its bounds while away, and the connection generation it
+/// overflowed in: it can no longer be recovered, so it is given up at once.
+pub type Overflow = (Arc<Session>, u64);
 
 pub struct Delivery<A: Adapter> {
     io: SocketIo<A>,
-    /// Other nodes may hold the sockets we address (cluster mode).
+    /// Other nodes may hold the peers we address (cluster mode).
     shared: bool,
+    /// The sessions of this node, connected or away.
+    sessions: DashMap<PeerId, Arc<Session>>,
+    keep: KeepLimits,
+    overflow: mpsc::UnboundedSender<Overflow>,
 }
 
 impl<A: Adapter> Delivery<A> {
-    pub fn new(io: SocketIo<A>, shared: bool) -> Delivery<A> {
-        Delivery { io, shared }
+    pub fn new(
+        io: SocketIo<A>,
+        shared: bool,
+        keep: KeepLimits,
+        overflow: mpsc::UnboundedSender<Overflow>,
+    ) -> Delivery<A> {
+        Delivery {
+            io,
+            shared,
+            sessions: DashMap::new(),
+            keep,
+            overflow,
+        }
     }
 
     pub fn io(&self) -> &SocketIo<A> {
@@ -40,30 +64,155 @@ impl<A: Adapter> Delivery<A> {
         self.shared
     }
 
-    /// Emits to exactly these sockets, wherever they are connected: straight to the ones on
-    /// this node, and (cluster mode) through the adapter to the rest.
-    pub async fn send_to<T: Serialize + ?Sized>(&self, sids: &[Sid], event: &str, data: &T) {
+    pub fn register(&self, session: Arc<Session>) {
+        self.sessions.insert(session.peer.clone(), session);
+    }
+
+    pub fn unregister(&self, session: &Session) {
+        self.sessions
+            .remove_if(&session.peer, |_, s| std::ptr::eq(&**s, session));
+    }
+
+    pub fn session(&self, peer: &PeerId) -> Option<Arc<Session>> {
+        self.sessions.get(peer).map(|s| Arc::clone(&s))
+    }
+
+    /// Sessions of this node, for upkeep.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.iter().map(|s| Arc::clone(&s)).collect()
+    }
+
+    pub fn keep_limits(&self) -> KeepLimits {
+        self.keep
+    }
+
+    /// Sends to one session of this node.
+    pub fn send<T: Serialize + ?Sized>(
+        &self,
+        session: &Arc<Session>,
+        event: &'static str,
+        data: &T,
+    ) {
+        if let Some(raw) = serialize(event, data) {
+            self.deliver(session, event, &raw);
+        }
+    }
+
+    /// Numbers and keeps the event, and writes it to the session's socket if it has one.
+    fn deliver(&self, session: &Arc<Session>, event: &'static str, data: &Arc<RawValue>) {
+        let mut link = session.link();
+        if link.ended {
+            return;
+        }
+        let within = link
+            .outbox
+            .push(event, Arc::clone(data), Instant::now(), self.keep);
+        match link.socket {
+            Some(sid) => {
+                if let Some(socket) = self.io.get_socket(sid) {
+                    write(&socket, event, &**data);
+                }
+            }
+            None if !within => {
+                let _ = self.overflow.send((Arc::clone(session), link.generation));
+            }
+            None => {}
+        }
+    }
+
+    /// Sends to exactly these peers, wherever they are: into their sessions on this node, and
+    /// (cluster mode) through the adapter to the rest.
+    pub async fn send_to<T: Serialize + ?Sized>(
+        &self,
+        peers: &[PeerId],
+        event: &'static str,
+        data: &T,
+    ) {
+        let Some(raw) = serialize(event, data) else {
+            return;
+        };
         let mut remote = Vec::new();
-        for sid in sids {
-            match self.io.get_socket(*sid) {
-                Some(socket) => send(&socket, event, data),
-                None if self.shared => remote.push(socket_key(*sid)),
+        for peer in peers {
+            match self.session(peer) {
+                Some(session) => self.deliver(&session, event, &raw),
+                None if self.shared => remote.push(peer_key(peer)),
                 None => {} // gone from this single node: nobody to tell
             }
         }
         if remote.is_empty() {
             return;
         }
-        if let Err(e) = self.io.to(remote).emit(event, data).await {
+        if let Err(e) = self.io.to(remote).emit(event, &*raw).await {
             tracing::warn!(event, cause = %e, "cross-node delivery failed");
+        }
+    }
+
+    /// Answers an event of `session` with `error`.
+    pub fn refuse(&self, session: &Arc<Session>, event: &str, refusal: Refusal) {
+        let reply = out::ErrorReply {
+            event,
+            code: refusal.code(),
+            message: refusal.message(),
+            retry_after_ms: refusal.retry_after_ms(),
+        };
+        self.send(session, p::ERROR, &reply);
+    }
+
+    /// Answers a `join-room` or `check-room` with `join-error`.
+    pub fn refuse_join(&self, session: &Arc<Session>, room: Option<&str>, refusal: Refusal) {
+        let reply = out::JoinError {
+            room_id: room,
+            reason: refusal.code(),
+            message: refusal.message(),
+            retry_after_ms: refusal.retry_after_ms(),
+        };
+        self.send(session, p::JOIN_ERROR, &reply);
+    }
+
+    /// Makes `socket` the one serving `session`: the `session` greeting, then every kept
+    /// event after the first `received` (for a fresh session, whatever was sent before the
+    /// greeting), then everything new. False if the session ended meanwhile, or its events can
+    /// no longer be replayed.
+    pub fn greet(
+        &self,
+        socket: &SocketRef<A>,
+        session: &Session,
+        credential: &Credential,
+        received: u64,
+        recovered: bool,
+    ) -> bool {
+        let mut link = session.link();
+        let Some(missed) = link.outbox.after(received).filter(|_| !link.ended) else {
+            return false;
+        };
+        let greeting = out::SessionGreeting {
+            id: &session.peer,
+            resume: credential.as_str(),
+            recovered,
+        };
+        write(socket, p::SESSION, &greeting);
+        for kept in missed {
+            write(socket, kept.event, &*kept.data);
+        }
+        link.socket = Some(socket.id);
+        true
+    }
+}
+
+fn serialize<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Arc<RawValue>> {
+    match serde_json::value::to_raw_value(data) {
+        Ok(raw) => Some(Arc::from(raw)),
+        Err(e) => {
+            tracing::error!(event, cause = %e, "event not serializable");
+            None
         }
     }
 }
 
-/// Emits to one socket on this node. A socket whose outgoing queue is full is too far behind
+/// Writes to one socket of this node. A socket whose outgoing queue is full is too far behind
 /// to trust its view of the room any more: it is disconnected, so its client reconnects and
 /// rejoins with a fresh roster instead of silently missing events.
-pub fn send<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
+fn write<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
     match socket.emit(event, data) {
         Ok(()) => {}
         Err(SendError::Socket(SocketError::InternalChannelFull)) => {
@@ -72,26 +221,4 @@ pub fn send<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &st
         }
         Err(e) => tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed"),
     }
-}
-
-/// Answers a `join-room` or `check-room` with `join-error`.
-pub fn refuse_join<A: Adapter>(socket: &SocketRef<A>, room: Option<&str>, refusal: Refusal) {
-    let reply = out::JoinError {
-        room_id: room,
-        reason: refusal.code(),
-        message: refusal.message(),
-        retry_after_ms: refusal.retry_after_ms(),
-    };
-    send(socket, p::JOIN_ERROR, &reply);
-}
-
-/// Answers any other event with `error`.
-pub fn refuse<A: Adapter>(socket: &SocketRef<A>, event: &str, refusal: Refusal) {
-    let reply = out::ErrorReply {
-        event,
-        code: refusal.code(),
-        message: refusal.message(),
-        retry_after_ms: refusal.retry_after_ms(),
-    };
-    send(socket, p::ERROR, &reply);
 }

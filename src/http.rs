@@ -119,6 +119,7 @@ async fn health<A: Adapter>(State(http): State<Arc<Http<A>>>) -> Json<serde_json
     Json(serde_json::json!({
         "status": "ok",
         "connections": http.hub.connections(),
+        "away": http.hub.away(),
         "rooms": http.hub.local_rooms(),
     }))
 }

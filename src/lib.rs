@@ -3,7 +3,8 @@
 //! - [`protocol`]: the wire contract (event names, payloads in and out, validation).
 //! - [`auth`]: JWT verification at connect time; [`room_lock`]: room passwords, hashed.
 //! - [`transport`]: socketioxide glue: admitting a connection, dispatching its events.
-//! - [`session`]: per-socket state and in-order event handling.
+//! - [`session`]: a peer's session (outlives its sockets), its kept events, in-order handling.
+//! - [`ids`]: peer ids and resume credentials.
 //! - [`hub`]: the rooms' behaviour, one flow per file (join, leave, echo, relay).
 //! - [`delivery`]: the one path every emit to a peer takes.
 //! - [`store`]: room state, in memory or in Redis; [`turns`]: the order of changes in a room.
@@ -20,6 +21,7 @@ pub mod delivery;
 pub mod heap_census;
 pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod limits;
 pub mod protocol;
 pub mod room_lock;

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use socketioxide::adapter::{Adapter, LocalAdapter};
@@ -17,6 +18,7 @@ use crate::cluster::{self, ClusterAdapter};
 use crate::config::Config;
 use crate::http::Http;
 use crate::hub::{Hub, Limits};
+use crate::session::outbox::KeepLimits;
 use crate::store::{MemoryRooms, RoomStore};
 
 /// Why the server could not start.
@@ -140,11 +142,23 @@ fn socket_io_builder(config: &Config) -> SocketIoBuilder<LocalAdapter> {
         .ws_max_frame_size(frame_limit)
 }
 
+/// Most events, and bytes of them, one session keeps for replay.
+const KEPT_EVENTS: usize = 256;
+const KEPT_BYTES: usize = 256 * 1024;
+
 fn limits(config: &Config) -> Limits {
     Limits {
         max_payload_bytes: config.max_payload_bytes,
         max_peers_per_room: config.max_peers_per_room,
         guesses: config.guess_limits(),
+        recovery_window: (config.recovery_window_ms > 0 && config.redis_url.is_none())
+            .then(|| Duration::from_millis(config.recovery_window_ms)),
+        keep: KeepLimits {
+            events: KEPT_EVENTS,
+            bytes: KEPT_BYTES,
+            // A client notices a dead connection once a ping is this late.
+            age: config.ping_interval() + config.ping_timeout(),
+        },
     }
 }
 

@@ -1,44 +1,47 @@
-//! The socketioxide glue: admitting a connection (token check, its delivery room, its
-//! dispatcher and disconnect handling) and the dispatcher that checks each event's size,
-//! splits its frame and queues the handler behind the socket's earlier events (see `session`).
+//! The socketioxide glue: admitting a connection (token check, its session, its delivery
+//! room, its dispatcher and disconnect handling), greeting it, and the dispatcher that checks
+//! each event's size, splits its frame and queues the handler behind the session's earlier
+//! events (see `session`).
 
 use std::sync::Arc;
 
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::handler::{MessageHandler, Value};
-use socketioxide::socket::Socket;
+use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::auth::AuthError;
-use crate::delivery::{refuse, socket_key};
-use crate::hub::Hub;
+use crate::delivery::peer_key;
+use crate::hub::{Hub, Resume};
 use crate::protocol::{self as p, Frame, Refusal};
 use crate::session::Session;
 
 impl<A: Adapter> Hub<A> {
-    /// Registers the default namespace. All the work happens in the connect middleware:
-    /// socketioxide acknowledges the CONNECT before it runs the connect handler, so handlers
-    /// registered there could miss a client's first events. With a remote adapter the result
-    /// is a future that resolves once the adapter is ready.
+    /// Registers the default namespace. The work happens in the connect middleware, which
+    /// runs before socketioxide acknowledges the CONNECT: the socket's session and event
+    /// handlers are in place before the client can send anything. The connect handler, which
+    /// socketioxide runs as a task after the acknowledgement, greets the client with `session`;
+    /// the session's events wait for it (see `lifecycle`), so `session` is the first event.
+    /// With a remote adapter the result is a future that resolves once the adapter is ready.
     pub fn attach(self: &Arc<Self>) -> A::InitRes
     where
         A: DefinedAdapter,
     {
         use socketioxide::handler::ConnectHandler;
-        let hub = Arc::clone(self);
+        let (admitting, greeting) = (Arc::clone(self), Arc::clone(self));
         self.delivery.io().ns(
             "/",
-            (async || {}).with(
+            (async move |socket: SocketRef<A>| greeting.greet(&socket)).with(
                 async move |socket: SocketRef<A>, Data(auth): Data<Option<serde_json::Value>>| {
-                    hub.admit(&socket, auth.as_ref())
+                    admitting.admit(&socket, auth.as_ref())
                 },
             ),
         )
     }
 
-    /// Checks the token, then sets the socket up: its delivery room, its event dispatcher and
-    /// its disconnect handling.
+    /// Checks the token, finds or makes the socket's session, and sets the socket up: its
+    /// delivery room, its event dispatcher and its disconnect handling.
     fn admit(
         self: &Arc<Self>,
         socket: &SocketRef<A>,
@@ -47,30 +50,21 @@ impl<A: Adapter> Hub<A> {
         let identity = self.verifier.verify(auth).inspect_err(|e| {
             tracing::info!(sid = %socket.id, reason = %e, "connection refused");
         })?;
-        tracing::debug!(sid = %socket.id, user = %identity.user_id, "connected");
-        let session = Arc::new(Session::new(
-            socket.id,
-            identity,
-            Arc::clone(&self.connected),
-        ));
+        let resume = auth.and_then(Resume::parse);
+        let session = self.open_session(socket.id, identity, resume);
         if self.delivery.is_shared() {
-            socket.join(socket_key(socket.id));
+            socket.join(peer_key(&session.peer));
         }
         socket.on_fallback(Dispatcher {
             hub: Arc::clone(self),
             session: Arc::clone(&session),
         });
         let hub = Arc::clone(self);
-        socket.on_disconnect(async move |socket: SocketRef<A>| {
-            let job_session = Arc::clone(&session);
-            // Queued like any event, so it runs after everything the socket sent before.
-            let queued = session.run_in_order(async move {
-                hub.disconnected(&socket, &job_session).await;
-            });
-            if !queued {
-                tracing::warn!(sid = %session.sid, "disconnect dropped behind a full event queue");
-            }
-        });
+        socket.on_disconnect(
+            async move |socket: SocketRef<A>, reason: DisconnectReason| {
+                hub.socket_gone(&session, socket.id, reason);
+            },
+        );
         Ok(())
     }
 }
@@ -85,43 +79,38 @@ pub struct Dispatcher<A: Adapter> {
 pub struct InOrder;
 
 impl<A: Adapter> MessageHandler<A, InOrder> for Dispatcher<A> {
-    fn call(&self, socket: Arc<Socket<A>>, value: Value, _ack: Option<i64>) {
-        let socket = SocketRef::from(socket);
+    fn call(&self, _socket: Arc<Socket<A>>, value: Value, _ack: Option<i64>) {
+        let delivery = &self.hub.delivery;
         let text = match &value {
             Value::Str(text, None) => text,
-            _ => return refuse(&socket, "", Refusal::InvalidPayload),
+            _ => return delivery.refuse(&self.session, "", Refusal::InvalidPayload),
         };
         if text.len() > self.hub.limits.max_payload_bytes {
             let event = Frame::parse(text).map(|f| f.event.into_owned());
-            return refuse(
-                &socket,
-                event.as_deref().unwrap_or(""),
-                Refusal::PayloadTooLarge,
-            );
+            let event = event.as_deref().unwrap_or("");
+            return delivery.refuse(&self.session, event, Refusal::PayloadTooLarge);
         }
         let hub = Arc::clone(&self.hub);
         let session = Arc::clone(&self.session);
-        let job_socket = socket.clone();
         let queued = self.session.run_in_order(async move {
             let Some(text) = value.as_str() else { return };
             let Some(frame) = Frame::parse(text) else {
-                return refuse(&job_socket, "", Refusal::InvalidPayload);
+                return hub.delivery.refuse(&session, "", Refusal::InvalidPayload);
             };
-            let (hub, socket, payload) = (&*hub, &job_socket, frame.payload);
+            let (hub, session, payload) = (&*hub, &session, frame.payload);
             match &*frame.event {
-                p::JOIN_ROOM => hub.join_room(socket, &session, payload).await,
-                p::CHECK_ROOM => hub.check_room(socket, &session, payload).await,
-                p::LEAVE_ROOM => hub.leave_room(socket, &session, payload).await,
-                p::MEDIA_STATE => hub.media_state(socket, &session, payload).await,
-                event @ (p::STOP_SCREEN_SHARE | p::CHAT_MESSAGE) => {
-                    hub.pass_on(socket, &session, event, payload).await
-                }
-                p::RELAY => hub.relay(socket, &session, payload).await,
-                other => refuse(socket, other, Refusal::UnknownEvent),
+                p::JOIN_ROOM => hub.join_room(session, payload).await,
+                p::CHECK_ROOM => hub.check_room(session, payload).await,
+                p::LEAVE_ROOM => hub.leave_room(session, payload).await,
+                p::MEDIA_STATE => hub.media_state(session, payload).await,
+                p::STOP_SCREEN_SHARE => hub.pass_on(session, p::STOP_SCREEN_SHARE, payload).await,
+                p::CHAT_MESSAGE => hub.pass_on(session, p::CHAT_MESSAGE, payload).await,
+                p::RELAY => hub.relay(session, payload).await,
+                other => hub.delivery.refuse(session, other, Refusal::UnknownEvent),
             }
         });
         if !queued {
-            refuse(&socket, "", Refusal::Busy);
+            delivery.refuse(&self.session, "", Refusal::Busy);
         }
     }
 }

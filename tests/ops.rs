@@ -16,7 +16,7 @@ async fn health_reports_connections_and_rooms() {
     let health = server.health().await;
     assert_eq!(
         health,
-        json!({ "status": "ok", "connections": 0, "rooms": 0 })
+        json!({ "status": "ok", "connections": 0, "away": 0, "rooms": 0 })
     );
     let (_alice, _) = server.joined("alice", "h").await;
     let health = server.health().await;

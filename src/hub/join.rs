@@ -10,11 +10,9 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
-use socketioxide::socket::Sid;
 
 use super::Hub;
-use crate::delivery::{refuse_join, room_key, send};
+use crate::ids::PeerId;
 use crate::limits::retry_after_ms;
 use crate::protocol::{self as p, JoinRequest, Password, Refusal, RoomCheck, outbound as out};
 use crate::room_lock::RoomLock;
@@ -33,26 +31,25 @@ enum Found {
 }
 
 impl<A: Adapter> Hub<A> {
-    pub(crate) async fn join_room(
-        &self,
-        socket: &SocketRef<A>,
-        session: &Session,
-        payload: Option<&RawValue>,
-    ) {
+    pub(crate) async fn join_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let request = match JoinRequest::parse(payload) {
             Ok(request) => request,
-            Err((room, refusal)) => return refuse_join(socket, room.as_deref(), refusal),
+            Err((room, refusal)) => {
+                return self.delivery.refuse_join(session, room.as_deref(), refusal);
+            }
         };
         let room = request.room_id.as_str();
         if !session.identity.may_join(room) {
-            return refuse_join(socket, Some(room), Refusal::Forbidden);
+            return self
+                .delivery
+                .refuse_join(session, Some(room), Refusal::Forbidden);
         }
         let name: Arc<str> = match &session.identity.name {
             Some(name) => Arc::clone(name),
             None => request.name.into(),
         };
         let newcomer = Member {
-            sid: session.sid,
+            peer: session.peer.clone(),
             name: Arc::clone(&name),
             user_id: Arc::clone(&session.identity.user_id),
             media: None,
@@ -65,51 +62,60 @@ impl<A: Adapter> Hub<A> {
             let expect = match self.look(session, room, request.password.as_ref()).await {
                 Ok(Found::MayJoin(expect)) => expect,
                 Ok(Found::Member) => {
-                    return send(socket, p::JOIN_OK, &out::JoinOk { room_id: room });
+                    return self
+                        .delivery
+                        .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
                 }
-                Err(refusal) => return refuse_join(socket, Some(room), refusal),
+                Err(refusal) => return self.delivery.refuse_join(session, Some(room), refusal),
             };
             let max = self.limits.max_peers_per_room;
             match self.rooms.join(room, newcomer.clone(), max, &expect).await {
                 Ok(JoinOutcome::Joined(existing)) => break existing,
                 Ok(JoinOutcome::AlreadyMember) => {
-                    return send(socket, p::JOIN_OK, &out::JoinOk { room_id: room });
+                    return self
+                        .delivery
+                        .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
                 }
                 Ok(JoinOutcome::Full) => {
-                    return refuse_join(socket, Some(room), Refusal::RoomFull);
+                    return self
+                        .delivery
+                        .refuse_join(session, Some(room), Refusal::RoomFull);
                 }
                 Ok(JoinOutcome::LockChanged) if attempts < LOCK_ATTEMPTS => {}
                 Ok(JoinOutcome::LockChanged) => {
                     tracing::warn!(room, "join gave up: the room's lock kept changing");
-                    return refuse_join(socket, Some(room), Refusal::Unavailable);
+                    return self
+                        .delivery
+                        .refuse_join(session, Some(room), Refusal::Unavailable);
                 }
                 Err(e) => {
                     tracing::error!(room, cause = %e, "join failed: room state unavailable");
-                    return refuse_join(socket, Some(room), Refusal::Unavailable);
+                    return self
+                        .delivery
+                        .refuse_join(session, Some(room), Refusal::Unavailable);
                 }
             }
         };
         session.add_room(room);
-        socket.join(room_key(room));
-        tracing::debug!(sid = %session.sid, room, peers = existing.len(), "joined");
+        tracing::debug!(peer = %session.peer, room, peers = existing.len(), "joined");
 
         for member in &existing {
-            let id = member.sid.to_string();
-            send(
-                socket,
+            let id = &member.peer;
+            self.delivery.send(
+                session,
                 p::USER_CONNECTED,
                 &out::UserConnected {
-                    id: &id,
+                    id,
                     name: &member.name,
                     user_id: &member.user_id,
                 },
             );
             if let Some(state) = member.media {
-                send(
-                    socket,
+                self.delivery.send(
+                    session,
                     p::MEDIA_STATE,
                     &out::MediaStateBackfill {
-                        id: &id,
+                        id,
                         room_id: room,
                         mic: state.mic,
                         cam: state.cam,
@@ -117,10 +123,11 @@ impl<A: Adapter> Hub<A> {
                 );
             }
         }
-        send(socket, p::JOIN_OK, &out::JoinOk { room_id: room });
+        self.delivery
+            .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
 
-        let others: Vec<Sid> = existing.iter().map(|m| m.sid).collect();
-        let me = &*session.sid_str;
+        let others: Vec<PeerId> = existing.into_iter().map(|m| m.peer).collect();
+        let me = &*session.peer;
         let announcement = out::UserConnected {
             id: me,
             name: &name,
@@ -134,19 +141,18 @@ impl<A: Adapter> Hub<A> {
             .await;
     }
 
-    pub(crate) async fn check_room(
-        &self,
-        socket: &SocketRef<A>,
-        session: &Session,
-        payload: Option<&RawValue>,
-    ) {
+    pub(crate) async fn check_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let request = match RoomCheck::parse(payload) {
             Ok(request) => request,
-            Err((room, refusal)) => return refuse_join(socket, room.as_deref(), refusal),
+            Err((room, refusal)) => {
+                return self.delivery.refuse_join(session, room.as_deref(), refusal);
+            }
         };
         let room = request.room_id.as_str();
         if !session.identity.may_join(room) {
-            return refuse_join(socket, Some(room), Refusal::Forbidden);
+            return self
+                .delivery
+                .refuse_join(session, Some(room), Refusal::Forbidden);
         }
         let password_required = match self.look(session, room, request.password.as_ref()).await {
             // A member's own room: whether it is locked is all there is to say.
@@ -155,15 +161,15 @@ impl<A: Adapter> Hub<A> {
             Err(refusal) => Err(refusal),
         };
         match password_required {
-            Ok(password_required) => send(
-                socket,
+            Ok(password_required) => self.delivery.send(
+                session,
                 p::ROOM_CHECK_OK,
                 &out::RoomCheckOk {
                     room_id: room,
                     password_required,
                 },
             ),
-            Err(refusal) => refuse_join(socket, Some(room), refusal),
+            Err(refusal) => self.delivery.refuse_join(session, Some(room), refusal),
         }
     }
 
@@ -174,7 +180,7 @@ impl<A: Adapter> Hub<A> {
 
     async fn peek(&self, room: &str, session: &Session) -> Result<RoomView, Refusal> {
         self.rooms
-            .peek(room, session.sid, self.limits.guesses.per_room)
+            .peek(room, &session.peer, self.limits.guesses.per_room)
             .await
             .map_err(|e| {
                 tracing::error!(room, cause = %e, "room state unavailable");
@@ -231,7 +237,7 @@ impl<A: Adapter> Hub<A> {
         if let Err(e) = self.rooms.record_wrong_guess(room, limits.per_room).await {
             tracing::error!(room, cause = %e, "wrong password not counted against the room");
         }
-        tracing::info!(sid = %session.sid, user = %session.identity.user_id, room, "wrong room password");
+        tracing::info!(peer = %session.peer, user = %session.identity.user_id, room, "wrong room password");
         Err(Refusal::WrongPassword)
     }
 }

@@ -5,21 +5,30 @@
 //! - `leave`: `leave-room`, disconnects, and announcing departures.
 //! - `echo`: `media-state`, `stopScreenShare` and `chat-message`, echoed to the sender's room.
 //! - `relay`: `#rtcio:message`, to one peer.
+//! - `lifecycle`: a session opened or taken up again, greeted, kept away after a drop, ended.
 
 mod echo;
 mod join;
 mod leave;
+mod lifecycle;
 mod relay;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+pub use lifecycle::Resume;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
+use socketioxide::socket::Sid;
+use tokio::sync::mpsc;
 
 use crate::auth::Verifier;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Overflow};
 use crate::limits::GuessLimits;
+use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
 use crate::turns::RoomTurns;
 
@@ -29,6 +38,10 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     pub max_peers_per_room: usize,
     pub guesses: GuessLimits,
+    /// How long a dropped session stays recoverable; `None` turns recovery off.
+    pub recovery_window: Option<Duration>,
+    /// What a session keeps for replay.
+    pub keep: KeepLimits,
 }
 
 /// Everything the flows share.
@@ -38,9 +51,14 @@ pub struct Hub<A: Adapter> {
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) limits: Limits,
     pub(crate) delivery: Delivery<A>,
-    /// Live sessions; each `Session` counts itself in and out.
+    /// Sockets admitted and not yet greeted.
+    pending: DashMap<Sid, lifecycle::Pending>,
+    /// Live sessions, connected or away; each `Session` counts itself in and out.
     pub(crate) connected: Arc<AtomicUsize>,
 }
+
+/// How often connected sessions forget the events their clients can no longer need.
+const FORGET_EVERY: Duration = Duration::from_secs(5);
 
 impl<A: Adapter> Hub<A> {
     pub fn new(
@@ -49,19 +67,36 @@ impl<A: Adapter> Hub<A> {
         verifier: Arc<Verifier>,
         limits: Limits,
     ) -> Arc<Self> {
-        let delivery = Delivery::new(io, rooms.is_shared());
-        Arc::new(Hub {
+        let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
+        let delivery = Delivery::new(io, rooms.is_shared(), limits.keep, overflow_tx);
+        let hub = Arc::new(Hub {
             rooms,
             turns: RoomTurns::default(),
             verifier,
             limits,
             delivery,
+            pending: DashMap::new(),
             connected: Arc::default(),
-        })
+        });
+        tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
+        tokio::spawn(forget_old_events(Arc::downgrade(&hub)));
+        hub
     }
 
     pub fn connections(&self) -> usize {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Sessions whose connection dropped and that are waiting, recoverable, to be taken up.
+    pub fn away(&self) -> usize {
+        self.delivery
+            .sessions()
+            .iter()
+            .filter(|s| {
+                let link = s.link();
+                link.socket.is_none() && !link.ended
+            })
+            .count()
     }
 
     pub fn local_rooms(&self) -> usize {
@@ -85,8 +120,8 @@ impl<A: Adapter> Hub<A> {
         };
         for departure in redis.reap_dead_nodes().await? {
             let _turn = self.turns.take(&departure.room).await;
-            let sid = departure.sid.to_string();
-            self.announce_departure(&sid, &departure.remaining).await;
+            self.announce_departure(&departure.peer, &departure.remaining)
+                .await;
         }
         Ok(())
     }
@@ -108,5 +143,35 @@ impl<A: Adapter> Hub<A> {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         true
+    }
+}
+
+/// Ends the sessions that kept more than their bounds while away: they cannot be recovered.
+async fn end_overflowed<A: Adapter>(
+    hub: Weak<Hub<A>>,
+    mut overflowed: mpsc::UnboundedReceiver<Overflow>,
+) {
+    while let Some((session, generation)) = overflowed.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        tracing::info!(peer = %session.peer, "away session kept too much; giving it up");
+        hub.end(&session, Some(generation));
+    }
+}
+
+/// Lets connected sessions drop events older than a client needs, so an idle session keeps
+/// nothing.
+async fn forget_old_events<A: Adapter>(hub: Weak<Hub<A>>) {
+    let mut tick = tokio::time::interval(FORGET_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let (now, keep) = (Instant::now(), hub.limits.keep);
+        for session in hub.delivery.sessions() {
+            let mut link = session.link();
+            if link.socket.is_some() {
+                link.outbox.forget_older_than(now, keep);
+            }
+        }
     }
 }

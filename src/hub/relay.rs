@@ -1,43 +1,43 @@
 //! `#rtcio:message`: one peer to another, only between peers that share a room. The payload's
 //! `data` is passed on without being parsed.
 
-use std::str::FromStr;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
-use socketioxide::socket::Sid;
 
 use super::Hub;
-use crate::delivery::refuse;
+use crate::ids::PeerId;
 use crate::protocol::{self as p, Refusal, RelayRequest, outbound as out};
 use crate::session::Session;
 
 impl<A: Adapter> Hub<A> {
-    pub(crate) async fn relay(
-        &self,
-        socket: &SocketRef<A>,
-        session: &Session,
-        payload: Option<&RawValue>,
-    ) {
+    pub(crate) async fn relay(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let request = match RelayRequest::parse(payload) {
             Ok(request) => request,
-            Err(refusal) => return refuse(socket, p::RELAY, refusal),
+            Err(refusal) => return self.delivery.refuse(session, p::RELAY, refusal),
         };
-        let target = match Sid::from_str(&request.target) {
-            Ok(target) if target != session.sid => target,
-            _ => return refuse(socket, p::RELAY, Refusal::UnknownTarget),
+        let target = match PeerId::parse(&request.target) {
+            Some(target) if target != session.peer => target,
+            _ => {
+                return self
+                    .delivery
+                    .refuse(session, p::RELAY, Refusal::UnknownTarget);
+            }
         };
-        match self.rooms.shares_room(session, target).await {
-            Ok(true) => {}
-            Ok(false) => return refuse(socket, p::RELAY, Refusal::UnknownTarget),
+        let refusal = match self.rooms.shares_room(session, &target).await {
+            Ok(true) => None,
+            Ok(false) => Some(Refusal::UnknownTarget),
             Err(e) => {
                 tracing::error!(cause = %e, "relay refused: room state unavailable");
-                return refuse(socket, p::RELAY, Refusal::Unavailable);
+                Some(Refusal::Unavailable)
             }
+        };
+        if let Some(refusal) = refusal {
+            return self.delivery.refuse(session, p::RELAY, refusal);
         }
         let relayed = out::Relayed {
-            source: &session.sid_str,
+            source: &session.peer,
             target: &request.target,
             data: request.data,
         };

@@ -19,6 +19,7 @@ pub const RELAY: &str = "#rtcio:message";
 
 // Server -> client (besides the echoes of `media-state`, `stopScreenShare`, `chat-message` and
 // the relay).
+pub const SESSION: &str = "session";
 pub const ROOM_CHECK_OK: &str = "room-check-ok";
 pub const USER_CONNECTED: &str = "user-connected";
 pub const USER_DISCONNECTED: &str = "user-disconnected";

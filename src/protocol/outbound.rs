@@ -45,6 +45,14 @@ pub struct PeerId<'a> {
     pub id: &'a str,
 }
 
+/// The first event of every connection.
+#[derive(Serialize)]
+pub struct SessionGreeting<'a> {
+    pub id: &'a str,
+    pub resume: &'a str,
+    pub recovered: bool,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomCheckOk<'a> {

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use socketioxide::socket::Sid;
 
 use super::{Expect, JoinOutcome, Member, RoomView};
+use crate::ids::PeerId;
 use crate::limits::{FixedWindow, WindowLimit};
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
@@ -34,7 +34,7 @@ pub struct MemoryRooms {
 }
 
 impl MemoryRooms {
-    pub fn peek(&self, room: &str, sid: Sid, guesses: WindowLimit) -> RoomView {
+    pub fn peek(&self, room: &str, peer: &PeerId, guesses: WindowLimit) -> RoomView {
         let guesses_blocked_for = self
             .guesses
             .get(room)
@@ -42,7 +42,7 @@ impl MemoryRooms {
         match self.rooms.get(room) {
             Some(found) => RoomView {
                 members: found.members.len(),
-                is_member: found.members.iter().any(|m| m.sid == sid),
+                is_member: found.members.iter().any(|m| m.peer == *peer),
                 lock: found.lock.clone(),
                 guesses_blocked_for,
             },
@@ -66,7 +66,7 @@ impl MemoryRooms {
         match self.rooms.entry(room.to_string()) {
             Entry::Occupied(mut entry) => {
                 let found = entry.get_mut();
-                if found.members.iter().any(|m| m.sid == member.sid) {
+                if found.members.iter().any(|m| m.peer == member.peer) {
                     JoinOutcome::AlreadyMember
                 } else if found.members.len() >= max_members {
                     JoinOutcome::Full
@@ -108,14 +108,20 @@ impl MemoryRooms {
 
     /// Removes `sid` from the room; returns the members who remain, or `None` if it was not
     /// a member. Drops the room, and its lock, when it empties.
-    pub fn leave(&self, room: &str, sid: Sid) -> Option<Vec<Sid>> {
+    pub fn members(&self, room: &str) -> Vec<PeerId> {
+        self.rooms.get(room).map_or_else(Vec::new, |found| {
+            found.members.iter().map(|m| m.peer.clone()).collect()
+        })
+    }
+
+    pub fn leave(&self, room: &str, peer: &PeerId) -> Option<Vec<PeerId>> {
         let Entry::Occupied(mut entry) = self.rooms.entry(room.to_string()) else {
             return None;
         };
         let members = &mut entry.get_mut().members;
-        let position = members.iter().position(|m| m.sid == sid)?;
+        let position = members.iter().position(|m| m.peer == *peer)?;
         members.remove(position);
-        let remaining: Vec<Sid> = members.iter().map(|m| m.sid).collect();
+        let remaining: Vec<PeerId> = members.iter().map(|m| m.peer.clone()).collect();
         if remaining.is_empty() {
             entry.remove();
         }
@@ -123,11 +129,11 @@ impl MemoryRooms {
     }
 
     /// Caches a member's media state; false if `sid` is not in the room.
-    pub fn set_media(&self, room: &str, sid: Sid, state: MediaState) -> bool {
+    pub fn set_media(&self, room: &str, peer: &PeerId, state: MediaState) -> bool {
         let Some(mut found) = self.rooms.get_mut(room) else {
             return false;
         };
-        match found.members.iter_mut().find(|m| m.sid == sid) {
+        match found.members.iter_mut().find(|m| m.peer == *peer) {
             Some(member) => {
                 member.media = Some(state);
                 true
@@ -136,10 +142,10 @@ impl MemoryRooms {
         }
     }
 
-    pub fn is_member(&self, room: &str, sid: Sid) -> bool {
+    pub fn is_member(&self, room: &str, peer: &PeerId) -> bool {
         self.rooms
             .get(room)
-            .is_some_and(|found| found.members.iter().any(|m| m.sid == sid))
+            .is_some_and(|found| found.members.iter().any(|m| m.peer == *peer))
     }
 
     /// Rooms currently held in memory.
@@ -154,7 +160,7 @@ mod tests {
 
     fn member(n: u8) -> Member {
         Member {
-            sid: Sid::new(),
+            peer: PeerId::parse(&format!("p{n}")).expect("valid"),
             name: format!("m{n}").into(),
             user_id: format!("u{n}").into(),
             media: None,
@@ -181,9 +187,9 @@ mod tests {
             rooms.join("r", member(3), 2, &Expect::Open),
             JoinOutcome::Full
         ));
-        assert_eq!(rooms.leave("r", a.sid), Some(vec![b.sid]));
-        assert_eq!(rooms.leave("r", a.sid), None);
-        assert_eq!(rooms.leave("r", b.sid), Some(vec![]));
+        assert_eq!(rooms.leave("r", &a.peer), Some(vec![b.peer.clone()]));
+        assert_eq!(rooms.leave("r", &a.peer), None);
+        assert_eq!(rooms.leave("r", &b.peer), Some(vec![]));
         assert_eq!(rooms.room_count(), 0);
     }
 
@@ -194,7 +200,7 @@ mod tests {
             limit: 5,
             window: std::time::Duration::from_secs(60),
         };
-        let view = |sid| rooms.peek("r", sid, limit);
+        let view = |peer: &PeerId| rooms.peek("r", peer, limit);
         let seal = Expect::Empty {
             seal: Some(lock("pw-1").await),
         };
@@ -203,7 +209,7 @@ mod tests {
             rooms.join("r", a.clone(), 10, &seal),
             JoinOutcome::Joined(_)
         ));
-        let lock_a = view(b.sid).lock.expect("sealed");
+        let lock_a = view(&b.peer).lock.expect("sealed");
         // A second "first joiner" lost the race; so did one that expected an open room.
         assert!(matches!(
             rooms.join("r", b.clone(), 10, &seal),
@@ -223,10 +229,10 @@ mod tests {
             rooms.join("r", b.clone(), 10, &right),
             JoinOutcome::Joined(_)
         ));
-        rooms.leave("r", a.sid);
-        rooms.leave("r", b.sid);
+        rooms.leave("r", &a.peer);
+        rooms.leave("r", &b.peer);
         assert!(
-            view(c.sid).lock.is_none(),
+            view(&c.peer).lock.is_none(),
             "the lock went with the last member"
         );
         assert!(matches!(
@@ -253,14 +259,14 @@ mod tests {
             limit: 2,
             window: std::time::Duration::from_secs(60),
         };
-        let sid = Sid::new();
+        let peer = PeerId::parse("p").expect("valid");
         rooms.record_wrong_guess("r", limit);
-        assert!(rooms.peek("r", sid, limit).guesses_blocked_for.is_none());
+        assert!(rooms.peek("r", &peer, limit).guesses_blocked_for.is_none());
         rooms.record_wrong_guess("r", limit);
-        assert!(rooms.peek("r", sid, limit).guesses_blocked_for.is_some());
+        assert!(rooms.peek("r", &peer, limit).guesses_blocked_for.is_some());
         assert!(
             rooms
-                .peek("other", sid, limit)
+                .peek("other", &peer, limit)
                 .guesses_blocked_for
                 .is_none()
         );

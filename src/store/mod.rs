@@ -7,8 +7,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
-use socketioxide::socket::Sid;
-
+use crate::ids::PeerId;
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
@@ -20,7 +19,7 @@ pub use redis::RedisRooms;
 /// One member of a room as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    pub sid: Sid,
+    pub peer: PeerId,
     pub name: Arc<str>,
     pub user_id: Arc<str>,
     pub media: Option<MediaState>,
@@ -90,16 +89,24 @@ impl std::fmt::Display for StoreError {
 }
 
 impl RoomStore {
-    /// The room as `sid` would find it joining now.
+    /// The room as `peer` would find it joining now.
     pub async fn peek(
         &self,
         room: &str,
-        sid: Sid,
+        peer: &PeerId,
         guesses: WindowLimit,
     ) -> Result<RoomView, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.peek(room, sid, guesses)),
-            RoomStore::Redis(rooms) => rooms.peek(room, sid, guesses).await,
+            RoomStore::Memory(rooms) => Ok(rooms.peek(room, peer, guesses)),
+            RoomStore::Redis(rooms) => rooms.peek(room, peer, guesses).await,
+        }
+    }
+
+    /// The members of a room, in no particular order.
+    pub async fn members(&self, room: &str) -> Result<Vec<PeerId>, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.members(room)),
+            RoomStore::Redis(rooms) => rooms.members(room).await,
         }
     }
 
@@ -133,27 +140,35 @@ impl RoomStore {
         }
     }
 
-    pub async fn leave(&self, room: &str, sid: Sid) -> Result<Option<Vec<Sid>>, StoreError> {
+    pub async fn leave(
+        &self,
+        room: &str,
+        peer: &PeerId,
+    ) -> Result<Option<Vec<PeerId>>, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.leave(room, sid)),
-            RoomStore::Redis(rooms) => rooms.leave(room, sid).await,
+            RoomStore::Memory(rooms) => Ok(rooms.leave(room, peer)),
+            RoomStore::Redis(rooms) => rooms.leave(room, peer).await,
         }
     }
 
     pub async fn set_media(
         &self,
         room: &str,
-        sid: Sid,
+        peer: &PeerId,
         state: MediaState,
     ) -> Result<bool, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.set_media(room, sid, state)),
-            RoomStore::Redis(rooms) => rooms.set_media(room, sid, state).await,
+            RoomStore::Memory(rooms) => Ok(rooms.set_media(room, peer, state)),
+            RoomStore::Redis(rooms) => rooms.set_media(room, peer, state).await,
         }
     }
 
     /// Whether `target` is a member of any room `session` has joined.
-    pub async fn shares_room(&self, session: &Session, target: Sid) -> Result<bool, StoreError> {
+    pub async fn shares_room(
+        &self,
+        session: &Session,
+        target: &PeerId,
+    ) -> Result<bool, StoreError> {
         match self {
             RoomStore::Memory(memory) => Ok(session.any_room(|r| memory.is_member(r, target))),
             RoomStore::Redis(redis) => redis.shares_room(&session.rooms(), target).await,

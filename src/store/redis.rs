@@ -4,12 +4,12 @@
 //! Each membership change is one Lua script, so Redis runs it atomically: a join reads the
 //! room and adds the newcomer in the same step, which is what keeps two nodes' simultaneous
 //! joins from missing each other. Layout (standalone Redis; scripts touch keys they compute):
-//! - `rtcio:room:{room}`   hash sid -> "seq|{name,user}"  (seq orders the snapshot by join)
-//! - `rtcio:media:{room}`  hash sid -> "mic,cam" (0/1)
+//! - `rtcio:room:{room}`   hash peer -> "seq|{name,user}"  (seq orders the snapshot by join)
+//! - `rtcio:media:{room}`  hash peer -> "mic,cam" (0/1)
 //! - `rtcio:lock:{room}`   the room's password seal (an argon2id PHC string), while it has
 //!   members; set by the join that fills the empty room, deleted by the leave that empties it
 //! - `rtcio:guesses:{room}` wrong passwords in the current window, expiring with the window
-//! - `rtcio:node:{id}:members` set of "room\nsid" this node's sockets hold
+//! - `rtcio:node:{id}:members` set of "room\npeer" this node's peers hold
 //! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
 //!
@@ -17,16 +17,15 @@
 //! survivor notices first: one script removes all its entries and returns who was in which
 //! room, so the survivor can announce the departures exactly once.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use socketioxide::socket::Sid;
 
 use super::{Expect, JoinOutcome, Member, RoomView, StoreError};
+use crate::ids::PeerId;
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
@@ -109,7 +108,7 @@ end
 return 0
 "#;
 
-/// Removes a dead node's entries; returns a flat list of room, sid, remaining sids (joined
+/// Removes a dead node's entries; returns a flat list of room, peer, remaining peers (joined
 /// by spaces) per departure. Runs only if the node is still registered and its heartbeat is
 /// gone, so two survivors cannot both announce the same departures.
 const REAP: &str = r#"
@@ -144,8 +143,8 @@ struct Record {
 /// A member of a dead node, removed from a room, and who is left to tell.
 pub struct Departure {
     pub room: String,
-    pub sid: Sid,
-    pub remaining: Vec<Sid>,
+    pub peer: PeerId,
+    pub remaining: Vec<PeerId>,
 }
 
 pub struct RedisRooms {
@@ -192,8 +191,8 @@ fn nodes_key() -> String {
     format!("{PREFIX}nodes")
 }
 
-fn entry(room: &str, sid: Sid) -> String {
-    format!("{room}\n{sid}")
+fn entry(room: &str, peer: &PeerId) -> String {
+    format!("{room}\n{peer}")
 }
 
 fn encode_media(state: MediaState) -> String {
@@ -214,9 +213,9 @@ fn pairs(flat: Vec<String>) -> impl Iterator<Item = (String, String)> {
     std::iter::from_fn(move || Some((it.next()?, it.next()?)))
 }
 
-fn sids(list: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<Sid> {
+fn peers(list: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<PeerId> {
     list.into_iter()
-        .filter_map(|s| Sid::from_str(s.as_ref()).ok())
+        .filter_map(|s| PeerId::parse(s.as_ref()))
         .collect()
 }
 
@@ -247,7 +246,7 @@ impl RedisRooms {
     pub async fn peek(
         &self,
         room: &str,
-        sid: Sid,
+        peer: &PeerId,
         guesses: WindowLimit,
     ) -> Result<RoomView, StoreError> {
         let (members, is_member, lock, wrong, ttl_ms): (usize, bool, String, u32, i64) = self
@@ -255,7 +254,7 @@ impl RedisRooms {
             .key(room_key(room))
             .key(lock_key(room))
             .key(guesses_key(room))
-            .arg(sid.to_string())
+            .arg(peer.as_str())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -307,10 +306,10 @@ impl RedisRooms {
             .key(members_key(&self.node))
             .key(format!("{PREFIX}seq"))
             .key(lock_key(room))
-            .arg(member.sid.to_string())
+            .arg(member.peer.as_str())
             .arg(record)
             .arg(max)
-            .arg(entry(room, member.sid))
+            .arg(entry(room, &member.peer))
             .arg(expect_kind)
             .arg(expected)
             .arg(seal)
@@ -331,7 +330,7 @@ impl RedisRooms {
                 let (seq, json) = value.split_once('|')?;
                 let record: Record = serde_json::from_str(json).ok()?;
                 let member = Member {
-                    sid: Sid::from_str(&sid_text).ok()?,
+                    peer: PeerId::parse(&sid_text)?,
                     name: record.name.into(),
                     user_id: record.user.into(),
                     media: media.get(&sid_text).copied(),
@@ -345,38 +344,55 @@ impl RedisRooms {
         ))
     }
 
-    pub async fn leave(&self, room: &str, sid: Sid) -> Result<Option<Vec<Sid>>, StoreError> {
+    pub async fn members(&self, room: &str) -> Result<Vec<PeerId>, StoreError> {
+        let members: Vec<String> = redis::cmd("HKEYS")
+            .arg(room_key(room))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(peers(members))
+    }
+
+    pub async fn leave(
+        &self,
+        room: &str,
+        peer: &PeerId,
+    ) -> Result<Option<Vec<PeerId>>, StoreError> {
         let (was_member, remaining): (bool, Vec<String>) = self
             .leave
             .key(room_key(room))
             .key(media_key(room))
             .key(members_key(&self.node))
             .key(lock_key(room))
-            .arg(sid.to_string())
-            .arg(entry(room, sid))
+            .arg(peer.as_str())
+            .arg(entry(room, peer))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(was_member.then(|| sids(remaining)))
+        Ok(was_member.then(|| peers(remaining)))
     }
 
     pub async fn set_media(
         &self,
         room: &str,
-        sid: Sid,
+        peer: &PeerId,
         state: MediaState,
     ) -> Result<bool, StoreError> {
         self.set_media
             .key(room_key(room))
             .key(media_key(room))
-            .arg(sid.to_string())
+            .arg(peer.as_str())
             .arg(encode_media(state))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)
     }
 
-    pub async fn shares_room(&self, rooms: &[Arc<str>], target: Sid) -> Result<bool, StoreError> {
+    pub async fn shares_room(
+        &self,
+        rooms: &[Arc<str>],
+        target: &PeerId,
+    ) -> Result<bool, StoreError> {
         if rooms.is_empty() {
             return Ok(false);
         }
@@ -438,13 +454,13 @@ impl RedisRooms {
                 );
             }
             for chunk in flat.chunks_exact(3) {
-                let Ok(sid) = Sid::from_str(&chunk[1]) else {
+                let Some(peer) = PeerId::parse(&chunk[1]) else {
                     continue;
                 };
                 departures.push(Departure {
                     room: chunk[0].clone(),
-                    sid,
-                    remaining: sids(chunk[2].split(' ').filter(|s| !s.is_empty())),
+                    peer,
+                    remaining: peers(chunk[2].split(' ').filter(|s| !s.is_empty())),
                 });
             }
         }

@@ -57,6 +57,7 @@ function startServer() {
     'HOST', 'PORT', 'DEV_MODE', 'REDIS_URL', 'JWT_PUBLIC_KEY_FILE', 'JWT_ISSUER', 'JWT_AUDIENCE',
     'MAX_PAYLOAD_BYTES', 'MAX_PEERS_PER_ROOM', 'DEMO_DIR', 'ALLOWED_ORIGINS',
     'WRONG_PASSWORDS_PER_SOCKET', 'WRONG_PASSWORDS_PER_ROOM', 'WRONG_PASSWORD_WINDOW_MS',
+    'RECOVERY_WINDOW_MS',
   ]) {
     delete env[key];
   }
@@ -262,7 +263,8 @@ function clients(t, transports) {
       if (!peer.id) continue;
       for (const m of peer.log) {
         const p = m.payload;
-        if (p && typeof p === 'object') {
+        // `session` is the one event about the client itself: its own session.
+        if (p && typeof p === 'object' && m.event !== 'session') {
           assert.notEqual(p.id, peer.id, `${peer.label} received ${m.event} about itself: ${show(p)}`);
           assert.notEqual(p.source, peer.id, `${peer.label} received ${m.event} from itself: ${show(p)}`);
         }
@@ -307,8 +309,15 @@ function clients(t, transports) {
       const peer = open(label, { auth: { token: token({ sub: `user-${label}`, ...claims }) } });
       const { error } = await firstOutcome(peer);
       if (error) throw new Error(`${label}: connect_error ${error.message}`);
-      peer.id = peer.socket.id;
-      assert.ok(peer.id, `${label}: no socket id after connect`);
+      // Every connection starts with `session { id, resume, recovered }`; a fresh session's
+      // peer id is its socket's id.
+      const greeting = await peer.expect('session', 'the session greeting');
+      assert.equal(greeting.id, peer.socket.id, `${label}: a fresh session's id is its socket id`);
+      assert.equal(greeting.recovered, false, `${label}: a first connection is not recovered`);
+      assert.ok(typeof greeting.resume === 'string' && greeting.resume.length >= 32,
+        `${label}: session.resume must be a credential of at least 128 bits: ${show(greeting)}`);
+      peer.session = greeting;
+      peer.id = greeting.id;
       return peer;
     },
 

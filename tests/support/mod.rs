@@ -124,13 +124,18 @@ impl Server {
         self.client_with_token(&self.token(sub)).await
     }
 
-    /// A client connected with this exact token.
+    /// A client connected with this exact token, its `session` greeting consumed.
     pub async fn client_with_token(&self, token: &str) -> Peer {
+        self.client_with_auth(json!({ "token": token })).await
+    }
+
+    /// A client connected with this CONNECT auth payload, its `session` greeting consumed.
+    pub async fn client_with_auth(&self, auth: Value) -> Peer {
         let client = self
-            .connect_with(Some(json!({ "token": token })))
+            .connect_with(Some(auth))
             .await
             .expect("connect with token");
-        Peer { client }
+        Peer::greeted(client).await
     }
 
     /// A client that has joined `room` under `name` (its `join-ok` consumed, its backfill
@@ -251,11 +256,47 @@ pub async fn http_get_json(addr: SocketAddr, path: &str) -> Value {
 /// A test's handle on one client, with waiting helpers that fail loudly.
 pub struct Peer {
     pub client: Client,
+    /// The `session` greeting: `{ id, resume, recovered }`.
+    pub session: Value,
+    /// Events read since the session began (not counting `session` greetings), as a client
+    /// following the recovery recipe counts them.
+    pub received: u64,
 }
 
 impl Peer {
+    /// Reads the greeting every connection starts with.
+    pub async fn greeted(client: Client) -> Peer {
+        let mut peer = Peer {
+            client,
+            session: Value::Null,
+            received: 0,
+        };
+        peer.session = peer.expect("session").await;
+        peer.received = 0;
+        peer
+    }
+
+    /// Reconnects to `server` presenting this session's credential and count, as the recovery
+    /// recipe does; the new connection's `session` greeting is read.
+    pub async fn reconnect(&mut self, server: &Server, token: &str) {
+        let auth = json!({
+            "token": token,
+            "resume": self.session["resume"],
+            "received": self.received,
+        });
+        let client = server.connect_with(Some(auth)).await.expect("reconnect");
+        self.client = client;
+        self.session = self.expect("session").await;
+        if self.session["recovered"] == json!(true) {
+            self.received -= 1; // the greeting is not counted
+        } else {
+            self.received = 0;
+        }
+    }
+
+    /// The peer id: what every other client knows this one by.
     pub fn id(&self) -> &str {
-        &self.client.sid
+        self.session["id"].as_str().expect("session.id")
     }
 
     pub fn emit(&self, event: &str, data: Value) {
@@ -275,10 +316,13 @@ impl Peer {
 
     /// The next event, whatever it is.
     pub async fn next(&mut self) -> Event {
-        self.client
+        let event = self
+            .client
             .next_event_within(WAIT)
             .await
-            .unwrap_or_else(|| panic!("{}: no event within {WAIT:?}", self.client.sid))
+            .unwrap_or_else(|| panic!("{}: no event within {WAIT:?}", self.client.sid));
+        self.received += 1;
+        event
     }
 
     /// The next event, which must be `name`; returns its payload.

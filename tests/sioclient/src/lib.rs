@@ -96,6 +96,11 @@ impl Sender {
         let _ = self.outgoing.send(Outgoing::Text(frame));
     }
 
+    /// Drops the connection without a WebSocket close frame, as a network failure would.
+    pub fn abort(&self) {
+        let _ = self.outgoing.send(Outgoing::Abort);
+    }
+
     /// Closes the WebSocket politely.
     pub fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Close);
@@ -105,6 +110,7 @@ impl Sender {
 enum Outgoing {
     Text(String),
     Close,
+    Abort,
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -229,6 +235,11 @@ impl Client {
     pub fn close(&self) {
         self.sender.close();
     }
+
+    /// Drops the connection without a close frame (the server sees a transport error).
+    pub fn abort(&self) {
+        self.sender.abort();
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> Result<String, ConnectError> {
@@ -262,6 +273,7 @@ async fn pump(
                     let _ = ws.close(None).await;
                     break;
                 }
+                Some(Outgoing::Abort) => break,
             },
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => {

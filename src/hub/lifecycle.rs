@@ -1,0 +1,232 @@
+//! A session's life: opened fresh or taken up again with a resume credential, greeted,
+//! kept away for the recovery window when its connection drops, and ended (its departure
+//! announced) when the client leaves on purpose, the window runs out, or it kept more than
+//! its bounds while away.
+//!
+//! Telling a drop from a departure: a WebSocket close frame, a polling close packet or a
+//! Socket.IO namespace disconnect is the client leaving (socketioxide reports
+//! `TransportClose` or `ClientNSDisconnect`); a connection that just ends or goes silent is a
+//! drop (`TransportError`, `HeartbeatTimeout`). Anything the server itself closes is final.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::{DisconnectReason, Sid};
+
+use super::Hub;
+use crate::auth::Identity;
+use crate::ids::{Credential, PeerId, Presented};
+use crate::session::Session;
+
+/// What a reconnecting client presents: `auth: { token, resume, received }`.
+pub struct Resume {
+    presented: Presented,
+    received: u64,
+}
+
+impl Resume {
+    /// The resume fields of a CONNECT auth payload; `None` when absent or malformed (the
+    /// connection is then a fresh session, as the protocol says).
+    pub fn parse(auth: &serde_json::Value) -> Option<Resume> {
+        Some(Resume {
+            presented: Presented::parse(auth.get("resume")?.as_str()?)?,
+            received: auth.get("received")?.as_u64()?,
+        })
+    }
+}
+
+/// A socket admitted by the middleware and not yet greeted by the connect handler.
+pub(crate) struct Pending {
+    session: Arc<Session>,
+    credential: Credential,
+    /// How many of the session's events the client says it received (0 when fresh).
+    received: u64,
+    recovered: bool,
+    /// Fired once greeted; the session's events wait for it.
+    greeted: tokio::sync::oneshot::Sender<()>,
+}
+
+impl<A: Adapter> Hub<A> {
+    /// The session `sid` will serve: the one `resume` names, if it may be taken up, else a
+    /// fresh one.
+    pub(crate) fn open_session(
+        self: &Arc<Self>,
+        sid: Sid,
+        identity: Identity,
+        resume: Option<Resume>,
+    ) -> Arc<Session> {
+        if let Some(resume) = resume
+            && let Some(session) = self.take_up(sid, &identity, resume)
+        {
+            return session;
+        }
+        let peer = PeerId::of_socket(sid);
+        let (credential, digest) = Credential::issue(&peer);
+        let session = Arc::new(Session::new(
+            peer,
+            identity,
+            digest,
+            Arc::clone(&self.connected),
+        ));
+        self.delivery.register(Arc::clone(&session));
+        tracing::debug!(peer = %session.peer, user = %session.identity.user_id, "session opened");
+        self.await_greeting(sid, &session, credential, 0, false);
+        session
+    }
+
+    /// Holds the session's events back until `sid` has been greeted.
+    fn await_greeting(
+        &self,
+        sid: Sid,
+        session: &Arc<Session>,
+        credential: Credential,
+        received: u64,
+        recovered: bool,
+    ) {
+        let (greeted, greeting) = tokio::sync::oneshot::channel();
+        session.run_always(async move {
+            let _ = greeting.await;
+        });
+        let pending = Pending {
+            session: Arc::clone(session),
+            credential,
+            received,
+            recovered,
+            greeted,
+        };
+        self.pending.insert(sid, pending);
+    }
+
+    /// Takes up the session `resume` names for socket `sid`, if the credential is its current
+    /// one, the token is the same user's, the session has not ended, and every event the
+    /// client missed is still kept. A connection still serving it is closed without any
+    /// announcement.
+    fn take_up(
+        self: &Arc<Self>,
+        sid: Sid,
+        identity: &Identity,
+        resume: Resume,
+    ) -> Option<Arc<Session>> {
+        let window = self.limits.recovery_window?;
+        let session = self.delivery.session(&resume.presented.peer)?;
+        if session.identity.user_id != identity.user_id {
+            return None;
+        }
+        let (credential, digest) = Credential::issue(&session.peer);
+        let (generation, replaced) = {
+            let mut link = session.link();
+            let usable = !link.ended
+                && link.credential.matches(&resume.presented.digest)
+                && link.outbox.after(resume.received).is_some();
+            if !usable {
+                return None;
+            }
+            link.credential = digest;
+            link.generation += 1;
+            (link.generation, link.socket.take())
+        };
+        // Should this socket never be greeted, the session still ends when the window runs out.
+        self.keep_away(&session, generation, window);
+        self.await_greeting(sid, &session, credential, resume.received, true);
+        if let Some(old) = replaced.and_then(|old| self.delivery.io().get_socket(old)) {
+            tracing::info!(peer = %session.peer, old = %old.id, new = %sid, "session taken over");
+            let _ = old.disconnect();
+        }
+        tracing::debug!(peer = %session.peer, received = resume.received, "session recovered");
+        Some(session)
+    }
+
+    /// The connect handler: `session` is the first event of every connection.
+    pub(crate) fn greet(&self, socket: &SocketRef<A>) {
+        let Some((_, pending)) = self.pending.remove(&socket.id) else {
+            return;
+        };
+        let greeted = self.delivery.greet(
+            socket,
+            &pending.session,
+            &pending.credential,
+            pending.received,
+            pending.recovered,
+        );
+        let _ = pending.greeted.send(());
+        if !greeted {
+            // The session ended in the meantime: the client reconnects to a fresh one.
+            let _ = socket.clone().disconnect();
+        }
+    }
+
+    /// The socket `sid` that served `session` is gone: a drop keeps the session away for the
+    /// recovery window; anything else ends it now.
+    pub(crate) fn socket_gone(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        sid: Sid,
+        reason: DisconnectReason,
+    ) {
+        let never_greeted = self.pending.remove(&sid);
+        let generation = {
+            let mut link = session.link();
+            if link.socket != Some(sid) {
+                // Taken over by another connection, or gone before its greeting: a fresh
+                // session nobody ever heard of ends; a recovered one is still away.
+                if never_greeted.is_some_and(|(_, pending)| !pending.recovered) {
+                    drop(link);
+                    self.end(session, None);
+                }
+                return;
+            }
+            link.socket = None;
+            link.generation += 1;
+            link.generation
+        };
+        let dropped = matches!(
+            reason,
+            DisconnectReason::TransportError | DisconnectReason::HeartbeatTimeout
+        );
+        match self.limits.recovery_window {
+            Some(window) if dropped => {
+                tracing::debug!(peer = %session.peer, %reason, "connection dropped; session kept");
+                self.keep_away(session, generation, window);
+            }
+            _ => self.end(session, Some(generation)),
+        }
+    }
+
+    /// Ends the session once `window` has passed, unless it was taken up again meanwhile.
+    fn keep_away(self: &Arc<Self>, session: &Arc<Session>, generation: u64, window: Duration) {
+        let (hub, session) = (Arc::clone(self), Arc::clone(session));
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            hub.end(&session, Some(generation));
+        });
+    }
+
+    /// Ends the session, behind everything it already queued: if `generation` is given, only
+    /// if it is still away in that generation (nobody took it up since).
+    pub(crate) fn end(self: &Arc<Self>, session: &Arc<Session>, generation: Option<u64>) {
+        let (hub, job_session) = (Arc::clone(self), Arc::clone(session));
+        session.run_always(async move {
+            hub.end_now(&job_session, generation).await;
+        });
+    }
+
+    async fn end_now(&self, session: &Session, generation: Option<u64>) {
+        {
+            let mut link = session.link();
+            let stale = generation.is_some_and(|g| g != link.generation || link.socket.is_some());
+            if link.ended || stale {
+                return;
+            }
+            link.ended = true;
+            link.socket = None;
+            link.outbox = Default::default();
+        }
+        self.delivery.unregister(session);
+        for room in session.rooms() {
+            self.leave(session, &room).await;
+        }
+        tracing::debug!(peer = %session.peer, "session ended");
+    }
+}

@@ -1,0 +1,156 @@
+//! Names for the things the protocol talks about. A socket id is not a peer id: a peer id
+//! names a session, which outlives the sockets that serve it (session recovery), so peers
+//! keep knowing each other by it across a reconnect. A resume credential proves a
+//! reconnecting client owns a session.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use socketioxide::socket::Sid;
+
+/// The id every other client knows a peer by. A fresh session takes its first socket's id,
+/// so clients that compare `socket.id` with roster ids see what the Node server shows them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PeerId(Arc<str>);
+
+/// Longest id accepted from the network (a relay target, a resume credential); socket ids
+/// are 16 characters.
+const MAX_PEER_ID_CHARS: usize = 64;
+
+impl PeerId {
+    pub fn of_socket(sid: Sid) -> PeerId {
+        PeerId(sid.to_string().into())
+    }
+
+    /// An id as clients and Redis spell it: 1 to 64 letters, digits, `-` or `_`.
+    pub fn parse(text: &str) -> Option<PeerId> {
+        let valid = (1..=MAX_PEER_ID_CHARS).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| PeerId(text.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for PeerId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerId({})", self.0)
+    }
+}
+
+/// Random bytes in a resume secret: 256 bits.
+const SECRET_BYTES: usize = 32;
+
+/// A resume credential as handed to the client once: `<peer id>.<secret>`. The server keeps
+/// only [`CredentialDigest`].
+pub struct Credential(String);
+
+/// The SHA-256 of a credential's secret part. The secret is 256 random bits, so a fast hash
+/// is enough: there is nothing to guess from it.
+#[derive(Clone, Copy)]
+pub struct CredentialDigest([u8; 32]);
+
+impl Credential {
+    /// A fresh credential for `peer`, and the digest to keep.
+    pub fn issue(peer: &PeerId) -> (Credential, CredentialDigest) {
+        let mut secret = [0u8; SECRET_BYTES];
+        rand::fill(&mut secret[..]);
+        let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let digest = CredentialDigest::of(&secret);
+        (Credential(format!("{peer}.{secret}")), digest)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(***)")
+    }
+}
+
+impl CredentialDigest {
+    fn of(secret: &str) -> CredentialDigest {
+        CredentialDigest(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Compares in constant time.
+    pub fn matches(&self, other: &CredentialDigest) -> bool {
+        let difference = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+/// A credential a client presented: whose session it names, and the digest of its secret.
+pub struct Presented {
+    pub peer: PeerId,
+    pub digest: CredentialDigest,
+}
+
+impl Presented {
+    pub fn parse(text: &str) -> Option<Presented> {
+        let (peer, secret) = text.split_once('.')?;
+        if secret.len() != SECRET_BYTES * 2 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(Presented {
+            peer: PeerId::parse(peer)?,
+            digest: CredentialDigest::of(secret),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids_are_bounded_and_plain() {
+        assert!(PeerId::parse("Abc-_09").is_some());
+        assert!(PeerId::parse("").is_none());
+        assert!(PeerId::parse(&"a".repeat(65)).is_none());
+        assert!(PeerId::parse("a.b").is_none());
+        assert!(PeerId::parse("é").is_none());
+        let sid = Sid::new();
+        assert_eq!(PeerId::of_socket(sid).as_str(), sid.to_string());
+    }
+
+    #[test]
+    fn a_credential_matches_only_its_own_digest() {
+        let peer = PeerId::parse("peer1").expect("valid");
+        let (credential, digest) = Credential::issue(&peer);
+        let presented = Presented::parse(credential.as_str()).expect("parses");
+        assert_eq!(presented.peer, peer);
+        assert!(presented.digest.matches(&digest));
+        let (other, _) = Credential::issue(&peer);
+        let other = Presented::parse(other.as_str()).expect("parses");
+        assert!(!other.digest.matches(&digest));
+        assert!(!format!("{credential:?}").contains(&credential.as_str()[6..]));
+        for bad in ["", "peer1", "peer1.", "peer1.xyz", ".00", "a.b.c"] {
+            assert!(Presented::parse(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The events a session was sent, numbered, kept for as long as a reconnecting client could
+//! still need them replayed.
+//!
+//! Every event after `session` gets the next number; the client counts what it received, so
+//! after a drop it says how far it got and the rest is replayed. While the session is
+//! connected an event is needed only until the client could have noticed a dead connection
+//! (the Engine.IO ping interval plus timeout): anything older either arrived or the client
+//! already knows it is cut off. While the session is away everything is kept, up to the
+//! bounds; an overflow makes the session unrecoverable.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+/// How much one session may keep.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepLimits {
+    pub events: usize,
+    pub bytes: usize,
+    /// How old an event may get while the session is connected.
+    pub age: Duration,
+}
+
+pub struct Kept {
+    pub seq: u64,
+    pub event: &'static str,
+    pub data: Arc<RawValue>,
+    at: Instant,
+}
+
+#[derive(Default)]
+pub struct Outbox {
+    /// Number of the last event sent; the first is 1.
+    last: u64,
+    /// Every event up to this number has been dropped.
+    dropped_through: u64,
+    kept: VecDeque<Kept>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Numbers and keeps an event; false if that pushed out an event the bounds could not
+    /// hold.
+    pub fn push(
+        &mut self,
+        event: &'static str,
+        data: Arc<RawValue>,
+        now: Instant,
+        limits: KeepLimits,
+    ) -> bool {
+        self.last += 1;
+        self.bytes += data.get().len();
+        self.kept.push_back(Kept {
+            seq: self.last,
+            event,
+            data,
+            at: now,
+        });
+        let mut within = true;
+        while self.kept.len() > limits.events || self.bytes > limits.bytes {
+            self.drop_front();
+            within = false;
+        }
+        within
+    }
+
+    /// Drops what a connected client can no longer need.
+    pub fn forget_older_than(&mut self, now: Instant, limits: KeepLimits) {
+        while self
+            .kept
+            .front()
+            .is_some_and(|k| now.saturating_duration_since(k.at) > limits.age)
+        {
+            self.drop_front();
+        }
+    }
+
+    fn drop_front(&mut self) {
+        if let Some(front) = self.kept.pop_front() {
+            self.dropped_through = front.seq;
+            self.bytes -= front.data.get().len();
+        }
+        if self.kept.is_empty() {
+            // An idle session holds no buffer at all.
+            self.kept = VecDeque::new();
+        }
+    }
+
+    /// The events after the first `received`, if every one of them is still here.
+    pub fn after(&self, received: u64) -> Option<impl Iterator<Item = &Kept>> {
+        (self.dropped_through <= received && received <= self.last)
+            .then(|| self.kept.iter().filter(move |k| k.seq > received))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: KeepLimits = KeepLimits {
+        events: 3,
+        bytes: 1000,
+        age: Duration::from_secs(10),
+    };
+
+    fn data(n: u64) -> Arc<RawValue> {
+        Arc::from(RawValue::from_string(n.to_string()).expect("json"))
+    }
+
+    fn seqs(outbox: &Outbox, received: u64) -> Option<Vec<u64>> {
+        outbox.after(received).map(|it| it.map(|k| k.seq).collect())
+    }
+
+    #[test]
+    fn replays_what_the_client_missed_while_it_is_still_kept() {
+        let mut outbox = Outbox::default();
+        let t0 = Instant::now();
+        for n in 1..=3 {
+            assert!(outbox.push("e", data(n), t0, LIMITS));
+        }
+        assert_eq!(seqs(&outbox, 1), Some(vec![2, 3]));
+        assert_eq!(seqs(&outbox, 3), Some(vec![]));
+        assert_eq!(seqs(&outbox, 4), None, "more than was ever sent");
+        assert!(
+            !outbox.push("e", data(4), t0, LIMITS),
+            "over the event bound"
+        );
+        assert_eq!(seqs(&outbox, 0), None, "event 1 is gone");
+        assert_eq!(seqs(&outbox, 1), Some(vec![2, 3, 4]));
+        outbox.forget_older_than(t0 + Duration::from_secs(11), LIMITS);
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.kept.capacity(), 0, "an idle session keeps no buffer");
+        assert_eq!(seqs(&outbox, 4), Some(vec![]));
+        assert_eq!(seqs(&outbox, 3), None);
+    }
+
+    #[test]
+    fn the_byte_bound_holds() {
+        let mut outbox = Outbox::default();
+        let big =
+            Arc::from(RawValue::from_string(format!("\"{}\"", "x".repeat(600))).expect("json"));
+        assert!(outbox.push("e", Arc::clone(&big), Instant::now(), LIMITS));
+        assert!(!outbox.push("e", big, Instant::now(), LIMITS));
+        assert_eq!(seqs(&outbox, 1), Some(vec![2]));
+    }
+}

@@ -1,0 +1,258 @@
+//! Session recovery over real sockets: a connection that drops without a close frame comes
+//! back with `auth: { token, resume, received }` to the same peer id and every event it missed,
+//! exactly once and in order, while its peers hear nothing; leaving on purpose is announced at
+//! once; a credential opens only its own session, once, within the window.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::redis::Redis;
+use support::{Peer, SECRET, Server};
+
+async fn server(window_ms: Option<&str>) -> Server {
+    let mut env = vec![("JWT_SECRET", SECRET)];
+    if let Some(window) = window_ms {
+        env.push(("RECOVERY_WINDOW_MS", window));
+    }
+    Server::start_with(&[], &env).await
+}
+
+/// Drops `peer`'s connection without a close frame and waits until the server holds its
+/// session away (there is no event to await: the server tells nobody).
+async fn drop_connection(server: &Server, peer: &Peer) {
+    peer.client.abort();
+    server.health_until(|h| h["away"] == json!(1)).await;
+}
+
+async fn expect_relays(peer: &mut Peer, from: &Peer, numbers: std::ops::Range<u64>) {
+    for n in numbers {
+        let got = peer.expect("#rtcio:message").await;
+        assert_eq!(got["source"], json!(from.id()));
+        assert_eq!(got["data"], json!({ "n": n }), "relay {n}, in order, once");
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_comes_back_with_every_event_once_in_order() {
+    let server = server(None).await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "call").await;
+    let bob_id = bob.id().to_string();
+    for n in 0..10 {
+        alice.relay(bob.id(), json!({ "n": n }));
+    }
+    // bob reads four; the other six are lost in flight with the connection.
+    expect_relays(&mut bob, &alice, 0..4).await;
+    drop_connection(&server, &bob).await;
+    for n in 10..20 {
+        alice.relay(&bob_id, json!({ "n": n }));
+    }
+
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(true));
+    assert_eq!(bob.id(), bob_id, "the same peer id");
+    assert_ne!(bob.client.sid, bob_id, "on a new socket");
+    expect_relays(&mut bob, &alice, 4..20).await;
+    bob.assert_nothing_before_probe(&alice).await;
+    // alice heard nothing of the drop, and bob's new socket relays as bob.
+    alice.assert_nothing_before_probe(&bob).await;
+    assert_eq!(server.health().await["away"], json!(0));
+}
+
+#[tokio::test]
+async fn a_connection_that_still_looks_alive_is_taken_over_silently() {
+    let server = server(None).await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "call").await;
+    alice.relay(bob.id(), json!({ "n": 0 }));
+    expect_relays(&mut bob, &alice, 0..1).await;
+    let auth = json!({
+        "token": server.token("bob"),
+        "resume": bob.session["resume"],
+        "received": bob.received,
+    });
+    let mut bob2 = server.client_with_auth(auth).await;
+    assert_eq!(bob2.session["recovered"], json!(true));
+    assert_eq!(bob2.id(), bob.id());
+    bob.expect_closed().await;
+    alice.relay(bob2.id(), json!({ "n": 1 }));
+    expect_relays(&mut bob2, &alice, 1..2).await;
+    alice.assert_nothing_before_probe(&bob2).await;
+}
+
+#[tokio::test]
+async fn a_credential_opens_only_its_own_session_and_only_once() {
+    let server = server(None).await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "call").await;
+    let credential = bob.session["resume"].clone();
+    let resume_as = |sub: &str, credential: &Value| json!({ "token": server.token(sub), "resume": credential, "received": 0 });
+
+    // Another user's token: a fresh session, and bob's is untouched.
+    let mallory = server
+        .client_with_auth(resume_as("mallory", &credential))
+        .await;
+    assert_eq!(mallory.session["recovered"], json!(false));
+    assert_ne!(mallory.id(), bob.id());
+    assert_eq!(mallory.id(), mallory.client.sid);
+    alice.relay(bob.id(), json!({ "n": 0 }));
+    expect_relays(&mut bob, &alice, 0..1).await;
+
+    // Used once, the credential is spent; the session's new one works.
+    drop_connection(&server, &bob).await;
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(true));
+    let again = server.client_with_auth(resume_as("bob", &credential)).await;
+    assert_eq!(again.session["recovered"], json!(false));
+    assert_ne!(again.id(), bob.id());
+    assert_ne!(
+        bob.session["resume"], credential,
+        "a new credential each time"
+    );
+
+    // A count beyond what was sent cannot be replayed from.
+    let beyond =
+        json!({ "token": server.token("bob"), "resume": bob.session["resume"], "received": 1000 });
+    let beyond = server.client_with_auth(beyond).await;
+    assert_eq!(beyond.session["recovered"], json!(false));
+    alice.assert_nothing_before_probe(&bob).await;
+}
+
+#[tokio::test]
+async fn when_the_window_runs_out_the_departure_is_announced_once() {
+    let server = server(Some("1500")).await;
+    let (mut alice, bob) = support::pair(&server, &server, "call").await;
+    let (mut carol, _) = server.joined("carol", "call").await;
+    alice.until("#rtcio:init-offer").await;
+    let bob_id = bob.id().to_string();
+    let dropped = Instant::now();
+    drop_connection(&server, &bob).await;
+    for peer in [&mut alice, &mut carol] {
+        assert_eq!(
+            peer.expect("#rtcio:peer-left").await,
+            json!({ "id": bob_id })
+        );
+        assert_eq!(
+            peer.expect("user-disconnected").await,
+            json!({ "id": bob_id })
+        );
+    }
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(1400),
+        "announced after {:?}, before the window ran out",
+        dropped.elapsed()
+    );
+    alice.assert_nothing_before_probe(&carol).await;
+    carol.assert_nothing_before_probe(&alice).await;
+
+    let mut bob = bob;
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(false));
+    assert_ne!(bob.id(), bob_id);
+}
+
+#[tokio::test]
+async fn an_away_session_that_overflows_is_given_up_at_once() {
+    let server = server(None).await; // a 30 s window: the announcement must come long before
+    let (mut alice, bob) = support::pair(&server, &server, "call").await;
+    let bob_id = bob.id().to_string();
+    drop_connection(&server, &bob).await;
+    for n in 0..300 {
+        alice.relay(&bob_id, json!({ "n": n }));
+    }
+    let seen = alice.until("user-disconnected").await;
+    let departure: Vec<&str> = seen
+        .iter()
+        .filter(|e| e.data["id"] == json!(bob_id))
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(departure, ["#rtcio:peer-left", "user-disconnected"]);
+    let mut bob = bob;
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(false));
+}
+
+#[tokio::test]
+async fn leaving_on_purpose_is_announced_at_once() {
+    let server = server(None).await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "call").await;
+    let (carol, _) = server.joined("carol", "call").await;
+    alice.until("#rtcio:init-offer").await;
+    bob.until("#rtcio:init-offer").await;
+
+    // A WebSocket close frame (a page closing) and a Socket.IO namespace disconnect
+    // (`socket.disconnect()`) are departures, announced well inside the 30 s window.
+    let bob_id = bob.id().to_string();
+    bob.client.close();
+    assert_eq!(
+        alice
+            .until("user-disconnected")
+            .await
+            .pop()
+            .expect("event")
+            .data["id"],
+        json!(bob_id)
+    );
+    let carol_id = carol.id().to_string();
+    carol.client.send_raw("41".into());
+    assert_eq!(
+        alice
+            .until("user-disconnected")
+            .await
+            .pop()
+            .expect("event")
+            .data["id"],
+        json!(carol_id)
+    );
+    assert_eq!(server.health().await["away"], json!(0));
+
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(
+        bob.session["recovered"],
+        json!(false),
+        "a departed session is over"
+    );
+}
+
+#[tokio::test]
+async fn with_recovery_off_a_drop_is_announced_at_once() {
+    let server = server(Some("0")).await;
+    let (mut alice, bob) = support::pair(&server, &server, "call").await;
+    let bob_id = bob.id().to_string();
+    bob.client.abort();
+    assert_eq!(
+        alice
+            .until("user-disconnected")
+            .await
+            .pop()
+            .expect("event")
+            .data["id"],
+        json!(bob_id)
+    );
+}
+
+/// Cluster mode does not recover sessions yet: a drop is announced at once, as before.
+#[tokio::test]
+async fn in_cluster_mode_a_drop_is_announced_at_once() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let env = [("JWT_SECRET", SECRET), ("REDIS_URL", url.as_str())];
+    let (a, b) = (
+        Server::start_with(&[], &env).await,
+        Server::start_with(&[], &env).await,
+    );
+    let (mut alice, bob) = support::pair(&a, &b, "call").await;
+    let bob_id = bob.id().to_string();
+    bob.client.abort();
+    assert_eq!(
+        alice
+            .until("user-disconnected")
+            .await
+            .pop()
+            .expect("event")
+            .data["id"],
+        json!(bob_id)
+    );
+    let mut bob = bob;
+    bob.reconnect(&b, &b.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(false));
+}
