@@ -1180,3 +1180,115 @@ for (const [transportName, transports] of TRANSPORTS) {
     });
   });
 }
+
+// ---------------------------------------------------------------- session recovery
+
+/**
+ * A client following the README's recovery recipe with socket.io-client's own reconnection:
+ * an `auth` callback that presents the last credential and the count of events received.
+ * `until(check)` resolves once `check()` holds, re-checked on every incoming event.
+ */
+function recipeClient(t, sub) {
+  const token = tokenFor(sub);
+  const state = { resume: undefined, received: 0, sessions: [], events: [] };
+  const waiters = [];
+  const wake = () => {
+    for (const w of [...waiters]) {
+      if (w.check()) {
+        waiters.splice(waiters.indexOf(w), 1);
+        clearTimeout(w.timer);
+        w.resolve();
+      }
+    }
+  };
+  const socket = io(serverUrl, {
+    forceNew: true,
+    transports: ['websocket'],
+    reconnectionDelay: 50,
+    reconnectionDelayMax: 100,
+    timeout: WAIT_MS,
+    auth: (cb) => cb({ token, resume: state.resume, received: state.received }),
+  });
+  socket.on('session', (s) => {
+    state.resume = s.resume;
+    if (!s.recovered) state.received = 0;
+    state.sessions.push(s);
+    wake();
+  });
+  socket.onAny((event, payload) => {
+    if (event === 'session') return;
+    state.received++;
+    state.events.push([event, payload]);
+    wake();
+  });
+  t.after(() => socket.disconnect());
+  const until = (check, what) => new Promise((resolve, reject) => {
+    if (check()) return resolve();
+    const timer = setTimeout(() => reject(new Error(`${sub}: timed out waiting for ${what}; ` +
+      `sessions ${show(state.sessions)}, events ${show(state.events)}`)), WAIT_MS);
+    waiters.push({ check, resolve, timer });
+  });
+  /** Cuts the WebSocket's TCP connection without a close frame, as a network drop would. */
+  const dropConnection = () => socket.io.engine.transport.ws._socket.destroy();
+  return { socket, state, until, dropConnection };
+}
+
+const tokenFor = (sub) => token({ sub });
+
+describe('session recovery (socket.io-client with the README recipe)', () => {
+  test('a dropped connection comes back under the same peer id with every missed event once, in order; peers hear nothing', async (t) => {
+    const c = clients(t, ['websocket']);
+    const room = uniqueRoom('recover');
+    const alice = await c.connect('alice');
+    await joinEmpty(alice, room);
+    const bob = recipeClient(t, 'user-bob');
+    await bob.until(() => bob.state.sessions.length === 1, 'the first session');
+    const bobId = bob.state.sessions[0].id;
+    assert.equal(bobId, bob.socket.id, 'a fresh session takes its socket id');
+    bob.socket.emit('join-room', { roomId: room, name: 'bob' });
+    await alice.expectExactly('user-connected', { id: bobId, name: 'bob', userId: 'user-bob' });
+    await alice.expectExactly('#rtcio:init-offer', { source: bobId });
+
+    const relays = () => bob.state.events.filter(([event]) => event === '#rtcio:message');
+    for (let n = 0; n < 10; n++) alice.emit('#rtcio:message', { target: bobId, data: { n } });
+    await bob.until(() => relays().length >= 3, 'some relays before the drop');
+    bob.dropConnection();
+    for (let n = 10; n < 20; n++) alice.emit('#rtcio:message', { target: bobId, data: { n } });
+
+    await bob.until(() => bob.state.sessions.length === 2, 'the session after the reconnect');
+    const again = bob.state.sessions[1];
+    assert.equal(again.recovered, true, `recovered: ${show(again)}`);
+    assert.equal(again.id, bobId, 'the same peer id');
+    assert.notEqual(bob.socket.id, bobId, 'on a new socket');
+    assert.notEqual(again.resume, bob.state.sessions[0].resume, 'a new credential');
+    await bob.until(() => relays().length >= 20, 'every relay');
+    assert.deepEqual(relays().map(([, p]) => p.data.n), [...Array(20).keys()], 'each relay once, in order');
+    for (const [, p] of relays()) assert.equal(p.source, alice.id);
+
+    // Alice heard nothing of the drop: bob's first relay after it is her very next event.
+    bob.socket.emit('#rtcio:message', { target: alice.id, data: { after: 'the drop' } });
+    const next = await alice.expect('#rtcio:message', "bob's relay from the new socket");
+    assert.deepEqual([next.source, next.data], [bobId, { after: 'the drop' }]);
+    alice.assertDrained('after the recovery');
+  });
+
+  test('socket.disconnect() leaves at once, and the credential is spent', async (t) => {
+    const c = clients(t, ['websocket']);
+    const room = uniqueRoom('leave');
+    const alice = await c.connect('alice');
+    await joinEmpty(alice, room);
+    const bob = recipeClient(t, 'user-bob');
+    await bob.until(() => bob.state.sessions.length === 1, 'the first session');
+    const bobId = bob.state.sessions[0].id;
+    bob.socket.emit('join-room', { roomId: room, name: 'bob' });
+    await alice.expect('user-connected');
+    await alice.expect('#rtcio:init-offer');
+    bob.socket.disconnect();
+    await alice.expectExactly('#rtcio:peer-left', { id: bobId });
+    await alice.expectExactly('user-disconnected', { id: bobId });
+    bob.socket.connect();
+    await bob.until(() => bob.state.sessions.length === 2, 'a session after connecting again');
+    assert.equal(bob.state.sessions[1].recovered, false);
+    assert.notEqual(bob.state.sessions[1].id, bobId);
+  });
+});
