@@ -10,10 +10,12 @@ import { LocalMedia } from './media.js';
 import { UI } from './ui.js';
 import { fetchClientConfig, fetchDevToken } from './server-api.js';
 import {
-  PASSWORD_REFUSALS, describeError, guestName, inviteUrl, randomRoomId, readUrlParams, setRoomInUrl,
+  PASSWORD_REFUSALS, describeError, guestName, inviteUrl, randomRoomId, readUrlParams, setRoomInUrl, tokenExpiry,
 } from './util.js';
 
 const NAME_KEY = 'rtcio-demo.name';
+// A token this close to its `exp` is not presented again (clocks differ a little).
+const TOKEN_MARGIN_MS = 60_000;
 
 const ui = new UI();
 const media = new LocalMedia({
@@ -85,11 +87,17 @@ async function join({ roomId, name, token, password }) {
       ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
     }
 
+    // Every dev token is a new user (a random `sub`), and a session is only
+    // recovered for the same user: keep one dev token for as long as it is
+    // valid, and fetch another only when it is about to expire.
+    let devToken = null;
     const getToken = token
       ? async () => token
       : async () => {
+          if (devToken && tokenExpiry(devToken) - Date.now() > TOKEN_MARGIN_MS) return devToken;
           const fresh = await fetchDevToken(name);
           if (!fresh) throw new Error('the server does not issue dev tokens; paste an access token');
+          devToken = fresh;
           return fresh;
         };
 
@@ -101,7 +109,7 @@ async function join({ roomId, name, token, password }) {
         if (state === 'disconnected' && session) endSession({ notify: false, status: detail });
       },
       onError: (message) => ui.showError(message),
-      onConnect: (info) => session?.handleConnect(info),
+      onSession: (info) => session?.handleSession(info),
       onEvent: (event, payload) => session?.handleEvent(event, payload),
     });
     const s = new RoomSession({
@@ -197,6 +205,11 @@ function boot() {
   Object.defineProperty(window, '__rtcDemo', {
     value: Object.freeze({
       get socketId() { return signaling?.id ?? null; },
+      // The id the others know us by (session.id); kept across a recovered reconnect.
+      get peerId() { return signaling?.peerId ?? null; },
+      // Sessions this join had: fresh ones (the first, and any re-join) and recovered ones.
+      get sessions() { return Object.freeze({ ...(signaling?.sessions ?? { fresh: 0, recovered: 0 }) }); },
+      get peerConnections() { return session?.linksCreated ?? 0; },
       get connection() { return signaling?.state ?? 'idle'; },
       get roomId() { return session?.roomId ?? null; },
       get joined() { return session?.joined ?? false; },

@@ -9,7 +9,8 @@ import { describeError } from './util.js';
 export class PeerLink {
   /**
    * @param {object} opts
-   * @param {string} opts.peerId      remote socket id (the `target` of our messages)
+   * @param {number} opts.serial      which connection of the room session this is (diagnostics)
+   * @param {string} opts.peerId      remote peer id (the `target` of our messages)
    * @param {boolean} opts.polite     existing member answering #rtcio:init-offer = polite
    * @param {RTCIceServer[]} opts.iceServers
    * @param {(data: object) => void} opts.send
@@ -17,7 +18,8 @@ export class PeerLink {
    * @param {(state: string) => void} opts.onConnectionState
    * @param {(message: string) => void} opts.onError
    */
-  constructor({ peerId, polite, iceServers, send, onTrack, onConnectionState, onError }) {
+  constructor({ serial, peerId, polite, iceServers, send, onTrack, onConnectionState, onError }) {
+    this.serial = serial;
     this.peerId = peerId;
     this.polite = polite;
     this.send = send;
@@ -29,6 +31,8 @@ export class PeerLink {
     this.settingRemoteAnswer = false;
     this.pendingCandidates = [];
     this.collisions = 0; // offers that crossed ours (diagnostics only)
+    this.offersSent = 0; // diagnostics: a renegotiation shows up here
+    this.offersReceived = 0;
     // Remote messages are handled strictly one after another, in arrival order.
     this.inbox = Promise.resolve();
     this.screenSender = null;
@@ -41,6 +45,7 @@ export class PeerLink {
         this.makingOffer = true;
         await pc.setLocalDescription();
         if (this.closed) return;
+        if (pc.localDescription.type === 'offer') this.offersSent += 1;
         this.send({ description: pc.localDescription.toJSON() });
       } catch (err) {
         if (!this.closed) this.onError(`Offer to ${this.peerId} failed: ${describeError(err)}`);
@@ -109,6 +114,7 @@ export class PeerLink {
     if (description) {
       const readyForOffer =
         !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
+      if (description.type === 'offer') this.offersReceived += 1;
       const offerCollision = description.type === 'offer' && !readyForOffer;
       if (offerCollision) this.collisions += 1;
       this.ignoreOffer = !this.polite && offerCollision;

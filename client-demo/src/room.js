@@ -7,8 +7,11 @@
 // from `chat-message`.
 // Getting in: `check-room` first (a locked room is known before the camera
 // starts), then `join-room` with the room password, which lives only in this
-// object's memory. It re-joins, password included, after every signaling
-// reconnect (the server forgets us).
+// object's memory. After a signaling drop the session is usually recovered
+// (same peer id, still in the room, missed events replayed): then nothing here
+// changes, the peer connections carry on. Only a reconnect that comes back as
+// a fresh session (new peer id; the others saw us leave) closes every peer and
+// re-joins, password included.
 import { PeerLink } from './peer.js';
 import { ChatLog, checkChatText } from './chat.js';
 import { describeError, describeJoinError } from './util.js';
@@ -43,7 +46,9 @@ export class RoomSession {
     this.entered = null; // the enterRoom() promise, once started
     // 'checking' (check-room sent) -> 'joining' (join-room sent) -> 'joined'; again on each reconnect
     this.phase = 'idle';
-    this.attempt = 0; // one per (re)connect; stale async steps compare against it
+    this.attempt = 0; // one per (re)join; stale async steps compare against it
+    this.unsent = false; // our last check-room / join-room could not go out (connection down)
+    this.linksCreated = 0; // RTCPeerConnections made in this session (diagnostics)
     this.checkTimer = null;
     this.checkAnswered = false;
     this.passwordRequired = false;
@@ -57,12 +62,24 @@ export class RoomSession {
 
   // ---- signaling lifecycle ----------------------------------------------
 
-  handleConnect({ reconnect }) {
+  /** After each connection's `session`: see Signaling. */
+  handleSession({ recovered, reconnect }) {
     if (this.closed) return;
+    if (recovered) {
+      // Same peer id, same room, the others noticed nothing, and what we missed
+      // is being replayed: the call goes on untouched. Only a check-room or
+      // join-room that never left (it was due while we were away) is redone.
+      if (this.unsent && !this.joined) this.#restart();
+      return;
+    }
     if (reconnect) {
-      // New socket id, and the others already dropped our old one: start over.
+      // A new peer id, and the others dropped (or will drop) the old one: start over.
       this.#closeAllPeers();
     }
+    this.#restart();
+  }
+
+  #restart() {
     this.joined = false;
     this.ui.setJoined(false);
     this.attempt += 1;
@@ -82,7 +99,7 @@ export class RoomSession {
     this.checkTimer = setTimeout(() => {
       if (attempt === this.attempt) this.#join();
     }, CHECK_TIMEOUT_MS);
-    this.signaling.emit('check-room', this.#withPassword({ roomId: this.roomId }));
+    this.unsent = !this.signaling.emit('check-room', this.#withPassword({ roomId: this.roomId }));
   }
 
   // The check passed (or the server cannot check): camera on, room shown, join.
@@ -101,7 +118,7 @@ export class RoomSession {
       return;
     }
     if (this.closed || attempt !== this.attempt) return; // a reconnect started over
-    this.signaling.emit('join-room', this.#withPassword({ roomId: this.roomId, name: this.name }));
+    this.unsent = !this.signaling.emit('join-room', this.#withPassword({ roomId: this.roomId, name: this.name }));
   }
 
   handleEvent(event, payload) {
@@ -138,7 +155,7 @@ export class RoomSession {
   }
 
   #isSelf(id) {
-    return id === this.signaling.id;
+    return id === this.signaling.peerId;
   }
 
   #onUserConnected({ id, name }) {
@@ -270,12 +287,14 @@ export class RoomSession {
   }
 
   #createLink(peer, polite) {
+    this.linksCreated += 1;
     const link = new PeerLink({
+      serial: this.linksCreated,
       peerId: peer.id,
       polite,
       iceServers: this.iceServers,
       send: (data) =>
-        this.signaling.emit('#rtcio:message', { source: this.signaling.id, target: peer.id, data }),
+        this.signaling.emit('#rtcio:message', { source: this.signaling.peerId, target: peer.id, data }, { queue: true }),
       onTrack: (ev) => {
         if (peer.link === link) this.#onTrack(peer, ev);
       },
@@ -338,7 +357,7 @@ export class RoomSession {
       roomId: this.roomId,
       mic: this.media.micOn,
       cam: this.media.camOn,
-    });
+    }, { queue: true });
   }
 
   toggleMic() {
@@ -366,7 +385,7 @@ export class RoomSession {
     for (const peer of this.peers.values()) peer.link?.removeScreenTrack();
     this.media.stopScreen();
     this.ui.setLocalScreen(null);
-    this.signaling.emit('stopScreenShare', { roomId: this.roomId });
+    this.signaling.emit('stopScreenShare', { roomId: this.roomId }, { queue: true });
   }
 
   /** Sends a chat message and shows it at once; false (with the reason shown) if it did not go out. */
@@ -379,7 +398,7 @@ export class RoomSession {
       this.ui.showError('Not connected to the room right now; the message was not sent.');
       return false;
     }
-    this.ui.addChatMessage(this.chat.add({ id: this.signaling.id, name: this.name, text, mine: true, at: sentAt }));
+    this.ui.addChatMessage(this.chat.add({ id: this.signaling.peerId, name: this.name, text, mine: true, at: sentAt }));
     return true;
   }
 
@@ -401,6 +420,9 @@ export class RoomSession {
       mic: p.mic,
       cam: p.cam,
       polite: p.link?.polite ?? null,
+      link: p.link?.serial ?? null, // which RTCPeerConnection of this session (1, 2, ...)
+      offersSent: p.link?.offersSent ?? 0,
+      offersReceived: p.link?.offersReceived ?? 0,
       connectionState: p.link?.pc.connectionState ?? null,
       offerCollisions: p.link?.collisions ?? 0,
       screens: p.screens.size,

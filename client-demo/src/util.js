@@ -27,6 +27,18 @@ export function guestName() {
   return `Guest ${String(n).padStart(4, '0')}`;
 }
 
+// A JWT's `exp` in ms since the epoch (read, not verified: the server does
+// that); 0 when it has none or cannot be read.
+export function tokenExpiry(jwt) {
+  try {
+    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const { exp } = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
+    return typeof exp === 'number' ? exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
 export function readUrlParams() {
   const params = new URLSearchParams(location.search);
   return { room: params.get('room'), name: params.get('name') };
