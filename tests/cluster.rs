@@ -87,6 +87,13 @@ async fn a_call_spans_two_nodes() {
         (json!(false), json!(true))
     );
 
+    // Carol's arrival reaches both (events from different nodes have no order between them,
+    // so it is awaited before bob leaves).
+    for peer in [&mut alice, &mut bob] {
+        assert_eq!(peer.expect("user-connected").await["id"], json!(carol.id()));
+        peer.expect("#rtcio:init-offer").await;
+    }
+
     // Leaving on node B is heard on nodes A and C exactly once.
     bob.client.close();
     for peer in [&mut alice, &mut carol] {
@@ -247,4 +254,108 @@ async fn losing_redis_is_survived_and_recovered_from() {
         erin.expect("#rtcio:message").await["source"],
         json!(dave.id())
     );
+}
+
+/// A leave Redis cannot take (it is briefly down, its data kept) is recorded and announced once
+/// it is back, so no ghost member stays behind for newcomers.
+#[tokio::test]
+async fn a_leave_during_a_redis_outage_is_announced_once_redis_is_back() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "room").await;
+    let bob_id = bob.id().to_string();
+    let stopped = redis.shut_down_saving().await;
+
+    bob.emit("leave-room", json!({ "roomId": "room" }));
+    // bob's events run in order: this refusal comes after his leave was tried.
+    bob.emit("check-room", json!({ "roomId": "room" }));
+    assert_eq!(
+        bob.expect("join-error").await["reason"],
+        json!("unavailable")
+    );
+
+    let _redis = Redis::start_again(stopped).await;
+    assert_eq!(
+        alice.expect("#rtcio:peer-left").await,
+        json!({ "id": bob_id })
+    );
+    assert_eq!(
+        alice.expect("user-disconnected").await,
+        json!({ "id": bob_id })
+    );
+    let (mut carol, backfill) = a.joined("carol", "room").await;
+    let roster: Vec<&serde_json::Value> = backfill
+        .iter()
+        .filter(|e| e.name == "user-connected")
+        .map(|e| &e.data["id"])
+        .collect();
+    assert_eq!(roster, [&json!(alice.id())], "no ghost of bob");
+    assert_eq!(a.health().await["rooms"], json!(1));
+    assert_eq!(b.health().await["rooms"], json!(0));
+    alice.until("#rtcio:init-offer").await;
+    carol.assert_nothing_before_probe(&alice).await;
+}
+
+/// Leaving drops a member's cached media state and stops the room's echoes to it; an emptied
+/// room leaves no key behind.
+#[tokio::test]
+async fn leaving_takes_the_cached_state_and_the_echoes_with_it() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "x").await;
+    alice.emit(
+        "media-state",
+        json!({ "roomId": "x", "mic": false, "cam": false }),
+    );
+    bob.expect("media-state").await;
+
+    alice.emit("leave-room", json!({ "roomId": "x" }));
+    bob.until("user-disconnected").await;
+    // Gone from the room, alice hears none of its echoes.
+    bob.emit(
+        "chat-message",
+        json!({ "roomId": "x", "text": "still there?" }),
+    );
+    bob.emit("stopScreenShare", json!({ "roomId": "x" }));
+    alice.join("elsewhere", "alice");
+    alice.until("join-ok").await;
+    let (carol, _) = b.joined("carol", "elsewhere").await;
+    alice.expect("user-connected").await;
+    alice.expect("#rtcio:init-offer").await;
+    alice.assert_nothing_before_probe(&carol).await;
+
+    // Back in the room, alice has no stale mute state for newcomers.
+    alice.join("x", "alice");
+    alice.until("join-ok").await;
+    let (_dave, backfill) = b.joined("dave", "x").await;
+    let names: Vec<&str> = backfill.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["user-connected", "user-connected", "join-ok"],
+        "no media-state"
+    );
+
+    let mut conn = redis.connection().await.expect("redis");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("rtcio:room:x")
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(exists, "the room is in redis while it has members");
+    for peer in [&alice, &bob, &_dave] {
+        peer.emit("leave-room", json!({ "roomId": "x" }));
+    }
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("rtcio:*:x")
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        if keys.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left in redis: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling redis state
+    }
 }

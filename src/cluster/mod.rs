@@ -108,6 +108,7 @@ pub async fn keep_node_alive(
         if let Err(e) = pubsub.ping().await {
             tracing::error!(cause = %e, "cluster pub/sub connection down");
         }
+        hub.record_missed_leaves().await;
         if let Err(e) = hub.reap_dead_nodes().await {
             tracing::error!(cause = %e, "looking for dead nodes failed; Redis unreachable");
         }

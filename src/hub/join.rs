@@ -61,21 +61,13 @@ impl<A: Adapter> Hub<A> {
             attempts += 1;
             let expect = match self.look(session, room, request.password.as_ref()).await {
                 Ok(Found::MayJoin(expect)) => expect,
-                Ok(Found::Member) => {
-                    return self
-                        .delivery
-                        .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
-                }
+                Ok(Found::Member) => return self.rejoined(session, room),
                 Err(refusal) => return self.delivery.refuse_join(session, Some(room), refusal),
             };
             let max = self.limits.max_peers_per_room;
             match self.rooms.join(room, newcomer.clone(), max, &expect).await {
                 Ok(JoinOutcome::Joined(existing)) => break existing,
-                Ok(JoinOutcome::AlreadyMember) => {
-                    return self
-                        .delivery
-                        .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
-                }
+                Ok(JoinOutcome::AlreadyMember) => return self.rejoined(session, room),
                 Ok(JoinOutcome::Full) => {
                     return self
                         .delivery
@@ -139,6 +131,14 @@ impl<A: Adapter> Hub<A> {
         self.delivery
             .send_to(&others, p::INIT_OFFER, &out::InitOffer { source: me })
             .await;
+    }
+
+    /// A join of a room the session is already in changes nothing, but heals a session that
+    /// had lost track of it (a leave that Redis could not record yet).
+    fn rejoined(&self, session: &Arc<Session>, room: &str) {
+        session.add_room(room);
+        self.delivery
+            .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
     }
 
     pub(crate) async fn check_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {

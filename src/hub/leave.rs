@@ -29,14 +29,45 @@ impl<A: Adapter> Hub<A> {
             Ok(Some(remaining)) => remaining,
             Ok(None) => return false,
             Err(e) => {
-                // The member entry stays behind in Redis; the node heartbeat purges it.
-                tracing::error!(room, cause = %e, "leave not recorded: room state unavailable");
+                // Recorded and announced once Redis answers again (`record_missed_leaves`).
+                tracing::error!(room, cause = %e, "leave not recorded yet: room state unavailable");
+                self.missed_leaves
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((room.into(), session.peer.clone()));
                 Vec::new()
             }
         };
         session.remove_room(room);
         self.announce_departure(&session.peer, &remaining).await;
         true
+    }
+
+    /// Records the leaves Redis could not take when they happened, and announces them; those it
+    /// still cannot take wait for the next try. A peer that is back in the room meanwhile
+    /// stays.
+    pub async fn record_missed_leaves(&self) {
+        let missed =
+            std::mem::take(&mut *self.missed_leaves.lock().unwrap_or_else(|p| p.into_inner()));
+        for (room, peer) in missed {
+            let _turn = self.turns.take(&room).await;
+            if self
+                .delivery
+                .session(&peer)
+                .is_some_and(|s| s.in_room(&room))
+            {
+                continue;
+            }
+            match self.rooms.leave(&room, &peer).await {
+                Ok(Some(remaining)) => self.announce_departure(&peer, &remaining).await,
+                Ok(None) => {}
+                Err(_) => self
+                    .missed_leaves
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((room, peer)),
+            }
+        }
     }
 
     /// Tells the members left in a room that `peer` is gone.

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Verifier;
 use crate::delivery::{Delivery, Overflow};
+use crate::ids::PeerId;
 use crate::limits::GuessLimits;
 use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
@@ -51,6 +52,9 @@ pub struct Hub<A: Adapter> {
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) limits: Limits,
     pub(crate) delivery: Delivery<A>,
+    /// Leaves the store could not record when they happened (Redis unreachable), retried by
+    /// the cluster heartbeat.
+    missed_leaves: std::sync::Mutex<Vec<(String, PeerId)>>,
     /// Sockets admitted and not yet greeted.
     pending: DashMap<Sid, lifecycle::Pending>,
     /// Live sessions, connected or away; each `Session` counts itself in and out.
@@ -76,6 +80,7 @@ impl<A: Adapter> Hub<A> {
             limits,
             delivery,
             pending: DashMap::new(),
+            missed_leaves: Default::default(),
             connected: Arc::default(),
         });
         tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
@@ -99,8 +104,16 @@ impl<A: Adapter> Hub<A> {
             .count()
     }
 
+    /// Rooms with members on this node: all of them on a single node (counted in the store,
+    /// so a room left behind would show), in cluster mode those of this node's sessions.
     pub fn local_rooms(&self) -> usize {
-        self.rooms.local_room_count()
+        self.rooms.local_room_count().unwrap_or_else(|| {
+            let mut rooms = std::collections::HashSet::new();
+            for session in self.delivery.sessions() {
+                rooms.extend(session.rooms());
+            }
+            rooms.len()
+        })
     }
 
     // ---- cluster upkeep ----

@@ -175,11 +175,11 @@ impl RoomStore {
         }
     }
 
-    /// Rooms held in this process's memory (none in cluster mode).
-    pub fn local_room_count(&self) -> usize {
+    /// Rooms held in this process's memory (`None` in cluster mode, where they are in Redis).
+    pub fn local_room_count(&self) -> Option<usize> {
         match self {
-            RoomStore::Memory(rooms) => rooms.room_count(),
-            RoomStore::Redis(_) => 0,
+            RoomStore::Memory(rooms) => Some(rooms.room_count()),
+            RoomStore::Redis(_) => None,
         }
     }
 

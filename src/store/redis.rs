@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{Expect, JoinOutcome, Member, RoomView, StoreError};
@@ -222,7 +222,16 @@ fn peers(list: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<PeerId> {
 impl RedisRooms {
     /// Connects and registers this node.
     pub async fn connect(client: redis::Client) -> Result<RedisRooms, StoreError> {
-        let conn = ConnectionManager::new(client).await.map_err(store_error)?;
+        // Fail fast while Redis is away: a join gets `unavailable` in well under a second
+        // instead of waiting out redis-rs's default six reconnection attempts (about 6 s). The
+        // heartbeat keeps trying every second, so the connection comes back with Redis.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(store_error)?;
         let node: Arc<str> = crate::auth::random_hex(8).into();
         let rooms = RedisRooms {
             conn,
