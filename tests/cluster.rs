@@ -6,17 +6,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::SECRET;
 use support::redis::{Redis, free_port};
-use support::{SECRET, Server};
-
-async fn node(redis: &Redis) -> Server {
-    Server::start_with(&[], &[("JWT_SECRET", SECRET), ("REDIS_URL", &redis.url())]).await
-}
 
 #[tokio::test]
 async fn a_call_spans_two_nodes() {
     let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis.node().await, redis.node().await);
 
     let (mut alice, _) = a.joined("alice", "x").await;
     alice.emit(
@@ -62,7 +58,7 @@ async fn a_call_spans_two_nodes() {
     assert_eq!(alice.expect("stopScreenShare").await["id"], json!(bob.id()));
 
     // A third node's newcomer is backfilled with both, including alice's cached state.
-    let c = node(&redis).await;
+    let c = redis.node().await;
     let mut carol = c.client("carol").await;
     carol.join("x", "carol");
     let backfill = carol.until("join-ok").await;
@@ -112,7 +108,7 @@ async fn a_call_spans_two_nodes() {
 #[tokio::test]
 async fn isolation_holds_across_nodes() {
     let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, bob) = support::pair(&a, &b, "private").await;
     let (mut mallory, _) = b.joined("mallory", "elsewhere").await;
 
@@ -131,7 +127,7 @@ async fn isolation_holds_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_joins_across_nodes_keep_every_invariant() {
     let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis.node().await, redis.node().await);
     for round in 0..6 {
         support::storm::storm(&[&a, &b], 25, 4, &format!("c{round}")).await;
     }
@@ -144,7 +140,7 @@ async fn simultaneous_joins_across_nodes_keep_every_invariant() {
 #[tokio::test]
 async fn a_killed_node_is_announced_and_purged() {
     let redis = Redis::start().await;
-    let (mut a, b) = (node(&redis).await, node(&redis).await);
+    let (mut a, b) = (redis.node().await, redis.node().await);
     let (alice, _) = a.joined("alice", "k").await;
     let (mut bob, _) = b.joined("bob", "k").await;
     let (mut carol, _) = b.joined("carol", "k").await;
@@ -227,7 +223,7 @@ async fn redis_unreachable_at_start_is_a_clear_error() {
 async fn losing_redis_is_survived_and_recovered_from() {
     let redis = Redis::start().await;
     let port = redis.port;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, mut bob) = support::pair(&a, &b, "before").await;
     redis.stop().await;
 
@@ -261,7 +257,7 @@ async fn losing_redis_is_survived_and_recovered_from() {
 #[tokio::test]
 async fn a_leave_during_a_redis_outage_is_announced_once_redis_is_back() {
     let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, mut bob) = support::pair(&a, &b, "room").await;
     let bob_id = bob.id().to_string();
     let stopped = redis.shut_down_saving().await;
@@ -301,7 +297,7 @@ async fn a_leave_during_a_redis_outage_is_announced_once_redis_is_back() {
 #[tokio::test]
 async fn leaving_takes_the_cached_state_and_the_echoes_with_it() {
     let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, mut bob) = support::pair(&a, &b, "x").await;
     alice.emit(
         "media-state",

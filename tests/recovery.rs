@@ -26,6 +26,12 @@ async fn drop_connection(server: &Server, peer: &Peer) {
     server.health_until(|h| h["away"] == json!(1)).await;
 }
 
+/// The id in the next `user-disconnected` `peer` hears.
+async fn departure_heard(peer: &mut Peer) -> Value {
+    let seen = peer.until("user-disconnected").await;
+    seen.last().expect("an event").data["id"].clone()
+}
+
 async fn expect_relays(peer: &mut Peer, from: &Peer, numbers: std::ops::Range<u64>) {
     for n in numbers {
         let got = peer.expect("#rtcio:message").await;
@@ -183,26 +189,10 @@ async fn leaving_on_purpose_is_announced_at_once() {
     // (`socket.disconnect()`) are departures, announced well inside the 30 s window.
     let bob_id = bob.id().to_string();
     bob.client.close();
-    assert_eq!(
-        alice
-            .until("user-disconnected")
-            .await
-            .pop()
-            .expect("event")
-            .data["id"],
-        json!(bob_id)
-    );
+    assert_eq!(departure_heard(&mut alice).await, json!(bob_id));
     let carol_id = carol.id().to_string();
     carol.client.send_raw("41".into());
-    assert_eq!(
-        alice
-            .until("user-disconnected")
-            .await
-            .pop()
-            .expect("event")
-            .data["id"],
-        json!(carol_id)
-    );
+    assert_eq!(departure_heard(&mut alice).await, json!(carol_id));
     assert_eq!(server.health().await["away"], json!(0));
 
     bob.reconnect(&server, &server.token("bob")).await;
@@ -219,39 +209,18 @@ async fn with_recovery_off_a_drop_is_announced_at_once() {
     let (mut alice, bob) = support::pair(&server, &server, "call").await;
     let bob_id = bob.id().to_string();
     bob.client.abort();
-    assert_eq!(
-        alice
-            .until("user-disconnected")
-            .await
-            .pop()
-            .expect("event")
-            .data["id"],
-        json!(bob_id)
-    );
+    assert_eq!(departure_heard(&mut alice).await, json!(bob_id));
 }
 
 /// Cluster mode does not recover sessions yet: a drop is announced at once, as before.
 #[tokio::test]
 async fn in_cluster_mode_a_drop_is_announced_at_once() {
     let redis = Redis::start().await;
-    let url = redis.url();
-    let env = [("JWT_SECRET", SECRET), ("REDIS_URL", url.as_str())];
-    let (a, b) = (
-        Server::start_with(&[], &env).await,
-        Server::start_with(&[], &env).await,
-    );
+    let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, bob) = support::pair(&a, &b, "call").await;
     let bob_id = bob.id().to_string();
     bob.client.abort();
-    assert_eq!(
-        alice
-            .until("user-disconnected")
-            .await
-            .pop()
-            .expect("event")
-            .data["id"],
-        json!(bob_id)
-    );
+    assert_eq!(departure_heard(&mut alice).await, json!(bob_id));
     let mut bob = bob;
     bob.reconnect(&b, &b.token("bob")).await;
     assert_eq!(bob.session["recovered"], json!(false));

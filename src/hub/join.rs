@@ -14,6 +14,7 @@ use socketioxide::adapter::Adapter;
 use super::Hub;
 use crate::ids::PeerId;
 use crate::limits::retry_after_ms;
+use crate::protocol::inbound::{RoomRefusal, RoomRequest};
 use crate::protocol::{self as p, JoinRequest, Password, Refusal, RoomCheck, outbound as out};
 use crate::room_lock::RoomLock;
 use crate::session::Session;
@@ -32,18 +33,10 @@ enum Found {
 
 impl<A: Adapter> Hub<A> {
     pub(crate) async fn join_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
-        let request = match JoinRequest::parse(payload) {
-            Ok(request) => request,
-            Err((room, refusal)) => {
-                return self.delivery.refuse_join(session, room.as_deref(), refusal);
-            }
+        let Some(request) = self.allowed(session, JoinRequest::parse(payload)) else {
+            return;
         };
         let room = request.room_id.as_str();
-        if !session.identity.may_join(room) {
-            return self
-                .delivery
-                .refuse_join(session, Some(room), Refusal::Forbidden);
-        }
         let name: Arc<str> = match &session.identity.name {
             Some(name) => Arc::clone(name),
             None => request.name.into(),
@@ -133,6 +126,22 @@ impl<A: Adapter> Hub<A> {
             .await;
     }
 
+    /// The request, if its room is valid and the session's token may join it; otherwise the
+    /// `join-error` is sent.
+    fn allowed<R: RoomRequest>(
+        &self,
+        session: &Arc<Session>,
+        parsed: Result<R, RoomRefusal>,
+    ) -> Option<R> {
+        let (room, refusal) = match parsed {
+            Ok(request) if session.identity.may_join(request.room_id()) => return Some(request),
+            Ok(request) => (Some(request.room_id().to_string()), Refusal::Forbidden),
+            Err(refused) => refused,
+        };
+        self.delivery.refuse_join(session, room.as_deref(), refusal);
+        None
+    }
+
     /// A join of a room the session is already in changes nothing, but heals a session that
     /// had lost track of it (a leave that Redis could not record yet).
     fn rejoined(&self, session: &Arc<Session>, room: &str) {
@@ -142,18 +151,10 @@ impl<A: Adapter> Hub<A> {
     }
 
     pub(crate) async fn check_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
-        let request = match RoomCheck::parse(payload) {
-            Ok(request) => request,
-            Err((room, refusal)) => {
-                return self.delivery.refuse_join(session, room.as_deref(), refusal);
-            }
+        let Some(request) = self.allowed(session, RoomCheck::parse(payload)) else {
+            return;
         };
         let room = request.room_id.as_str();
-        if !session.identity.may_join(room) {
-            return self
-                .delivery
-                .refuse_join(session, Some(room), Refusal::Forbidden);
-        }
         let password_required = match self.look(session, room, request.password.as_ref()).await {
             // A member's own room: whether it is locked is all there is to say.
             Ok(Found::Member) => self.is_locked(room, session).await,

@@ -60,6 +60,23 @@ pub struct RoomCheck {
 /// `join-error` reply), and why.
 pub type RoomRefusal = (Option<String>, Refusal);
 
+/// `join-room` and `check-room` name a room the same way.
+pub trait RoomRequest {
+    fn room_id(&self) -> &str;
+}
+
+impl RoomRequest for JoinRequest {
+    fn room_id(&self) -> &str {
+        &self.room_id
+    }
+}
+
+impl RoomRequest for RoomCheck {
+    fn room_id(&self) -> &str {
+        &self.room_id
+    }
+}
+
 impl JoinRequest {
     pub fn parse(payload: Option<&RawValue>) -> Result<JoinRequest, RoomRefusal> {
         let (room_id, object) = parse_room_request(payload)?;

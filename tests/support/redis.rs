@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use super::{SECRET, Server};
+
 /// A private `redis-server`, killed on drop. It saves its data only when told to
 /// ([`Redis::shut_down_saving`]), into a directory of its own.
 pub struct Redis {
@@ -76,6 +78,11 @@ impl Redis {
             tokio::time::sleep(Duration::from_millis(20)).await; // waiting for a process to listen
         }
         redis
+    }
+
+    /// A server node of a cluster on this Redis, with default settings.
+    pub async fn node(&self) -> Server {
+        Server::start_with(&[], &[("JWT_SECRET", SECRET), ("REDIS_URL", &self.url())]).await
     }
 
     pub fn url(&self) -> String {
