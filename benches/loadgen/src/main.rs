@@ -8,6 +8,9 @@
 //!
 //!     loadgen --server ours|node|both --scenario idle|relay|relay-cluster|storm|churn|all [--quick]
 //!
+//! `--storm-passwords on` locks every storm room with a password; `both` runs each storm
+//! without and then with passwords, each on a fresh server, and prints the two side by side.
+//!
 //! `relay-cluster` (ours only; part of `all` when ours runs) starts a redis-server and two of
 //! our servers sharing it, splits every relay pair across the two nodes, and prints its own
 //! table next to a single-node run of the same workload.
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use report::Report;
+use report::{Col, Report};
 use server::{Kind, ServerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -46,6 +49,15 @@ enum Scenario {
     Storm,
     Churn,
     All,
+}
+
+/// Whether the storm's rooms have passwords.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Passwords {
+    Off,
+    On,
+    /// Without, then with passwords, side by side.
+    Both,
 }
 
 #[derive(Parser, Debug)]
@@ -97,6 +109,12 @@ struct Args {
     /// Storm: repetitions per room count.
     #[arg(long)]
     storm_reps: Option<usize>,
+    /// Storm: lock every room with a password (`on`: each joiner sends `password:
+    /// "pw-<room index>"`, so whichever joins first seals the room and the other three are
+    /// checked against the seal), or run each storm without and then with (`both`). The Node
+    /// reference ignores passwords.
+    #[arg(long, value_enum, default_value = "off")]
+    storm_passwords: Passwords,
     /// Churn: join/leave cycles.
     #[arg(long)]
     churn_cycles: Option<u64>,
@@ -114,6 +132,8 @@ pub struct Plan {
     pub relay_pairs: usize,
     pub storm_rooms: Vec<usize>,
     pub storm_reps: usize,
+    /// Storm: without (false) and/or with (true) room passwords, in this order.
+    pub storm_passwords: Vec<bool>,
     pub churn_cycles: u64,
     pub idle_hold: u64,
     pub churn_pool: usize,
@@ -135,22 +155,23 @@ async fn busy_note(what: &str, quiet_max: Duration) -> Option<String> {
     }
 }
 
-/// Runs one scenario on `kind` after waiting for a quiet machine (see `busy_note`), noting in
+/// Runs one scenario after waiting for a quiet machine (see `busy_note`), noting in `col` of
 /// `report` a busy start and a failure. Returns whether it failed.
 async fn run_noted(
     report: &mut Report,
-    kind: Kind,
+    col: impl Into<Col>,
     what: &str,
     quiet_max: Duration,
     scenario: impl AsyncFnOnce(&mut Report) -> Result<(), String>,
 ) -> bool {
+    let col = col.into();
     if let Some(note) = busy_note(what, quiet_max).await {
-        report.note(kind, note);
+        report.note(col, note);
     }
     match scenario(report).await {
         Ok(()) => false,
         Err(e) => {
-            report.note(kind, format!("{what} FAILED: {e}"));
+            report.note(col, format!("{what} FAILED: {e}"));
             true
         }
     }
@@ -239,6 +260,11 @@ async fn run(args: Args, nofile: u64) -> i32 {
             vec![500, 2_000]
         }),
         storm_reps: args.storm_reps.unwrap_or(if q { 1 } else { 3 }),
+        storm_passwords: match args.storm_passwords {
+            Passwords::Off => vec![false],
+            Passwords::On => vec![true],
+            Passwords::Both => vec![false, true],
+        },
         churn_cycles: args.churn_cycles.unwrap_or(if q { 2_000 } else { 100_000 }),
         idle_hold: args.idle_hold,
         churn_pool: if q { 100 } else { 1_000 },
@@ -280,6 +306,12 @@ async fn run(args: Args, nofile: u64) -> i32 {
         "cluster",
         true,
     );
+    let mut storm_report = report::Report::new(
+        "storm: rooms without vs with passwords",
+        "no passwords",
+        "passwords",
+        true,
+    );
     let mut failed = false;
     if wants(Scenario::Idle) {
         for &n in &plan.idle_sizes {
@@ -319,16 +351,35 @@ async fn run(args: Args, nofile: u64) -> i32 {
         }
     }
     if wants(Scenario::Storm) {
+        // Without and with passwords side by side get their own report, a section per server.
+        let side_by_side = plan.storm_passwords.len() > 1;
         for &rooms in &plan.storm_rooms {
             for &k in &kinds {
-                failed |= run_noted(
-                    &mut report,
-                    k,
-                    &format!("storm R={rooms}"),
-                    quiet_max,
-                    async |r| storm::run(k, &cfg, &plan, rooms, r).await,
-                )
-                .await;
+                for &passwords in &plan.storm_passwords {
+                    let with = if passwords { " with passwords" } else { "" };
+                    let (r, col, section) = if side_by_side {
+                        let col = if passwords { Col::Right } else { Col::Left };
+                        let section = format!("{}, {}", storm::section(rooms), k.label());
+                        (&mut storm_report, col, section)
+                    } else {
+                        let section = format!("{}{with}", storm::section(rooms));
+                        (&mut report, k.into(), section)
+                    };
+                    let run = storm::Storm {
+                        rooms,
+                        passwords,
+                        col,
+                        section,
+                    };
+                    failed |= run_noted(
+                        r,
+                        run.col,
+                        &format!("storm R={rooms}{with}"),
+                        quiet_max,
+                        async |r| storm::run(k, &cfg, &plan, &run, r).await,
+                    )
+                    .await;
+                }
             }
         }
     }
@@ -346,8 +397,11 @@ async fn run(args: Args, nofile: u64) -> i32 {
     if !cluster_report.is_empty() {
         cluster_report.print();
     }
+    if !storm_report.is_empty() {
+        storm_report.print();
+    }
     println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());
-    let failures = report.failures + cluster_report.failures;
+    let failures = report.failures + cluster_report.failures + storm_report.failures;
     if failures > 0 {
         println!("{failures} check(s) failed");
     }

@@ -2,6 +2,11 @@
 //! in one burst (random order, no await in between). Checks the PROTOCOL.md invariants and
 //! measures join-to-complete-roster latency: from a client's emit of `join-room` to the
 //! moment it has seen `user-connected` for all 3 others (counting later arrivals).
+//!
+//! With passwords, every joiner of room r sends `password: "pw-<r>"`. The burst is the same:
+//! whichever of the four the server takes first seals the room (one argon2id hash) and the
+//! other three are checked against the seal (one verification each), so every join must
+//! still be let in; a `join-error` is a violation.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,10 +20,24 @@ use tokio::sync::watch;
 use crate::Plan;
 use crate::fleet;
 use crate::machine;
-use crate::report::{Report, quantile};
+use crate::report::{Col, Report, quantile};
 use crate::server::{Kind, Server, ServerConfig};
 
 const PEERS: usize = 4;
+
+/// One storm: its size, whether its rooms have passwords, and where its numbers go.
+pub struct Storm {
+    pub rooms: usize,
+    pub passwords: bool,
+    /// The report column and section for its numbers.
+    pub col: Col,
+    pub section: String,
+}
+
+/// The report section of a storm of `rooms` rooms.
+pub fn section(rooms: usize) -> String {
+    format!("storm {rooms}x{PEERS}")
+}
 
 struct Seen {
     /// (event name, id or source in its payload).
@@ -70,15 +89,21 @@ pub async fn run(
     kind: Kind,
     cfg: &ServerConfig,
     plan: &Plan,
-    rooms: usize,
+    storm: &Storm,
     report: &mut Report,
 ) -> Result<(), String> {
+    let with = if storm.passwords {
+        " with passwords"
+    } else {
+        ""
+    };
     println!(
-        "\n--- storm {rooms} rooms x {PEERS} on {} ---",
+        "\n--- storm {} rooms x {PEERS}{with} on {} ---",
+        storm.rooms,
         kind.label()
     );
     let mut server = Server::start(kind, cfg).await?;
-    let result = run_on(&mut server, kind, cfg, plan, rooms, report).await;
+    let result = run_on(&mut server, cfg, plan, storm, report).await;
     server.stop().await;
     result
 }
@@ -87,16 +112,19 @@ pub async fn run(
 #[allow(clippy::needless_range_loop)]
 async fn run_on(
     server: &mut Server,
-    kind: Kind,
     cfg: &ServerConfig,
     plan: &Plan,
-    rooms: usize,
+    storm: &Storm,
     report: &mut Report,
 ) -> Result<(), String> {
+    let rooms = storm.rooms;
+    let (col, sec) = (storm.col, storm.section.as_str());
     let n = rooms * PEERS;
-    let sec = format!("storm {rooms}x{PEERS}");
     let mut all_lat: Vec<u32> = Vec::new();
     let mut p99s = Vec::new();
+    // Per measured repetition: first emit to every roster complete, and the server's CPU.
+    let mut spans_ms = Vec::new();
+    let mut server_cpu_s = Vec::new();
     let mut total_violations = 0usize;
     let mut rep = 0usize;
     let mut attempt = 0usize;
@@ -111,6 +139,14 @@ async fn run_on(
         let sids: Vec<String> = clients.iter().map(|c| c.sid.clone()).collect();
         let room_of = |i: usize| i / PEERS;
         let room_name = |r: usize| format!("storm-{attempt}-{r}");
+        let join = |i: usize| {
+            let r = room_of(i);
+            let mut payload = json!({ "roomId": room_name(r), "name": format!("{tag}-{i}") });
+            if storm.passwords {
+                payload["password"] = json!(format!("pw-{r}"));
+            }
+            payload
+        };
         let senders: Vec<sioclient::Sender> = clients.iter().map(|c| c.sender()).collect();
         let done = Arc::new(AtomicUsize::new(0));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -142,12 +178,15 @@ async fn run_on(
         );
         let mut emitted_at = vec![Instant::now(); n];
         for &i in &order {
-            let payload = json!({ "roomId": room_name(room_of(i)), "name": format!("{tag}-{i}") });
+            let payload = join(i);
             emitted_at[i] = Instant::now();
             senders[i].emit("join-room", &payload);
         }
         let burst_end = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(if plan.quick { 10 } else { 60 });
+        // With passwords every join costs the server an argon2 hash (~2 ms, all on one core).
+        let hashing = Duration::from_millis(if storm.passwords { 5 * n as u64 } else { 0 });
+        let deadline =
+            Instant::now() + Duration::from_secs(if plan.quick { 10 } else { 60 }) + hashing;
         while done.load(Ordering::Relaxed) < n && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -157,15 +196,13 @@ async fn run_on(
             server.cpu_us(),
             crate::server::self_cpu_us(),
         );
-        let span = all_done_at
+        let storm_s = all_done_at
             .duration_since(emitted_at[order[0]])
-            .as_secs_f64()
-            .max(1e-3)
-            * 1e4;
+            .as_secs_f64();
+        let server_us = s1.zip(s0).map(|(b, a)| b - a);
+        let span = storm_s.max(1e-3) * 1e4;
         let other_s = machine::core_busy(&m0, &m1, cfg.server_core).0
-            - s1.zip(s0)
-                .map(|(b, a)| (b - a) as f64 / span)
-                .unwrap_or(0.0);
+            - server_us.map(|us| us as f64 / span).unwrap_or(0.0);
         let other_l = machine::core_busy(&m0, &m1, plan.loadgen_core).0 - (l1 - l0) as f64 / span;
         let noisy = span >= 50.0 * 1e1 && (other_s > 15.0 || other_l > 15.0);
         // Quiet period: catch duplicates and stray events.
@@ -190,6 +227,7 @@ async fn run_on(
         let mut v_stranger = 0usize;
         let mut v_offer = 0usize;
         let mut v_joinok = 0usize;
+        let mut v_refused = 0usize;
         let mut other_events: HashMap<String, usize> = HashMap::new();
         let mut incomplete = 0usize;
         // offers[(a, b)] = how many init-offers `a` got naming `b`.
@@ -216,6 +254,7 @@ async fn run_on(
                         _ => v_stranger += 1,
                     },
                     "join-ok" => joinoks += 1,
+                    "join-error" => v_refused += 1,
                     other => *other_events.entry(other.to_string()).or_default() += 1,
                 }
             }
@@ -259,21 +298,17 @@ async fn run_on(
             }
         }
         lat.sort_unstable();
-        let violations = v_self + v_roster + v_stranger + v_offer + v_joinok;
+        let violations = v_self + v_roster + v_stranger + v_offer + v_joinok + v_refused;
         total_violations += violations;
         let p50 = quantile(&lat, 0.5);
         let p99 = quantile(&lat, 0.99);
-        if let Some(p) = p99 {
-            p99s.push(p);
-        }
         println!(
-            "  rep {rep} (attempt {attempt}): burst emitted in {:.1} ms, all complete after {:.1} ms; join->roster p50 {} us p99 {} us max {} us; \
-             violations: self {v_self}, roster {v_roster}, stranger {v_stranger}, offer-pairs {v_offer}, join-ok {v_joinok}; incomplete {incomplete}; other events {:?}",
+            "  rep {rep} (attempt {attempt}): burst emitted in {:.1} ms, all complete after {:.1} ms, server CPU {} s; \
+             join->roster p50 {} us p99 {} us max {} us; violations: self {v_self}, roster {v_roster}, stranger {v_stranger}, \
+             offer-pairs {v_offer}, join-ok {v_joinok}, join-error {v_refused}; incomplete {incomplete}; other events {:?}",
             burst_end.duration_since(emitted_at[order[0]]).as_secs_f64() * 1e3,
-            all_done_at
-                .duration_since(emitted_at[order[0]])
-                .as_secs_f64()
-                * 1e3,
+            storm_s * 1e3,
+            crate::report::fmt(server_us.map(|us| us as f64 / 1e6), 2),
             crate::report::fmt(p50, 0),
             crate::report::fmt(p99, 0),
             lat.last().copied().unwrap_or(0),
@@ -281,10 +316,10 @@ async fn run_on(
         );
         if violations > 0 || incomplete > 0 {
             report.fail(
-                kind,
+                col,
                 format!(
                     "{sec} attempt {attempt}: {violations} invariant violations (self {v_self}, roster {v_roster}, stranger {v_stranger}, \
-                     offer-pairs {v_offer}, join-ok {v_joinok}), {incomplete} clients without a complete roster"
+                     offer-pairs {v_offer}, join-ok {v_joinok}, join-error {v_refused}), {incomplete} clients without a complete roster"
                 ),
             );
         }
@@ -303,47 +338,68 @@ async fn run_on(
         }
         rep += 1;
         all_lat.extend_from_slice(&lat);
+        p99s.extend(p99);
+        spans_ms.push(storm_s * 1e3);
+        server_cpu_s.extend(server_us.map(|us| us as f64 / 1e6));
         if !server.alive() {
-            report.fail(kind, format!("{sec}: server died: {}", server.log_tail()));
+            report.fail(col, format!("{sec}: server died: {}", server.log_tail()));
             break;
         }
     }
     all_lat.sort_unstable();
-    report.set(kind, &sec, "repetitions (measured)", Some(rep as f64), 0);
+    report.set(col, sec, "repetitions (measured)", Some(rep as f64), 0);
     report.set(
-        kind,
-        &sec,
+        col,
+        sec,
         "invariant violations (all reps)",
         Some(total_violations as f64),
         0,
     );
     report.set(
-        kind,
-        &sec,
+        col,
+        sec,
         "join->roster p50 (ms, all reps)",
         quantile(&all_lat, 0.5).map(|x| x / 1e3),
         2,
     );
     report.set(
-        kind,
-        &sec,
+        col,
+        sec,
         "join->roster p99 (ms, all reps)",
         quantile(&all_lat, 0.99).map(|x| x / 1e3),
         2,
     );
     report.set(
-        kind,
-        &sec,
+        col,
+        sec,
         "join->roster p99 (ms, worst rep)",
         p99s.iter().cloned().reduce(f64::max).map(|x| x / 1e3),
         2,
     );
     report.set(
-        kind,
-        &sec,
+        col,
+        sec,
         "join->roster max (ms)",
         all_lat.last().map(|&x| x as f64 / 1e3),
         2,
     );
+    report.set(
+        col,
+        sec,
+        "storm duration (ms, mean of reps)",
+        mean(&spans_ms),
+        0,
+    );
+    report.set(
+        col,
+        sec,
+        "server CPU in the storm (s, mean of reps)",
+        mean(&server_cpu_s),
+        2,
+    );
     Ok(())
+}
+
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
