@@ -88,8 +88,12 @@ pub async fn connect_one(
 }
 
 /// The peer an event is about: the `id` (user-connected, ...) or `source` (relayed
-/// messages) in its payload.
+/// messages) in its payload. Our server's `session` greeting names the client itself, by
+/// design, so it is about no other peer.
 pub fn peer_of(ev: &sioclient::Event) -> Option<&str> {
+    if ev.name == "session" {
+        return None;
+    }
     ev.data["id"]
         .as_str()
         .or_else(|| ev.data["source"].as_str())
