@@ -26,8 +26,8 @@ pub fn peer_key(peer: &PeerId) -> String {
     format!("s:{peer}")
 }
 
-/// A session that kept more than its bounds while away, and the connection generation it
-/// overflowed in: it can no longer be recovered, so it is given up at once.
+/// A session that lost, to its bounds, an event sent while it was away, and the connection
+/// generation that happened in: it can no longer be recovered, so it is given up at once.
 pub type Overflow = (Arc<Session>, u64);
 
 pub struct Delivery<A: Adapter> {
@@ -82,10 +82,6 @@ impl<A: Adapter> Delivery<A> {
         self.sessions.iter().map(|s| Arc::clone(&s)).collect()
     }
 
-    pub fn keep_limits(&self) -> KeepLimits {
-        self.keep
-    }
-
     /// Sends to one session of this node.
     pub fn send<T: Serialize + ?Sized>(
         &self,
@@ -107,16 +103,18 @@ impl<A: Adapter> Delivery<A> {
         let within = link
             .outbox
             .push(event, Arc::clone(data), Instant::now(), self.keep);
-        match link.socket {
-            Some(sid) => {
-                if let Some(socket) = self.io.get_socket(sid) {
-                    write(&socket, event, &**data);
-                }
+        if let Some(sid) = link.socket {
+            if let Some(socket) = self.io.get_socket(sid) {
+                write(&socket, event, &**data);
             }
-            None if !within => {
-                let _ = self.overflow.send((Arc::clone(session), link.generation));
-            }
-            None => {}
+        } else if !within
+            && !link.given_up
+            && link
+                .away_from
+                .is_some_and(|seq| link.outbox.lost_after(seq))
+        {
+            link.given_up = true;
+            let _ = self.overflow.send((Arc::clone(session), link.generation));
         }
     }
 
@@ -182,7 +180,12 @@ impl<A: Adapter> Delivery<A> {
         recovered: bool,
     ) -> bool {
         let mut link = session.link();
-        let Some(missed) = link.outbox.after(received).filter(|_| !link.ended) else {
+        // A socket that closed meanwhile must not become the session's: its disconnect has
+        // been, or is being, handled without it.
+        if link.ended || !socket.connected() {
+            return false;
+        }
+        let Some(missed) = link.outbox.after(received) else {
             return false;
         };
         let greeting = out::SessionGreeting {
@@ -195,6 +198,7 @@ impl<A: Adapter> Delivery<A> {
             write(socket, kept.event, &*kept.data);
         }
         link.socket = Some(socket.id);
+        link.away_from = None;
         true
     }
 }

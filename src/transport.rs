@@ -93,6 +93,10 @@ impl<A: Adapter> MessageHandler<A, InOrder> for Dispatcher<A> {
         let hub = Arc::clone(&self.hub);
         let session = Arc::clone(&self.session);
         let queued = self.session.run_in_order(async move {
+            // Events still in flight when the session ended belong to nobody.
+            if session.link().ended {
+                return;
+            }
             let Some(text) = value.as_str() else { return };
             let Some(frame) = Frame::parse(text) else {
                 return hub.delivery.refuse(&session, "", Refusal::InvalidPayload);

@@ -115,12 +115,16 @@ async fn a_credential_opens_only_its_own_session_and_only_once() {
         "a new credential each time"
     );
 
-    // A count beyond what was sent cannot be replayed from.
+    alice.assert_nothing_before_probe(&bob).await;
+
+    // The owner back with a count that cannot be replayed from (beyond what was sent) gets a
+    // fresh session, and the old one ends at once rather than linger as a silent duplicate.
     let beyond =
         json!({ "token": server.token("bob"), "resume": bob.session["resume"], "received": 1000 });
     let beyond = server.client_with_auth(beyond).await;
     assert_eq!(beyond.session["recovered"], json!(false));
-    alice.assert_nothing_before_probe(&bob).await;
+    assert_eq!(departure_heard(&mut alice).await, json!(bob.id()));
+    bob.expect_closed().await;
 }
 
 #[tokio::test]
@@ -224,4 +228,24 @@ async fn in_cluster_mode_a_drop_is_announced_at_once() {
     let mut bob = bob;
     bob.reconnect(&b, &b.token("bob")).await;
     assert_eq!(bob.session["recovered"], json!(false));
+}
+
+/// A busy session keeps only its last 256 events; losing older ones to the bound while it is
+/// away does not make it unrecoverable, as long as its client received them.
+#[tokio::test]
+async fn a_busy_session_that_drops_is_still_recoverable() {
+    let server = server(None).await;
+    let (alice, mut bob) = support::pair(&server, &server, "call").await;
+    let bob_id = bob.id().to_string();
+    for n in 0..300 {
+        alice.relay(&bob_id, json!({ "n": n }));
+    }
+    expect_relays(&mut bob, &alice, 0..300).await;
+    drop_connection(&server, &bob).await;
+    for n in 300..305 {
+        alice.relay(&bob_id, json!({ "n": n }));
+    }
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(true));
+    expect_relays(&mut bob, &alice, 300..305).await;
 }

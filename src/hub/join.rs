@@ -23,6 +23,14 @@ use crate::store::{Expect, JoinOutcome, Member, RoomView};
 /// Looks a join may take when other nodes keep changing the room's lock under it.
 const LOCK_ATTEMPTS: usize = 3;
 
+/// Whether a look at an empty room seals it with the password (a join) or not (a check,
+/// which changes nothing and must not pay for a hash it would throw away).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sealing {
+    Seal,
+    Skip,
+}
+
 /// How a join or a check went before the join proper.
 enum Found {
     /// The socket is already a member: nothing to do.
@@ -52,7 +60,8 @@ impl<A: Adapter> Hub<A> {
         let mut attempts = 0;
         let existing = loop {
             attempts += 1;
-            let expect = match self.look(session, room, request.password.as_ref()).await {
+            let password = request.password.as_ref();
+            let expect = match self.look(session, room, password, Sealing::Seal).await {
                 Ok(Found::MayJoin(expect)) => expect,
                 Ok(Found::Member) => return self.rejoined(session, room),
                 Err(refusal) => return self.delivery.refuse_join(session, Some(room), refusal),
@@ -155,7 +164,8 @@ impl<A: Adapter> Hub<A> {
             return;
         };
         let room = request.room_id.as_str();
-        let password_required = match self.look(session, room, request.password.as_ref()).await {
+        let password = request.password.as_ref();
+        let password_required = match self.look(session, room, password, Sealing::Skip).await {
             // A member's own room: whether it is locked is all there is to say.
             Ok(Found::Member) => self.is_locked(room, session).await,
             Ok(Found::MayJoin(expect)) => Ok(matches!(expect, Expect::Locked(_))),
@@ -197,6 +207,7 @@ impl<A: Adapter> Hub<A> {
         session: &Session,
         room: &str,
         password: Option<&Password>,
+        sealing: Sealing,
     ) -> Result<Found, Refusal> {
         let view = self.peek(room, session).await?;
         if view.is_member {
@@ -206,7 +217,7 @@ impl<A: Adapter> Hub<A> {
             return Err(Refusal::RoomFull);
         }
         if view.members == 0 {
-            let seal = match password {
+            let seal = match password.filter(|_| sealing == Sealing::Seal) {
                 Some(password) => Some(RoomLock::seal(password).await.map_err(|e| {
                     tracing::error!(room, cause = %e, "could not hash a room password");
                     Refusal::Unavailable

@@ -37,6 +37,9 @@ impl Resume {
     }
 }
 
+/// How long a socket admitted by the middleware may go without its greeting.
+const GREETING_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A socket admitted by the middleware and not yet greeted by the connect handler.
 pub(crate) struct Pending {
     session: Arc<Session>,
@@ -76,9 +79,12 @@ impl<A: Adapter> Hub<A> {
         session
     }
 
-    /// Holds the session's events back until `sid` has been greeted.
+    /// Holds the session's events back until `sid` has been greeted. If socketioxide drops
+    /// the connection before answering its CONNECT, neither the connect nor the disconnect
+    /// handler runs: after [`GREETING_DEADLINE`] a fresh session nobody heard of is ended (a
+    /// recovered one stays away for its window).
     fn await_greeting(
-        &self,
+        self: &Arc<Self>,
         sid: Sid,
         session: &Arc<Session>,
         credential: Credential,
@@ -86,8 +92,18 @@ impl<A: Adapter> Hub<A> {
         recovered: bool,
     ) {
         let (greeted, greeting) = tokio::sync::oneshot::channel();
+        let (hub, job_session) = (Arc::clone(self), Arc::clone(session));
         session.run_always(async move {
-            let _ = greeting.await;
+            if tokio::time::timeout(GREETING_DEADLINE, greeting)
+                .await
+                .is_err()
+                && hub
+                    .pending
+                    .remove(&sid)
+                    .is_some_and(|(_, pending)| !pending.recovered)
+            {
+                hub.end(&job_session, None);
+            }
         });
         let pending = Pending {
             session: Arc::clone(session),
@@ -117,29 +133,45 @@ impl<A: Adapter> Hub<A> {
         let (credential, digest) = Credential::issue(&session.peer);
         let (generation, replaced) = {
             let mut link = session.link();
-            let usable = !link.ended
-                && link.credential.matches(&resume.presented.digest)
-                && link.outbox.after(resume.received).is_some();
-            if !usable {
+            if link.ended || !link.credential.matches(&resume.presented.digest) {
+                return None;
+            }
+            if link.outbox.after(resume.received).is_none() {
+                // Its owner is back but cannot be caught up: end the old session now instead
+                // of leaving a silent duplicate of the peer in its rooms for the window.
+                let old = link.socket.take();
+                drop(link);
+                self.close(old);
+                self.end(&session, None);
                 return None;
             }
             link.credential = digest;
             link.generation += 1;
+            let last = link.outbox.last();
+            link.away_from.get_or_insert(last);
             (link.generation, link.socket.take())
         };
         // Should this socket never be greeted, the session still ends when the window runs out.
         self.keep_away(&session, generation, window);
         self.await_greeting(sid, &session, credential, resume.received, true);
-        if let Some(old) = replaced.and_then(|old| self.delivery.io().get_socket(old)) {
-            tracing::info!(peer = %session.peer, old = %old.id, new = %sid, "session taken over");
-            let _ = old.disconnect();
+        if let Some(old) = replaced {
+            tracing::info!(peer = %session.peer, %old, new = %sid, "session taken over");
+            self.close(Some(old));
         }
         tracing::debug!(peer = %session.peer, received = resume.received, "session recovered");
         Some(session)
     }
 
+    /// Closes a socket of this node that no longer serves its session (nothing is announced:
+    /// its disconnect finds the session's link pointing elsewhere).
+    fn close(&self, socket: Option<Sid>) {
+        if let Some(socket) = socket.and_then(|sid| self.delivery.io().get_socket(sid)) {
+            let _ = socket.disconnect();
+        }
+    }
+
     /// The connect handler: `session` is the first event of every connection.
-    pub(crate) fn greet(&self, socket: &SocketRef<A>) {
+    pub(crate) fn greet(self: &Arc<Self>, socket: &SocketRef<A>) {
         let Some((_, pending)) = self.pending.remove(&socket.id) else {
             return;
         };
@@ -152,7 +184,12 @@ impl<A: Adapter> Hub<A> {
         );
         let _ = pending.greeted.send(());
         if !greeted {
-            // The session ended in the meantime: the client reconnects to a fresh one.
+            // The session ended, or the socket closed, in the meantime: the client reconnects
+            // to a fresh session. A fresh session nobody heard of ends with it; a recovered one
+            // stays away for its window.
+            if !pending.recovered {
+                self.end(&pending.session, None);
+            }
             let _ = socket.clone().disconnect();
         }
     }
@@ -166,6 +203,11 @@ impl<A: Adapter> Hub<A> {
         reason: DisconnectReason,
     ) {
         let never_greeted = self.pending.remove(&sid);
+        let dropped = matches!(
+            reason,
+            DisconnectReason::TransportError | DisconnectReason::HeartbeatTimeout
+        );
+        let window = self.limits.recovery_window.filter(|_| dropped);
         let generation = {
             let mut link = session.link();
             if link.socket != Some(sid) {
@@ -179,18 +221,22 @@ impl<A: Adapter> Hub<A> {
             }
             link.socket = None;
             link.generation += 1;
+            if window.is_some() {
+                let last = link.outbox.last();
+                link.away_from = Some(last);
+            } else {
+                // Leaving on purpose: spoil the credential, so no resume slips in before the
+                // end runs.
+                link.credential = Credential::issue(&session.peer).1;
+            }
             link.generation
         };
-        let dropped = matches!(
-            reason,
-            DisconnectReason::TransportError | DisconnectReason::HeartbeatTimeout
-        );
-        match self.limits.recovery_window {
-            Some(window) if dropped => {
+        match window {
+            Some(window) => {
                 tracing::debug!(peer = %session.peer, %reason, "connection dropped; session kept");
                 self.keep_away(session, generation, window);
             }
-            _ => self.end(session, Some(generation)),
+            None => self.end(session, Some(generation)),
         }
     }
 

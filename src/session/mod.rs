@@ -43,9 +43,14 @@ pub struct Link {
     /// Proves a reconnecting client owns the session; replaced at every (re)connect.
     pub credential: CredentialDigest,
     pub outbox: Outbox,
-    /// Bumped whenever the socket changes, so a pending give-up from an earlier drop can tell
-    /// it is stale.
+    /// Bumped whenever the session loses its socket or is taken up again, so a pending
+    /// give-up from an earlier drop can tell it is stale.
     pub generation: u64,
+    /// While away: the number of the last event sent before the drop. Only losing an event
+    /// sent after it makes the session unrecoverable.
+    pub away_from: Option<u64>,
+    /// The session was found unrecoverable and its end is queued.
+    pub given_up: bool,
     /// The session is over (left, or given up); it can no longer be taken up again.
     pub ended: bool,
 }
@@ -76,6 +81,8 @@ impl Session {
                 credential,
                 outbox: Outbox::default(),
                 generation: 0,
+                away_from: None,
+                given_up: false,
                 ended: false,
             }),
             serial: Arc::new(Serial::default()),

@@ -94,7 +94,18 @@ impl Outbox {
             .then(|| self.kept.iter().filter(move |k| k.seq > received))
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Number of the last event sent.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Whether an event numbered after `seq` has been pushed out by the bounds.
+    pub fn lost_after(&self, seq: u64) -> bool {
+        self.dropped_through > seq
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.kept.is_empty()
     }
 }
