@@ -47,6 +47,12 @@ impl FixedWindow {
         }
     }
 
+    /// Takes back one counted attempt (one that turned out not to count, such as a right
+    /// password).
+    pub fn forgive(&mut self) {
+        self.count = self.count.saturating_sub(1);
+    }
+
     /// Whether the window has closed, so the counter can be forgotten.
     pub fn expired(&self, now: Instant, limit: WindowLimit) -> bool {
         self.opened

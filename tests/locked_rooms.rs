@@ -76,6 +76,7 @@ macro_rules! single_and_cluster {
 
 single_and_cluster!(
     a_password_locks_a_room_until_it_empties,
+    parallel_guessers_share_the_room_limit,
     simultaneous_first_joins_agree_on_one_password,
     wrong_passwords_are_limited_per_socket_and_per_room,
     chat_reaches_the_other_members_only,
@@ -288,6 +289,34 @@ async fn wrong_passwords_are_limited_per_socket_and_per_room(mode: Mode) {
     tokio::time::sleep(Duration::from_millis(wait + 50)).await; // the limit is a span of time
     join(&newcomer, "vault", Some("pw-vault"));
     newcomer.until("join-ok").await;
+}
+
+/// Guesses sent at the same instant from many sockets (on both nodes) are counted before they
+/// are checked: exactly the room's allowance is tried, the rest wait.
+async fn parallel_guessers_share_the_room_limit(mode: Mode) {
+    let s = Setup::new(mode, &[("WRONG_PASSWORDS_PER_ROOM", "4")]).await;
+    let _alice = first_in(s.a(), "alice", "vault", "pw-vault").await;
+    let mut guessers = Vec::new();
+    for i in 0..10 {
+        let server = if i % 2 == 0 { s.a() } else { s.b() };
+        guessers.push(server.client_named(format!("guesser-{i}")).await);
+    }
+    for (i, guesser) in guessers.iter().enumerate() {
+        check(guesser, "vault", Some(&format!("pw-guess-{i}")));
+    }
+    let mut reasons = Vec::new();
+    for guesser in &mut guessers {
+        reasons.push(guesser.expect("join-error").await["reason"].clone());
+    }
+    let tried = reasons
+        .iter()
+        .filter(|r| **r == json!("wrong-password"))
+        .count();
+    let waited = reasons
+        .iter()
+        .filter(|r| **r == json!("rate-limited"))
+        .count();
+    assert_eq!((tried, waited), (4, 6), "{reasons:?}");
 }
 
 async fn chat_reaches_the_other_members_only(mode: Mode) {

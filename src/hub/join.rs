@@ -190,13 +190,10 @@ impl<A: Adapter> Hub<A> {
     }
 
     async fn peek(&self, room: &str, session: &Session) -> Result<RoomView, Refusal> {
-        self.rooms
-            .peek(room, &session.peer, self.limits.guesses.per_room)
-            .await
-            .map_err(|e| {
-                tracing::error!(room, cause = %e, "room state unavailable");
-                Refusal::Unavailable
-            })
+        self.rooms.peek(room, &session.peer).await.map_err(|e| {
+            tracing::error!(room, cause = %e, "room state unavailable");
+            Refusal::Unavailable
+        })
     }
 
     /// Looks at the room and decides whether `session` may join it with `password`: the
@@ -233,22 +230,32 @@ impl<A: Adapter> Hub<A> {
             return Err(Refusal::PasswordRequired);
         };
         let limits = self.limits.guesses;
-        let blocked = [
-            session.guesses_blocked_for(limits.per_socket),
-            view.guesses_blocked_for,
-        ];
-        if let Some(wait) = blocked.into_iter().flatten().max() {
+        // The session's own attempts run one at a time (its queue), so a check suffices; the
+        // room's come from everywhere at once, so each is counted before it is checked.
+        let socket_wait = session.guesses_blocked_for(limits.per_socket);
+        let room_wait = match socket_wait {
+            Some(_) => None,
+            None => self
+                .rooms
+                .take_guess(room, limits.per_room)
+                .await
+                .map_err(|e| {
+                    tracing::error!(room, cause = %e, "room state unavailable");
+                    Refusal::Unavailable
+                })?,
+        };
+        if let Some(wait) = socket_wait.or(room_wait) {
             return Err(Refusal::RateLimited {
                 retry_after_ms: retry_after_ms(wait),
             });
         }
         if lock.opens(password).await {
+            if let Err(e) = self.rooms.forgive_guess(room).await {
+                tracing::warn!(room, cause = %e, "a right password stays counted against the room");
+            }
             return Ok(Found::MayJoin(Expect::Locked(lock)));
         }
         session.record_wrong_guess(limits.per_socket);
-        if let Err(e) = self.rooms.record_wrong_guess(room, limits.per_room).await {
-            tracing::error!(room, cause = %e, "wrong password not counted against the room");
-        }
         tracing::info!(peer = %session.peer, user = %session.identity.user_id, room, "wrong room password");
         Err(Refusal::WrongPassword)
     }

@@ -5,7 +5,7 @@
 //! nothing behind. Wrong-password counters live in a second map and are swept once they
 //! outnumber [`GUESS_SWEEP_AT`], so a flood of guesses cannot grow it without bound.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -34,23 +34,17 @@ pub struct MemoryRooms {
 }
 
 impl MemoryRooms {
-    pub fn peek(&self, room: &str, peer: &PeerId, guesses: WindowLimit) -> RoomView {
-        let guesses_blocked_for = self
-            .guesses
-            .get(room)
-            .and_then(|window| window.blocked_for(Instant::now(), guesses));
+    pub fn peek(&self, room: &str, peer: &PeerId) -> RoomView {
         match self.rooms.get(room) {
             Some(found) => RoomView {
                 members: found.members.len(),
                 is_member: found.members.iter().any(|m| m.peer == *peer),
                 lock: found.lock.clone(),
-                guesses_blocked_for,
             },
             None => RoomView {
                 members: 0,
                 is_member: false,
                 lock: None,
-                guesses_blocked_for,
             },
         }
     }
@@ -94,16 +88,24 @@ impl MemoryRooms {
         }
     }
 
-    pub fn record_wrong_guess(&self, room: &str, guesses: WindowLimit) {
+    pub fn take_guess(&self, room: &str, guesses: WindowLimit) -> Option<Duration> {
         let now = Instant::now();
         if self.guesses.len() >= GUESS_SWEEP_AT {
             self.guesses
                 .retain(|_, window| !window.expired(now, guesses));
         }
-        self.guesses
-            .entry(room.to_string())
-            .or_default()
-            .record(now, guesses);
+        let mut window = self.guesses.entry(room.to_string()).or_default();
+        let blocked = window.blocked_for(now, guesses);
+        if blocked.is_none() {
+            window.record(now, guesses);
+        }
+        blocked
+    }
+
+    pub fn forgive_guess(&self, room: &str) {
+        if let Some(mut window) = self.guesses.get_mut(room) {
+            window.forgive();
+        }
     }
 
     /// Removes `sid` from the room; returns the members who remain, or `None` if it was not
@@ -196,11 +198,7 @@ mod tests {
     #[tokio::test]
     async fn a_lock_is_checked_in_the_join_and_gone_with_the_room() {
         let rooms = MemoryRooms::default();
-        let limit = WindowLimit {
-            limit: 5,
-            window: std::time::Duration::from_secs(60),
-        };
-        let view = |peer: &PeerId| rooms.peek("r", peer, limit);
+        let view = |peer: &PeerId| rooms.peek("r", peer);
         let seal = Expect::Empty {
             seal: Some(lock("pw-1").await),
         };
@@ -253,22 +251,22 @@ mod tests {
     }
 
     #[test]
-    fn wrong_guesses_block_the_room_until_the_window_closes() {
+    fn guesses_are_counted_before_they_are_checked() {
         let rooms = MemoryRooms::default();
         let limit = WindowLimit {
             limit: 2,
-            window: std::time::Duration::from_secs(60),
+            window: Duration::from_secs(60),
         };
-        let peer = PeerId::parse("p").expect("valid");
-        rooms.record_wrong_guess("r", limit);
-        assert!(rooms.peek("r", &peer, limit).guesses_blocked_for.is_none());
-        rooms.record_wrong_guess("r", limit);
-        assert!(rooms.peek("r", &peer, limit).guesses_blocked_for.is_some());
-        assert!(
-            rooms
-                .peek("other", &peer, limit)
-                .guesses_blocked_for
-                .is_none()
+        assert_eq!(rooms.take_guess("r", limit), None);
+        assert_eq!(rooms.take_guess("r", limit), None);
+        assert!(rooms.take_guess("r", limit).is_some(), "the third waits");
+        rooms.forgive_guess("r");
+        assert_eq!(
+            rooms.take_guess("r", limit),
+            None,
+            "a right one is given back"
         );
+        assert!(rooms.take_guess("r", limit).is_some());
+        assert_eq!(rooms.take_guess("other", limit), None);
     }
 }

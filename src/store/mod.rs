@@ -46,8 +46,6 @@ pub struct RoomView {
     pub is_member: bool,
     /// The room's lock; always `None` for an empty room.
     pub lock: Option<RoomLock>,
-    /// The room has had too many wrong passwords: how long until it takes guesses again.
-    pub guesses_blocked_for: Option<std::time::Duration>,
 }
 
 /// The lock a joiner got past, checked again in the same atomic step as the join.
@@ -90,15 +88,10 @@ impl std::fmt::Display for StoreError {
 
 impl RoomStore {
     /// The room as `peer` would find it joining now.
-    pub async fn peek(
-        &self,
-        room: &str,
-        peer: &PeerId,
-        guesses: WindowLimit,
-    ) -> Result<RoomView, StoreError> {
+    pub async fn peek(&self, room: &str, peer: &PeerId) -> Result<RoomView, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.peek(room, peer, guesses)),
-            RoomStore::Redis(rooms) => rooms.peek(room, peer, guesses).await,
+            RoomStore::Memory(rooms) => Ok(rooms.peek(room, peer)),
+            RoomStore::Redis(rooms) => rooms.peek(room, peer).await,
         }
     }
 
@@ -125,18 +118,28 @@ impl RoomStore {
         }
     }
 
-    /// Counts a wrong password against the room.
-    pub async fn record_wrong_guess(
+    /// Counts a password attempt against the room before it is checked, so parallel guessers
+    /// cannot all slip under the limit; `Some(wait)` (and nothing counted) if the room has had
+    /// its fill for this window.
+    pub async fn take_guess(
         &self,
         room: &str,
         guesses: WindowLimit,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.take_guess(room, guesses)),
+            RoomStore::Redis(rooms) => rooms.take_guess(room, guesses).await,
+        }
+    }
+
+    /// Takes back an attempt counted by [`RoomStore::take_guess`] that was right.
+    pub async fn forgive_guess(&self, room: &str) -> Result<(), StoreError> {
         match self {
             RoomStore::Memory(rooms) => {
-                rooms.record_wrong_guess(room, guesses);
+                rooms.forgive_guess(room);
                 Ok(())
             }
-            RoomStore::Redis(rooms) => rooms.record_wrong_guess(room, guesses).await,
+            RoomStore::Redis(rooms) => rooms.forgive_guess(room).await,
         }
     }
 

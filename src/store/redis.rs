@@ -8,7 +8,8 @@
 //! - `rtcio:media:{room}`  hash peer -> "mic,cam" (0/1)
 //! - `rtcio:lock:{room}`   the room's password seal (an argon2id PHC string), while it has
 //!   members; set by the join that fills the empty room, deleted by the leave that empties it
-//! - `rtcio:guesses:{room}` wrong passwords in the current window, expiring with the window
+//! - `rtcio:guesses:{room}` password attempts counted in the current window (a right one is
+//!   given back), expiring with the window
 //! - `rtcio:node:{id}:members` set of "room\npeer" this node's peers hold
 //! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
@@ -36,16 +37,13 @@ pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// How often a node refreshes its heartbeat and looks for dead nodes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
-/// The room as a joiner finds it: member count, membership, lock, wrong guesses and the time
-/// left in their window.
+/// The room as a joiner finds it: member count, membership and lock.
 const PEEK: &str = r#"
-local room, lock, guesses = KEYS[1], KEYS[2], KEYS[3]
+local room, lock = KEYS[1], KEYS[2]
 return {
   redis.call('HLEN', room),
   redis.call('HEXISTS', room, ARGV[1]),
   redis.call('GET', lock) or '',
-  tonumber(redis.call('GET', guesses) or '0'),
-  redis.call('PTTL', guesses),
 }
 "#;
 
@@ -88,11 +86,19 @@ if #remaining == 0 then redis.call('DEL', lock) end
 return {1, remaining}
 "#;
 
-/// Counts a wrong password; the first one of a window starts its expiry.
-const WRONG_GUESS: &str = r#"
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return count
+/// Counts a password attempt unless the room has had its fill (ARGV[1]) for the window: then
+/// returns the milliseconds left. The first attempt of a window starts its expiry (ARGV[2]).
+const TAKE_GUESS: &str = r#"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then return math.max(redis.call('PTTL', KEYS[1]), 1) end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
+/// Takes back an attempt that was right.
+const FORGIVE_GUESS: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 0
 "#;
 
 const SET_MEDIA: &str = r#"
@@ -153,7 +159,8 @@ pub struct RedisRooms {
     peek: Script,
     join: Script,
     leave: Script,
-    wrong_guess: Script,
+    take_guess: Script,
+    forgive_guess: Script,
     set_media: Script,
     shares_room: Script,
     reap: Script,
@@ -239,7 +246,8 @@ impl RedisRooms {
             peek: Script::new(PEEK),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
-            wrong_guess: Script::new(WRONG_GUESS),
+            take_guess: Script::new(TAKE_GUESS),
+            forgive_guess: Script::new(FORGIVE_GUESS),
             set_media: Script::new(SET_MEDIA),
             shares_room: Script::new(SHARES_ROOM),
             reap: Script::new(REAP),
@@ -252,39 +260,41 @@ impl RedisRooms {
         &self.node
     }
 
-    pub async fn peek(
-        &self,
-        room: &str,
-        peer: &PeerId,
-        guesses: WindowLimit,
-    ) -> Result<RoomView, StoreError> {
-        let (members, is_member, lock, wrong, ttl_ms): (usize, bool, String, u32, i64) = self
+    pub async fn peek(&self, room: &str, peer: &PeerId) -> Result<RoomView, StoreError> {
+        let (members, is_member, lock): (usize, bool, String) = self
             .peek
             .key(room_key(room))
             .key(lock_key(room))
-            .key(guesses_key(room))
             .arg(peer.as_str())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        let guesses_blocked_for = (wrong >= guesses.limit && ttl_ms > 0)
-            .then(|| Duration::from_millis(ttl_ms.unsigned_abs()));
         Ok(RoomView {
             members,
             is_member,
             lock: RoomLock::from_stored(&lock),
-            guesses_blocked_for,
         })
     }
 
-    pub async fn record_wrong_guess(
+    pub async fn take_guess(
         &self,
         room: &str,
         guesses: WindowLimit,
-    ) -> Result<(), StoreError> {
-        self.wrong_guess
+    ) -> Result<Option<Duration>, StoreError> {
+        let wait_ms: u64 = self
+            .take_guess
             .key(guesses_key(room))
+            .arg(guesses.limit)
             .arg(guesses.window.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+
+    pub async fn forgive_guess(&self, room: &str) -> Result<(), StoreError> {
+        self.forgive_guess
+            .key(guesses_key(room))
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map(drop)
