@@ -37,6 +37,9 @@ pub struct Delivery<A: Adapter> {
     /// The sessions of this node, connected or away.
     sessions: DashMap<PeerId, Arc<Session>>,
     keep: KeepLimits,
+    /// Sessions can be recovered, so connected ones keep what they are sent. Without recovery
+    /// only a session not yet greeted keeps anything (to replay it after the greeting).
+    recoverable: bool,
     overflow: mpsc::UnboundedSender<Overflow>,
 }
 
@@ -45,6 +48,7 @@ impl<A: Adapter> Delivery<A> {
         io: SocketIo<A>,
         shared: bool,
         keep: KeepLimits,
+        recoverable: bool,
         overflow: mpsc::UnboundedSender<Overflow>,
     ) -> Delivery<A> {
         Delivery {
@@ -52,6 +56,7 @@ impl<A: Adapter> Delivery<A> {
             shared,
             sessions: DashMap::new(),
             keep,
+            recoverable,
             overflow,
         }
     }
@@ -98,6 +103,12 @@ impl<A: Adapter> Delivery<A> {
     fn deliver(&self, session: &Arc<Session>, event: &'static str, data: &Arc<RawValue>) {
         let mut link = session.link();
         if link.ended {
+            return;
+        }
+        if let (Some(sid), false) = (link.socket, self.recoverable) {
+            if let Some(socket) = self.io.get_socket(sid) {
+                write(&socket, event, &**data);
+            }
             return;
         }
         let within = link

@@ -72,7 +72,8 @@ impl<A: Adapter> Hub<A> {
         limits: Limits,
     ) -> Arc<Self> {
         let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
-        let delivery = Delivery::new(io, rooms.is_shared(), limits.keep, overflow_tx);
+        let recoverable = limits.recovery_window.is_some();
+        let delivery = Delivery::new(io, rooms.is_shared(), limits.keep, recoverable, overflow_tx);
         let hub = Arc::new(Hub {
             rooms,
             turns: RoomTurns::default(),
