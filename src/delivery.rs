@@ -1,9 +1,10 @@
 //! The one path every event to a client takes. An event for a peer on this node goes into
 //! its session: numbered, kept for replay, and written to the socket serving it, if any (an
-//! away session only keeps it). In cluster mode an event for a peer on another node goes
-//! through the adapter to the socket room of that peer. Only the `session` greeting itself
-//! bypasses the numbering, as the protocol says.
+//! away session only keeps it). In cluster mode an event for a peer on another node is posted
+//! to that node's inbox (`cluster::inbox`), which delivers it the same way. Only the `session`
+//! greeting itself bypasses the numbering, as the protocol says.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,16 +16,12 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 
-use crate::ids::{Credential, PeerId};
+use crate::cluster::inbox::{self, Letter, Postbox};
+use crate::ids::{Credential, NodeId, PeerId};
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::Session;
 use crate::session::outbox::KeepLimits;
-
-/// The adapter room a peer's socket sits in alone, so an event for the peer reaches it from
-/// any node.
-pub fn peer_key(peer: &PeerId) -> String {
-    format!("s:{peer}")
-}
+use crate::store::Recipient;
 
 /// A session that lost, to its bounds, an event sent while it was away, and the connection
 /// generation that happened in: it can no longer be recovered, so it is given up at once.
@@ -32,8 +29,8 @@ pub type Overflow = (Arc<Session>, u64);
 
 pub struct Delivery<A: Adapter> {
     io: SocketIo<A>,
-    /// Other nodes may hold the peers we address (cluster mode).
-    shared: bool,
+    /// How events reach peers on other nodes (cluster mode).
+    postbox: Option<Postbox>,
     /// The sessions of this node, connected or away.
     sessions: DashMap<PeerId, Arc<Session>>,
     keep: KeepLimits,
@@ -46,14 +43,14 @@ pub struct Delivery<A: Adapter> {
 impl<A: Adapter> Delivery<A> {
     pub fn new(
         io: SocketIo<A>,
-        shared: bool,
+        postbox: Option<Postbox>,
         keep: KeepLimits,
         recoverable: bool,
         overflow: mpsc::UnboundedSender<Overflow>,
     ) -> Delivery<A> {
         Delivery {
             io,
-            shared,
+            postbox,
             sessions: DashMap::new(),
             keep,
             recoverable,
@@ -63,10 +60,6 @@ impl<A: Adapter> Delivery<A> {
 
     pub fn io(&self) -> &SocketIo<A> {
         &self.io
-    }
-
-    pub fn is_shared(&self) -> bool {
-        self.shared
     }
 
     pub fn register(&self, session: Arc<Session>) {
@@ -130,29 +123,51 @@ impl<A: Adapter> Delivery<A> {
     }
 
     /// Sends to exactly these peers, wherever they are: into their sessions on this node, and
-    /// (cluster mode) through the adapter to the rest.
+    /// (cluster mode) one letter to each other node that serves some of them.
     pub async fn send_to<T: Serialize + ?Sized>(
         &self,
-        peers: &[PeerId],
+        recipients: &[Recipient],
         event: &'static str,
         data: &T,
     ) {
         let Some(raw) = serialize(event, data) else {
             return;
         };
-        let mut remote = Vec::new();
-        for peer in peers {
-            match self.session(peer) {
-                Some(session) => self.deliver(&session, event, &raw),
-                None if self.shared => remote.push(peer_key(peer)),
-                None => {} // gone from this single node: nobody to tell
+        let mut elsewhere: HashMap<&NodeId, Vec<&PeerId>> = HashMap::new();
+        for recipient in recipients {
+            match &recipient.node {
+                None => self.deliver_here(&recipient.peer, event, &raw),
+                Some(node) => elsewhere.entry(node).or_default().push(&recipient.peer),
             }
         }
-        if remote.is_empty() {
+        if elsewhere.is_empty() {
             return;
         }
-        if let Err(e) = self.io.to(remote).emit(event, &*raw).await {
+        let Some(postbox) = &self.postbox else {
+            return tracing::error!(event, "peers on other nodes, but no cluster to reach them");
+        };
+        let body = inbox::body(event, &raw);
+        let letters = elsewhere
+            .into_iter()
+            .map(|(node, peers)| (node.clone(), inbox::letter(&peers, &body)))
+            .collect();
+        if let Err(e) = postbox.post(letters).await {
             tracing::warn!(event, cause = %e, "cross-node delivery failed");
+        }
+    }
+
+    /// Sends an event already serialized to a peer whose session is on this node, if it still
+    /// has one (a session that ended has nobody left to tell).
+    pub fn deliver_here(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) {
+        if let Some(session) = self.session(peer) {
+            self.deliver(&session, event, data);
+        }
+    }
+
+    /// Delivers a letter another node posted to this one.
+    pub fn deliver_letter(&self, letter: Letter) {
+        for peer in &letter.peers {
+            self.deliver_here(peer, letter.event, &letter.data);
         }
     }
 
@@ -214,7 +229,8 @@ impl<A: Adapter> Delivery<A> {
     }
 }
 
-fn serialize<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Arc<RawValue>> {
+/// An event's payload as JSON, once for however many recipients.
+pub fn serialize<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Arc<RawValue>> {
     match serde_json::value::to_raw_value(data) {
         Ok(raw) => Some(Arc::from(raw)),
         Err(e) => {

@@ -55,6 +55,42 @@ impl std::fmt::Debug for PeerId {
     }
 }
 
+/// A node of a cluster: its inbox channel and its entries in Redis are named after it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NodeId(Arc<str>);
+
+/// Random bytes in a node id: enough that nodes started at once never share one.
+const NODE_ID_BYTES: usize = 8;
+
+impl NodeId {
+    pub fn random() -> NodeId {
+        NodeId(crate::auth::random_hex(NODE_ID_BYTES).into())
+    }
+
+    /// A node id as Redis spells it (this server's own ids are lowercase hex).
+    pub fn parse(text: &str) -> Option<NodeId> {
+        let valid = (1..=NODE_ID_BYTES * 2).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_hexdigit());
+        valid.then(|| NodeId(text.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
 /// Random bytes in a resume secret: 256 bits.
 const SECRET_BYTES: usize = 32;
 
@@ -136,6 +172,15 @@ mod tests {
         assert!(PeerId::parse("é").is_none());
         let sid = Sid::new();
         assert_eq!(PeerId::of_socket(sid).as_str(), sid.to_string());
+    }
+
+    #[test]
+    fn node_ids_are_short_hex() {
+        let node = NodeId::random();
+        assert_eq!(NodeId::parse(node.as_str()), Some(node));
+        for bad in ["", "xyz", "0123456789abcdef0", "ab|cd"] {
+            assert!(NodeId::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,11 +10,10 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{SocketIo, SocketIoBuilder};
-use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::net::TcpListener;
 
 use crate::auth::Verifier;
-use crate::cluster::{self, ClusterAdapter};
+use crate::cluster;
 use crate::config::Config;
 use crate::http::Http;
 use crate::hub::{Hub, Limits};
@@ -83,21 +82,21 @@ pub async fn run(
         return serve(config, listener, layer, io, http, shutdown).await;
     };
 
-    let (pubsub, rooms) = cluster::connect(&redis_url).await?;
-    tracing::info!(node = rooms.node(), "cluster mode: room state in Redis");
-    let adapter = RedisAdapterCtr::new_with_driver(pubsub.clone(), RedisAdapterConfig::default());
-    let (layer, io) = socket_io_builder(&config)
-        .with_adapter::<ClusterAdapter>(adapter)
-        .build_layer();
+    let cluster::Connected {
+        pubsub,
+        rooms,
+        inbox,
+    } = cluster::connect(&redis_url).await?;
+    tracing::info!(node = %rooms.node(), "cluster mode: room state in Redis");
+    let (layer, io) = socket_io_builder(&config).build_layer();
     let hub = Hub::new(
         io.clone(),
         RoomStore::Redis(Box::new(rooms)),
         Arc::clone(&verifier),
         limits,
     );
-    hub.attach()
-        .await
-        .map_err(|e| cluster::unreachable(&redis_url, &e))?;
+    hub.attach();
+    tokio::spawn(cluster::inbox::deliver_letters(Arc::downgrade(&hub), inbox));
 
     let heartbeat = tokio::spawn(cluster::keep_node_alive(
         Arc::clone(&hub),

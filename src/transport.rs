@@ -12,7 +12,6 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::auth::AuthError;
-use crate::delivery::peer_key;
 use crate::hub::{Hub, Resume};
 use crate::protocol::{self as p, Frame, Refusal};
 use crate::session::Session;
@@ -41,7 +40,7 @@ impl<A: Adapter> Hub<A> {
     }
 
     /// Checks the token, finds or makes the socket's session, and sets the socket up: its
-    /// delivery room, its event dispatcher and its disconnect handling.
+    /// event dispatcher and its disconnect handling.
     fn admit(
         self: &Arc<Self>,
         socket: &SocketRef<A>,
@@ -52,9 +51,6 @@ impl<A: Adapter> Hub<A> {
         })?;
         let resume = auth.and_then(Resume::parse);
         let session = self.open_session(socket.id, identity, resume);
-        if self.delivery.is_shared() {
-            socket.join(peer_key(&session.peer));
-        }
         socket.on_fallback(Dispatcher {
             hub: Arc::clone(self),
             session: Arc::clone(&session),

@@ -355,3 +355,146 @@ async fn leaving_takes_the_cached_state_and_the_echoes_with_it() {
         tokio::time::sleep(Duration::from_millis(20)).await; // polling redis state
     }
 }
+
+/// The node whose session serves `peer`, as the room's entry in Redis names it.
+async fn node_of(redis: &Redis, room: &str, peer: &str) -> String {
+    let mut conn = redis.connection().await.expect("redis");
+    let entry: String = redis::cmd("HGET")
+        .arg(format!("rtcio:room:{room}"))
+        .arg(peer)
+        .query_async(&mut conn)
+        .await
+        .expect("member entry");
+    entry
+        .split('|')
+        .nth(1)
+        .expect("seq|node|record")
+        .to_string()
+}
+
+#[tokio::test]
+async fn events_reach_only_the_nodes_that_serve_their_peers() {
+    use futures_util::StreamExt;
+
+    let redis = Redis::start().await;
+    let nodes = [
+        redis.node().await,
+        redis.node().await,
+        redis.node().await,
+        redis.node().await,
+    ];
+    let (mut alice, mut bob) = support::pair(&nodes[0], &nodes[1], "x").await;
+    let (carol, mut dave) = support::pair(&nodes[2], &nodes[3], "y").await;
+    let bob_node = node_of(&redis, "x", bob.id()).await;
+    let alice_node = node_of(&redis, "x", alice.id()).await;
+    let dave_node = node_of(&redis, "y", dave.id()).await;
+
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut watch = client.get_async_pubsub().await.expect("pubsub");
+    watch.psubscribe("rtcio:inbox:*").await.expect("psubscribe");
+
+    for n in 0..10 {
+        alice.relay(bob.id(), json!({ "n": n, "sdp": "v=0\r\na=x\r\n" }));
+    }
+    for n in 0..10 {
+        assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(n));
+    }
+    bob.emit("chat-message", json!({ "roomId": "x", "text": "hi" }));
+    assert_eq!(alice.expect("chat-message").await["text"], json!("hi"));
+    carol.relay(dave.id(), json!({ "last": true }));
+    dave.expect("#rtcio:message").await;
+
+    // Letters arrive in the order Redis ran their publishes, so the last one ends the count.
+    let mut letters: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut stream = watch.on_message();
+    while letters
+        .last()
+        .is_none_or(|(channel, _)| !channel.ends_with(&dave_node))
+    {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("letters within 10 s")
+            .expect("pubsub open");
+        letters.push((
+            message.get_channel_name().to_string(),
+            message.get_payload_bytes().to_vec(),
+        ));
+    }
+    let channels: Vec<&str> = letters.iter().map(|(c, _)| c.as_str()).collect();
+    let mut expected = vec![format!("rtcio:inbox:{bob_node}"); 10];
+    expected.push(format!("rtcio:inbox:{alice_node}"));
+    expected.push(format!("rtcio:inbox:{dave_node}"));
+    assert_eq!(channels, expected, "one letter per event, to its node only");
+
+    // A letter is the recipients, the event and the payload's JSON as it is.
+    let first = String::from_utf8(letters[0].1.clone()).expect("utf-8 letter");
+    let mut parts = first.splitn(3, '\n');
+    assert_eq!(parts.next(), Some(bob.id()));
+    assert_eq!(parts.next(), Some("#rtcio:message"));
+    let payload: serde_json::Value =
+        serde_json::from_str(parts.next().expect("payload")).expect("JSON payload");
+    assert_eq!(
+        payload,
+        json!({ "source": alice.id(), "target": bob.id(),
+                "data": { "n": 0, "sdp": "v=0\r\na=x\r\n" } })
+    );
+}
+
+#[tokio::test]
+async fn no_relay_gets_past_a_leave_across_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (redis.node().await, redis.node().await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "r").await;
+    const BURST: usize = 200;
+    const AFTER: usize = 5;
+    for round in 0..5 {
+        for i in 0..BURST {
+            bob.relay(alice.id(), json!({ "i": i }));
+        }
+        // Alice leaves while the burst is still crossing over to her node.
+        assert_eq!(alice.expect("#rtcio:message").await["data"]["i"], json!(0));
+        alice.emit("leave-room", json!({ "roomId": "r" }));
+
+        // Every relay is either delivered, as an unbroken prefix, or refused; once bob has
+        // heard alice is gone, none of his relays reach her.
+        let (mut delivered, mut refused, mut told) = (1, 0, false);
+        while delivered + refused < BURST + AFTER {
+            let (event, from_bob) = tokio::select! {
+                event = alice.client.next_event() => (event, false),
+                event = bob.client.next_event() => (event, true),
+                _ = tokio::time::sleep(Duration::from_secs(10)) => panic!(
+                    "round {round}: stalled at {delivered} delivered, {refused} refused"
+                ),
+            };
+            let event = event.expect("connected");
+            match (from_bob, event.name.as_str()) {
+                (false, "#rtcio:message") => {
+                    assert_eq!(event.data["data"]["i"], json!(delivered), "round {round}");
+                    delivered += 1;
+                }
+                (true, "error") => {
+                    assert_eq!(event.data["code"], json!("unknown-target"));
+                    refused += 1;
+                }
+                (true, "#rtcio:peer-left") => {}
+                (true, "user-disconnected") => {
+                    told = true;
+                    for _ in 0..AFTER {
+                        bob.relay(alice.id(), json!({ "after": true }));
+                    }
+                }
+                other => panic!("round {round}: unexpected {other:?} {}", event.data),
+            }
+        }
+        assert!(told, "round {round}: bob was told alice left");
+        assert!(
+            delivered <= BURST,
+            "round {round}: a relay passed the leave"
+        );
+
+        alice.join("r", "alice");
+        alice.until("join-ok").await;
+        bob.until("#rtcio:init-offer").await;
+    }
+    alice.assert_nothing_before_probe(&bob).await;
+}

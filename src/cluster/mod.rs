@@ -1,15 +1,17 @@
 //! Cluster mode's moving parts: connecting to Redis at start, the node's heartbeat loop (which
-//! also reaps nodes that died), and the pub/sub transport under socketioxide's Redis adapter
-//! ([`pubsub`]). Room state itself is in `store::redis`.
+//! also reaps nodes that died), its inbox of events for its peers ([`inbox`]) and the
+//! subscriber connection that carries it ([`pubsub`]). Room state itself is in
+//! `store::redis`.
 
+pub mod inbox;
 pub mod pubsub;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use socketioxide::SocketIo;
-use socketioxide::adapter::Emitter;
-use socketioxide_redis::CustomRedisAdapter;
+use socketioxide::adapter::LocalAdapter;
+use tokio::sync::mpsc;
 
 use crate::hub::Hub;
 use crate::server::StartError;
@@ -18,9 +20,6 @@ use crate::store::redis::HEARTBEAT_EVERY;
 use pubsub::PubSub;
 
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The socketioxide adapter of cluster mode: Redis pub/sub over [`PubSub`].
-pub type ClusterAdapter = CustomRedisAdapter<Emitter, PubSub>;
 
 /// The pub/sub transport needs RESP3; add it unless the URL says otherwise.
 fn with_resp3(url: &str) -> String {
@@ -43,9 +42,17 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Connects both Redis connections (pub/sub and room state) and registers this node, or says
-/// clearly why not within [`REDIS_CONNECT_TIMEOUT`].
-pub async fn connect(redis_url: &str) -> Result<(PubSub, RedisRooms), StartError> {
+/// A cluster node's connections to Redis.
+pub struct Connected {
+    pub pubsub: PubSub,
+    pub rooms: RedisRooms,
+    /// Letters for this node's peers, from its inbox channel.
+    pub inbox: mpsc::Receiver<Vec<u8>>,
+}
+
+/// Connects both Redis connections (the subscriber and room state), registers this node and
+/// subscribes to its inbox, or says clearly why not within [`REDIS_CONNECT_TIMEOUT`].
+pub async fn connect(redis_url: &str) -> Result<Connected, StartError> {
     let client = redis::Client::open(with_resp3(redis_url))
         .map_err(|e| StartError(format!("REDIS_URL is not usable: {e}")))?;
     let unreachable = |e: &dyn std::fmt::Display| unreachable(redis_url, e);
@@ -66,7 +73,15 @@ pub async fn connect(redis_url: &str) -> Result<(PubSub, RedisRooms), StartError
         let rooms = RedisRooms::connect(client)
             .await
             .map_err(|e| unreachable(&e))?;
-        Ok::<_, StartError>((pubsub, rooms))
+        let inbox = pubsub
+            .subscribe(inbox::channel(rooms.node()), inbox::INBOX_DEPTH)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok::<_, StartError>(Connected {
+            pubsub,
+            rooms,
+            inbox,
+        })
     };
     tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect)
         .await
@@ -83,8 +98,8 @@ pub fn unreachable(redis_url: &str, cause: &dyn std::fmt::Display) -> StartError
 
 /// Cluster mode: refresh this node's heartbeat, and announce the members of nodes that died.
 pub async fn keep_node_alive(
-    hub: Arc<Hub<ClusterAdapter>>,
-    io: SocketIo<ClusterAdapter>,
+    hub: Arc<Hub<LocalAdapter>>,
+    io: SocketIo<LocalAdapter>,
     pubsub: PubSub,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);

@@ -64,7 +64,7 @@ impl<A: Adapter> Hub<A> {
                 return;
             }
         };
-        others.retain(|peer| *peer != session.peer);
+        others.retain(|member| member.peer != session.peer);
         let stamped = out::stamp_id(object, &session.peer);
         self.delivery.send_to(&others, event, &stamped).await;
     }

@@ -12,13 +12,12 @@ use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 
 use super::Hub;
-use crate::ids::PeerId;
 use crate::limits::retry_after_ms;
 use crate::protocol::inbound::{RoomRefusal, RoomRequest};
 use crate::protocol::{self as p, JoinRequest, Password, Refusal, RoomCheck, outbound as out};
 use crate::room_lock::RoomLock;
 use crate::session::Session;
-use crate::store::{Expect, JoinOutcome, Member, RoomView};
+use crate::store::{Expect, JoinOutcome, Member, Recipient, RoomView};
 
 /// Looks a join may take when other nodes keep changing the room's lock under it.
 const LOCK_ATTEMPTS: usize = 3;
@@ -54,6 +53,7 @@ impl<A: Adapter> Hub<A> {
             name: Arc::clone(&name),
             user_id: Arc::clone(&session.identity.user_id),
             media: None,
+            node: None,
         };
 
         let _turn = self.turns.take(room).await;
@@ -120,7 +120,7 @@ impl<A: Adapter> Hub<A> {
         self.delivery
             .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
 
-        let others: Vec<PeerId> = existing.into_iter().map(|m| m.peer).collect();
+        let others: Vec<Recipient> = existing.into_iter().map(Recipient::from).collect();
         let me = &*session.peer;
         let announcement = out::UserConnected {
             id: me,

@@ -9,6 +9,7 @@ use super::Hub;
 use crate::ids::PeerId;
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::Session;
+use crate::store::Recipient;
 
 impl<A: Adapter> Hub<A> {
     pub(crate) async fn leave_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
@@ -71,7 +72,7 @@ impl<A: Adapter> Hub<A> {
     }
 
     /// Tells the members left in a room that `peer` is gone.
-    pub(crate) async fn announce_departure(&self, peer: &PeerId, remaining: &[PeerId]) {
+    pub(crate) async fn announce_departure(&self, peer: &PeerId, remaining: &[Recipient]) {
         let gone = out::PeerId { id: peer };
         self.delivery.send_to(remaining, p::PEER_LEFT, &gone).await;
         self.delivery

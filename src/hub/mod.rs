@@ -73,7 +73,7 @@ impl<A: Adapter> Hub<A> {
     ) -> Arc<Self> {
         let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
         let recoverable = limits.recovery_window.is_some();
-        let delivery = Delivery::new(io, rooms.is_shared(), limits.keep, recoverable, overflow_tx);
+        let delivery = Delivery::new(io, rooms.postbox(), limits.keep, recoverable, overflow_tx);
         let hub = Arc::new(Hub {
             rooms,
             turns: RoomTurns::default(),

@@ -1,5 +1,6 @@
 //! `#rtcio:message`: one peer to another, only between peers that share a room. The payload's
-//! `data` is passed on without being parsed.
+//! `data` is passed on without being parsed. In cluster mode the check that the two share a
+//! room and the posting to the target's node are one Redis step.
 
 use std::sync::Arc;
 
@@ -7,9 +8,12 @@ use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 
 use super::Hub;
+use crate::cluster::inbox;
+use crate::delivery;
 use crate::ids::PeerId;
 use crate::protocol::{self as p, Refusal, RelayRequest, outbound as out};
 use crate::session::Session;
+use crate::store::RelayRoute;
 
 impl<A: Adapter> Hub<A> {
     pub(crate) async fn relay(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
@@ -25,22 +29,30 @@ impl<A: Adapter> Hub<A> {
                     .refuse(session, p::RELAY, Refusal::UnknownTarget);
             }
         };
-        let refusal = match self.rooms.shares_room(session, &target).await {
-            Ok(true) => None,
-            Ok(false) => Some(Refusal::UnknownTarget),
-            Err(e) => {
-                tracing::error!(cause = %e, "relay refused: room state unavailable");
-                Some(Refusal::Unavailable)
-            }
-        };
-        if let Some(refusal) = refusal {
-            return self.delivery.refuse(session, p::RELAY, refusal);
-        }
         let relayed = out::Relayed {
             source: &session.peer,
             target: &request.target,
             data: request.data,
         };
-        self.delivery.send_to(&[target], p::RELAY, &relayed).await;
+        let Some(relayed) = delivery::serialize(p::RELAY, &relayed) else {
+            return;
+        };
+        let route = self
+            .rooms
+            .route_relay(session, &target, || inbox::body(p::RELAY, &relayed))
+            .await;
+        match route {
+            Ok(RelayRoute::Here) => self.delivery.deliver_here(&target, p::RELAY, &relayed),
+            Ok(RelayRoute::Posted) => {}
+            Ok(RelayRoute::Unshared) => {
+                self.delivery
+                    .refuse(session, p::RELAY, Refusal::UnknownTarget)
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "relay refused: room state unavailable");
+                self.delivery
+                    .refuse(session, p::RELAY, Refusal::Unavailable)
+            }
+        }
     }
 }

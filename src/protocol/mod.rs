@@ -29,6 +29,23 @@ pub const JOIN_OK: &str = "join-ok";
 pub const JOIN_ERROR: &str = "join-error";
 pub const ERROR: &str = "error";
 
+/// The events one node may hand another to deliver to its peers, by name: the relay, the
+/// echoes, and what joins and departures announce.
+pub fn peer_event(name: &str) -> Option<&'static str> {
+    [
+        RELAY,
+        MEDIA_STATE,
+        STOP_SCREEN_SHARE,
+        CHAT_MESSAGE,
+        USER_CONNECTED,
+        USER_DISCONNECTED,
+        INIT_OFFER,
+        PEER_LEFT,
+    ]
+    .into_iter()
+    .find(|event| *event == name)
+}
+
 pub const MAX_ROOM_ID_CHARS: usize = 128;
 pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_PASSWORD_CHARS: usize = 256;

@@ -166,6 +166,7 @@ mod tests {
             name: format!("m{n}").into(),
             user_id: format!("u{n}").into(),
             media: None,
+            node: None,
         }
     }
 

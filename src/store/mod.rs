@@ -7,7 +7,8 @@ pub mod redis;
 
 use std::sync::Arc;
 
-use crate::ids::PeerId;
+use crate::cluster::inbox::Postbox;
+use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
@@ -23,6 +24,41 @@ pub struct Member {
     pub name: Arc<str>,
     pub user_id: Arc<str>,
     pub media: Option<MediaState>,
+    /// The node whose session serves it (`None`: this node).
+    pub node: Option<NodeId>,
+}
+
+/// A peer to tell something, and the node whose session serves it (`None`: this node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub peer: PeerId,
+    pub node: Option<NodeId>,
+}
+
+impl Recipient {
+    pub fn here(peer: PeerId) -> Recipient {
+        Recipient { peer, node: None }
+    }
+}
+
+impl From<Member> for Recipient {
+    fn from(member: Member) -> Recipient {
+        Recipient {
+            peer: member.peer,
+            node: member.node,
+        }
+    }
+}
+
+/// Where a relay goes, found in the same step that checks the peers share a room.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayRoute {
+    /// The target shares none of the sender's rooms.
+    Unshared,
+    /// The target's session is on this node: deliver it here.
+    Here,
+    /// The target is on another node, and the relay is already on its way there.
+    Posted,
 }
 
 /// What a join found.
@@ -96,9 +132,9 @@ impl RoomStore {
     }
 
     /// The members of a room, in no particular order.
-    pub async fn members(&self, room: &str) -> Result<Vec<PeerId>, StoreError> {
+    pub async fn members(&self, room: &str) -> Result<Vec<Recipient>, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.members(room)),
+            RoomStore::Memory(rooms) => Ok(here(rooms.members(room))),
             RoomStore::Redis(rooms) => rooms.members(room).await,
         }
     }
@@ -147,9 +183,9 @@ impl RoomStore {
         &self,
         room: &str,
         peer: &PeerId,
-    ) -> Result<Option<Vec<PeerId>>, StoreError> {
+    ) -> Result<Option<Vec<Recipient>>, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.leave(room, peer)),
+            RoomStore::Memory(rooms) => Ok(rooms.leave(room, peer).map(here)),
             RoomStore::Redis(rooms) => rooms.leave(room, peer).await,
         }
     }
@@ -166,15 +202,22 @@ impl RoomStore {
         }
     }
 
-    /// Whether `target` is a member of any room `session` has joined.
-    pub async fn shares_room(
+    /// Whether `target` shares a room with `session`, and if so where its session is; a target
+    /// on another node is sent `body` (a letter's body, see `cluster::inbox`) in the same step,
+    /// so a relay costs one round trip at most. `body` is only built for that.
+    pub async fn route_relay(
         &self,
         session: &Session,
         target: &PeerId,
-    ) -> Result<bool, StoreError> {
+        body: impl FnOnce() -> Vec<u8>,
+    ) -> Result<RelayRoute, StoreError> {
         match self {
-            RoomStore::Memory(memory) => Ok(session.any_room(|r| memory.is_member(r, target))),
-            RoomStore::Redis(redis) => redis.shares_room(&session.rooms(), target).await,
+            RoomStore::Memory(memory) => Ok(if session.any_room(|r| memory.is_member(r, target)) {
+                RelayRoute::Here
+            } else {
+                RelayRoute::Unshared
+            }),
+            RoomStore::Redis(redis) => redis.route_relay(&session.rooms(), target, body()).await,
         }
     }
 
@@ -186,8 +229,15 @@ impl RoomStore {
         }
     }
 
-    /// Whether other processes share this state (and may hold the sockets we address).
-    pub fn is_shared(&self) -> bool {
-        matches!(self, RoomStore::Redis(_))
+    /// How this node posts events to peers on other nodes (cluster mode only).
+    pub fn postbox(&self) -> Option<Postbox> {
+        match self {
+            RoomStore::Memory(_) => None,
+            RoomStore::Redis(redis) => Some(redis.postbox()),
+        }
     }
+}
+
+fn here(peers: Vec<PeerId>) -> Vec<Recipient> {
+    peers.into_iter().map(Recipient::here).collect()
 }

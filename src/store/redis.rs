@@ -4,7 +4,8 @@
 //! Each membership change is one Lua script, so Redis runs it atomically: a join reads the
 //! room and adds the newcomer in the same step, which is what keeps two nodes' simultaneous
 //! joins from missing each other. Layout (standalone Redis; scripts touch keys they compute):
-//! - `rtcio:room:{room}`   hash peer -> "seq|{name,user}"  (seq orders the snapshot by join)
+//! - `rtcio:room:{room}`   hash peer -> "seq|node|{name,user}" (seq orders the snapshot by
+//!   join; node is where the peer's session lives, so events for it go to that node only)
 //! - `rtcio:media:{room}`  hash peer -> "mic,cam" (0/1)
 //! - `rtcio:lock:{room}`   the room's password seal (an argon2id PHC string), while it has
 //!   members; set by the join that fills the empty room, deleted by the leave that empties it
@@ -13,6 +14,9 @@
 //! - `rtcio:node:{id}:members` set of "room\npeer" this node's peers hold
 //! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
+//!
+//! Events for peers on other nodes are published to those nodes' inboxes (`cluster::inbox`);
+//! the relay script does so itself, in the step that checks the two peers share a room.
 //!
 //! A node that stops refreshing its heartbeat (killed, partitioned) is reaped by whichever
 //! survivor notices first: one script removes all its entries and returns who was in which
@@ -25,8 +29,9 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{Expect, JoinOutcome, Member, RoomView, StoreError};
-use crate::ids::PeerId;
+use super::{Expect, JoinOutcome, Member, Recipient, RelayRoute, RoomView, StoreError};
+use crate::cluster::inbox::{INBOX_PREFIX, Postbox};
+use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
@@ -36,6 +41,22 @@ const PREFIX: &str = "rtcio:";
 pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// How often a node refreshes its heartbeat and looks for dead nodes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Lua: the members of a room key as a flat list of peer, node.
+macro_rules! placed_fn {
+    () => {
+        r#"
+local function placed(roomkey)
+  local out, flat = {}, redis.call('HGETALL', roomkey)
+  for i = 1, #flat, 2 do
+    table.insert(out, flat[i])
+    table.insert(out, string.match(flat[i + 1], '^[^|]*|([^|]*)|') or '')
+  end
+  return out
+end
+"#
+    };
+}
 
 /// The room as a joiner finds it: member count, membership and lock.
 const PEEK: &str = r#"
@@ -53,7 +74,7 @@ return {
 const JOIN: &str = r#"
 local room, media, mine, seqkey, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, record, max, entry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local expect, expected, seal = ARGV[5], ARGV[6], ARGV[7]
+local expect, expected, seal, node = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if redis.call('HEXISTS', room, sid) == 1 then return {'already', {}, {}} end
 local count = redis.call('HLEN', room)
 if count >= max then return {'full', {}, {}} end
@@ -70,21 +91,26 @@ end
 local members = redis.call('HGETALL', room)
 local states = redis.call('HGETALL', media)
 local seq = redis.call('INCR', seqkey)
-redis.call('HSET', room, sid, seq .. '|' .. record)
+redis.call('HSET', room, sid, seq .. '|' .. node .. '|' .. record)
 redis.call('SADD', mine, entry)
 return {'joined', members, states}
 "#;
 
-const LEAVE: &str = r#"
+const LEAVE: &str = concat!(
+    placed_fn!(),
+    r#"
 local room, media, mine, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sid, entry = ARGV[1], ARGV[2]
 redis.call('SREM', mine, entry)
 if redis.call('HDEL', room, sid) == 0 then return {0, {}} end
 redis.call('HDEL', media, sid)
-local remaining = redis.call('HKEYS', room)
+local remaining = placed(room)
 if #remaining == 0 then redis.call('DEL', lock) end
 return {1, remaining}
-"#;
+"#
+);
+
+const MEMBERS: &str = concat!(placed_fn!(), "return placed(KEYS[1])");
 
 /// Counts a password attempt unless the room has had its fill (ARGV[1]) for the window: then
 /// returns the milliseconds left. The first attempt of a window starts its expiry (ARGV[2]).
@@ -107,17 +133,29 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 "#;
 
-const SHARES_ROOM: &str = r#"
+/// Finds the target (ARGV[1]) in one of the sender's rooms (KEYS): 0 if in none, 1 if its
+/// session is on this node (ARGV[2]), else publishes the letter (ARGV[3] is its body) to the
+/// target's node and returns 2.
+const RELAY: &str = r#"
+local target, here = ARGV[1], ARGV[2]
 for _, room in ipairs(KEYS) do
-  if redis.call('HEXISTS', room, ARGV[1]) == 1 then return 1 end
+  local value = redis.call('HGET', room, target)
+  if value then
+    local node = string.match(value, '^[^|]*|([^|]*)|') or ''
+    if node == here then return 1 end
+    redis.call('PUBLISH', ARGV[4] .. node, target .. '\n' .. ARGV[3])
+    return 2
+  end
 end
 return 0
 "#;
 
-/// Removes a dead node's entries; returns a flat list of room, peer, remaining peers (joined
-/// by spaces) per departure. Runs only if the node is still registered and its heartbeat is
+/// Removes a dead node's entries; returns a flat list of room, peer, remaining peers and their
+/// nodes (`peer node peer node …`) per departure. Runs only if the node is still registered and its heartbeat is
 /// gone, so two survivors cannot both announce the same departures.
-const REAP: &str = r#"
+const REAP: &str = concat!(
+    placed_fn!(),
+    r#"
 local nodes, mine, alive = KEYS[1], KEYS[2], KEYS[3]
 local node, prefix = ARGV[1], ARGV[2]
 if redis.call('EXISTS', alive) == 1 then return {} end
@@ -129,7 +167,7 @@ for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
   local roomkey = prefix .. 'room:' .. room
   if redis.call('HDEL', roomkey, sid) == 1 then
     redis.call('HDEL', prefix .. 'media:' .. room, sid)
-    local remaining = redis.call('HKEYS', roomkey)
+    local remaining = placed(roomkey)
     if #remaining == 0 then redis.call('DEL', prefix .. 'lock:' .. room) end
     table.insert(out, room)
     table.insert(out, sid)
@@ -138,7 +176,8 @@ for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
 end
 redis.call('DEL', mine)
 return out
-"#;
+"#
+);
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -150,19 +189,20 @@ struct Record {
 pub struct Departure {
     pub room: String,
     pub peer: PeerId,
-    pub remaining: Vec<PeerId>,
+    pub remaining: Vec<Recipient>,
 }
 
 pub struct RedisRooms {
     conn: ConnectionManager,
-    node: Arc<str>,
+    node: NodeId,
     peek: Script,
     join: Script,
     leave: Script,
+    members: Script,
     take_guess: Script,
     forgive_guess: Script,
     set_media: Script,
-    shares_room: Script,
+    relay: Script,
     reap: Script,
 }
 
@@ -220,12 +260,6 @@ fn pairs(flat: Vec<String>) -> impl Iterator<Item = (String, String)> {
     std::iter::from_fn(move || Some((it.next()?, it.next()?)))
 }
 
-fn peers(list: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<PeerId> {
-    list.into_iter()
-        .filter_map(|s| PeerId::parse(s.as_ref()))
-        .collect()
-}
-
 impl RedisRooms {
     /// Connects and registers this node.
     pub async fn connect(client: redis::Client) -> Result<RedisRooms, StoreError> {
@@ -239,25 +273,42 @@ impl RedisRooms {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(store_error)?;
-        let node: Arc<str> = crate::auth::random_hex(8).into();
+        let node = NodeId::random();
         let rooms = RedisRooms {
             conn,
             node,
             peek: Script::new(PEEK),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
+            members: Script::new(MEMBERS),
             take_guess: Script::new(TAKE_GUESS),
             forgive_guess: Script::new(FORGIVE_GUESS),
             set_media: Script::new(SET_MEDIA),
-            shares_room: Script::new(SHARES_ROOM),
+            relay: Script::new(RELAY),
             reap: Script::new(REAP),
         };
         rooms.heartbeat().await?;
         Ok(rooms)
     }
 
-    pub fn node(&self) -> &str {
+    pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Posts letters to other nodes, in order, on the connection the scripts use.
+    pub fn postbox(&self) -> Postbox {
+        Postbox::new(self.conn.clone())
+    }
+
+    /// Pairs a flat peer, node list into recipients (this node's own as `None`).
+    fn placed(&self, flat: &[String]) -> Vec<Recipient> {
+        flat.chunks_exact(2)
+            .filter_map(|pair| {
+                let peer = PeerId::parse(&pair[0])?;
+                let node = NodeId::parse(&pair[1]).filter(|node| *node != self.node);
+                Some(Recipient { peer, node })
+            })
+            .collect()
     }
 
     pub async fn peek(&self, room: &str, peer: &PeerId) -> Result<RoomView, StoreError> {
@@ -322,7 +373,7 @@ impl RedisRooms {
             .join
             .key(room_key(room))
             .key(media_key(room))
-            .key(members_key(&self.node))
+            .key(members_key(self.node.as_str()))
             .key(format!("{PREFIX}seq"))
             .key(lock_key(room))
             .arg(member.peer.as_str())
@@ -332,6 +383,7 @@ impl RedisRooms {
             .arg(expect_kind)
             .arg(expected)
             .arg(seal)
+            .arg(self.node.as_str())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -346,13 +398,15 @@ impl RedisRooms {
             .collect();
         let mut existing: Vec<(u64, Member)> = pairs(flat_members)
             .filter_map(|(sid_text, value)| {
-                let (seq, json) = value.split_once('|')?;
+                let (seq, rest) = value.split_once('|')?;
+                let (node, json) = rest.split_once('|')?;
                 let record: Record = serde_json::from_str(json).ok()?;
                 let member = Member {
                     peer: PeerId::parse(&sid_text)?,
                     name: record.name.into(),
                     user_id: record.user.into(),
                     media: media.get(&sid_text).copied(),
+                    node: NodeId::parse(node).filter(|node| *node != self.node),
                 };
                 Some((seq.parse().ok()?, member))
             })
@@ -363,32 +417,33 @@ impl RedisRooms {
         ))
     }
 
-    pub async fn members(&self, room: &str) -> Result<Vec<PeerId>, StoreError> {
-        let members: Vec<String> = redis::cmd("HKEYS")
-            .arg(room_key(room))
-            .query_async(&mut self.conn.clone())
+    pub async fn members(&self, room: &str) -> Result<Vec<Recipient>, StoreError> {
+        let flat: Vec<String> = self
+            .members
+            .key(room_key(room))
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(peers(members))
+        Ok(self.placed(&flat))
     }
 
     pub async fn leave(
         &self,
         room: &str,
         peer: &PeerId,
-    ) -> Result<Option<Vec<PeerId>>, StoreError> {
+    ) -> Result<Option<Vec<Recipient>>, StoreError> {
         let (was_member, remaining): (bool, Vec<String>) = self
             .leave
             .key(room_key(room))
             .key(media_key(room))
-            .key(members_key(&self.node))
+            .key(members_key(self.node.as_str()))
             .key(lock_key(room))
             .arg(peer.as_str())
             .arg(entry(room, peer))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(was_member.then(|| peers(remaining)))
+        Ok(was_member.then(|| self.placed(&remaining)))
     }
 
     pub async fn set_media(
@@ -407,22 +462,32 @@ impl RedisRooms {
             .map_err(store_error)
     }
 
-    pub async fn shares_room(
+    pub async fn route_relay(
         &self,
         rooms: &[Arc<str>],
         target: &PeerId,
-    ) -> Result<bool, StoreError> {
+        body: Vec<u8>,
+    ) -> Result<RelayRoute, StoreError> {
         if rooms.is_empty() {
-            return Ok(false);
+            return Ok(RelayRoute::Unshared);
         }
-        let mut call = self.shares_room.prepare_invoke();
+        let mut call = self.relay.prepare_invoke();
         for room in rooms {
             call.key(room_key(room));
         }
-        call.arg(target.to_string())
+        let route: u8 = call
+            .arg(target.as_str())
+            .arg(self.node.as_str())
+            .arg(body)
+            .arg(INBOX_PREFIX)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        Ok(match route {
+            0 => RelayRoute::Unshared,
+            1 => RelayRoute::Here,
+            _ => RelayRoute::Posted,
+        })
     }
 
     /// Refreshes this node's heartbeat. Returns false if the heartbeat had lapsed, meaning the
@@ -431,14 +496,14 @@ impl RedisRooms {
         let mut conn = self.conn.clone();
         let (previous, _): (Option<String>, i64) = redis::pipe()
             .cmd("SET")
-            .arg(alive_key(&self.node))
+            .arg(alive_key(self.node.as_str()))
             .arg("1")
             .arg("PX")
             .arg(NODE_TTL.as_millis() as u64)
             .arg("GET")
             .cmd("SADD")
             .arg(nodes_key())
-            .arg(&*self.node)
+            .arg(self.node.as_str())
             .query_async(&mut conn)
             .await
             .map_err(store_error)?;
@@ -454,7 +519,7 @@ impl RedisRooms {
             .await
             .map_err(store_error)?;
         let mut departures = Vec::new();
-        for node in nodes.iter().filter(|n| **n != *self.node) {
+        for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
             let flat: Vec<String> = self
                 .reap
                 .key(nodes_key())
@@ -476,10 +541,15 @@ impl RedisRooms {
                 let Some(peer) = PeerId::parse(&chunk[1]) else {
                     continue;
                 };
+                let remaining: Vec<String> = chunk[2]
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
                 departures.push(Departure {
                     room: chunk[0].clone(),
                     peer,
-                    remaining: peers(chunk[2].split(' ').filter(|s| !s.is_empty())),
+                    remaining: self.placed(&remaining),
                 });
             }
         }
@@ -492,10 +562,10 @@ impl RedisRooms {
         redis::pipe()
             .cmd("SREM")
             .arg(nodes_key())
-            .arg(&*self.node)
+            .arg(self.node.as_str())
             .cmd("DEL")
-            .arg(alive_key(&self.node))
-            .arg(members_key(&self.node))
+            .arg(alive_key(self.node.as_str()))
+            .arg(members_key(self.node.as_str()))
             .query_async::<()>(&mut conn)
             .await
             .map_err(store_error)

@@ -1,0 +1,157 @@
+//! Node-targeted delivery: every node reads its own Redis channel, `rtcio:inbox:{node}`, and
+//! an event for peers whose sessions live on another node is published there only, so a
+//! node receives what its own peers are sent and nothing else, however many nodes there are.
+//!
+//! A letter is one event for some peers of the node, as one binary blob (the payload's bytes
+//! as they are, nothing re-encoded): `peer peer …\nevent\ndata`. Peer ids and event names
+//! never contain a newline or a space; the data runs to the end.
+
+use std::sync::{Arc, Weak};
+
+use redis::aio::ConnectionManager;
+use serde_json::value::RawValue;
+use socketioxide::adapter::Adapter;
+use tokio::sync::mpsc;
+
+use crate::hub::Hub;
+use crate::ids::{NodeId, PeerId};
+use crate::protocol as p;
+
+/// The channel a node reads its letters from.
+pub fn channel(node: &NodeId) -> String {
+    format!("{}{node}", INBOX_PREFIX)
+}
+
+/// Prefix of every inbox channel (the relay script builds the name itself).
+pub const INBOX_PREFIX: &str = "rtcio:inbox:";
+
+/// A letter's body: the part after the recipients.
+pub fn body(event: &str, data: &RawValue) -> Vec<u8> {
+    let data = data.get().as_bytes();
+    let mut body = Vec::with_capacity(event.len() + 1 + data.len());
+    body.extend_from_slice(event.as_bytes());
+    body.push(b'\n');
+    body.extend_from_slice(data);
+    body
+}
+
+/// A whole letter for `peers`.
+pub fn letter(peers: &[&PeerId], body: &[u8]) -> Vec<u8> {
+    let names: usize = peers.iter().map(|peer| peer.len() + 1).sum();
+    let mut letter = Vec::with_capacity(names + body.len());
+    for (i, peer) in peers.iter().enumerate() {
+        if i > 0 {
+            letter.push(b' ');
+        }
+        letter.extend_from_slice(peer.as_bytes());
+    }
+    letter.push(b'\n');
+    letter.extend_from_slice(body);
+    letter
+}
+
+/// A letter as read from the channel.
+#[derive(Debug)]
+pub struct Letter {
+    pub peers: Vec<PeerId>,
+    pub event: &'static str,
+    pub data: Arc<RawValue>,
+}
+
+impl Letter {
+    /// `None` for anything that is not a letter this server writes.
+    pub fn read(bytes: Vec<u8>) -> Option<Letter> {
+        let text = String::from_utf8(bytes).ok()?;
+        let (peers, rest) = text.split_once('\n')?;
+        let (event, data) = rest.split_once('\n')?;
+        let peers = peers
+            .split(' ')
+            .map(PeerId::parse)
+            .collect::<Option<Vec<_>>>()?;
+        let event = p::peer_event(event)?;
+        let data = RawValue::from_string(data.to_string()).ok()?;
+        Some(Letter {
+            peers,
+            event,
+            data: Arc::from(data),
+        })
+    }
+}
+
+/// Posts letters to other nodes' inboxes.
+#[derive(Clone)]
+pub struct Postbox {
+    conn: ConnectionManager,
+}
+
+impl Postbox {
+    /// Posting on the room-state connection keeps a letter behind the scripts its sender ran
+    /// before it (a join, a leave), as Redis runs one connection's commands in order.
+    pub fn new(conn: ConnectionManager) -> Postbox {
+        Postbox { conn }
+    }
+
+    /// Publishes each letter to its node's inbox, in one pipeline.
+    pub async fn post(&self, letters: Vec<(NodeId, Vec<u8>)>) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for (node, letter) in letters {
+            pipe.cmd("PUBLISH").arg(channel(&node)).arg(letter).ignore();
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
+}
+
+/// Letters the node has received and not yet delivered: beyond this the subscriber drops
+/// them (with an error logged) rather than grow without bound.
+pub const INBOX_DEPTH: usize = 65_536;
+
+/// Delivers the letters of this node's inbox to its sessions, in the order they came.
+pub async fn deliver_letters<A: Adapter>(hub: Weak<Hub<A>>, mut inbox: mpsc::Receiver<Vec<u8>>) {
+    while let Some(bytes) = inbox.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match Letter::read(bytes) {
+            Some(letter) => hub.delivery.deliver_letter(letter),
+            None => tracing::warn!("unreadable letter in this node's inbox; dropped"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str) -> PeerId {
+        PeerId::parse(name).expect("valid")
+    }
+
+    #[test]
+    fn letters_round_trip_with_their_bytes_untouched() {
+        let data =
+            RawValue::from_string(r#"{"sdp":"v=0\r\n a",  "n": [1, 2]}"#.into()).expect("json");
+        let (a, b) = (peer("a-1"), peer("B_2"));
+        let bytes = letter(&[&a, &b], &body(p::RELAY, &data));
+        let read = Letter::read(bytes).expect("a letter");
+        assert_eq!(read.peers, vec![a, b]);
+        assert_eq!(read.event, p::RELAY);
+        assert_eq!(read.data.get(), data.get());
+    }
+
+    #[test]
+    fn anything_else_is_not_a_letter() {
+        let data = RawValue::from_string("{}".into()).expect("json");
+        let good = letter(&[&peer("a")], &body(p::CHAT_MESSAGE, &data));
+        assert!(Letter::read(good).is_some());
+        for bad in [
+            &b""[..],
+            b"a\n",
+            b"a\nchat-message",
+            b"a\nsession\n{}",
+            b"a b.c\nchat-message\n{}",
+            b"\nchat-message\n{}",
+            b"a\nchat-message\n{oops",
+            b"a\nchat-message\n\xff",
+        ] {
+            assert!(Letter::read(bad.to_vec()).is_none(), "{bad:?}");
+        }
+    }
+}
