@@ -11,7 +11,6 @@ use std::time::Instant;
 use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
@@ -27,8 +26,8 @@ use crate::store::Recipient;
 /// generation that happened in: it can no longer be recovered, so it is given up at once.
 pub type Overflow = (Arc<Session>, u64);
 
-pub struct Delivery<A: Adapter> {
-    io: SocketIo<A>,
+pub struct Delivery {
+    io: SocketIo,
     /// How events reach peers on other nodes (cluster mode).
     postbox: Option<Postbox>,
     /// The sessions of this node, connected or away.
@@ -40,14 +39,14 @@ pub struct Delivery<A: Adapter> {
     overflow: mpsc::UnboundedSender<Overflow>,
 }
 
-impl<A: Adapter> Delivery<A> {
+impl Delivery {
     pub fn new(
-        io: SocketIo<A>,
+        io: SocketIo,
         postbox: Option<Postbox>,
         keep: KeepLimits,
         recoverable: bool,
         overflow: mpsc::UnboundedSender<Overflow>,
-    ) -> Delivery<A> {
+    ) -> Delivery {
         Delivery {
             io,
             postbox,
@@ -58,7 +57,7 @@ impl<A: Adapter> Delivery<A> {
         }
     }
 
-    pub fn io(&self) -> &SocketIo<A> {
+    pub fn io(&self) -> &SocketIo {
         &self.io
     }
 
@@ -199,7 +198,7 @@ impl<A: Adapter> Delivery<A> {
     /// no longer be replayed.
     pub fn greet(
         &self,
-        socket: &SocketRef<A>,
+        socket: &SocketRef,
         session: &Session,
         credential: &Credential,
         received: u64,
@@ -243,7 +242,7 @@ pub fn serialize<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Arc<Raw
 /// Writes to one socket of this node. A socket whose outgoing queue is full is too far behind
 /// to trust its view of the room any more: it is disconnected, so its client reconnects and
 /// rejoins with a fresh roster instead of silently missing events.
-fn write<A: Adapter, T: Serialize + ?Sized>(socket: &SocketRef<A>, event: &str, data: &T) {
+fn write<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
     match socket.emit(event, data) {
         Ok(()) => {}
         Err(SendError::Socket(SocketError::InternalChannelFull)) => {

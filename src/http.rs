@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
-use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
@@ -20,22 +19,18 @@ use crate::hub::Hub;
 use crate::server::StartError;
 
 /// What the HTTP routes need.
-pub struct Http<A: Adapter> {
-    pub hub: Arc<Hub<A>>,
+pub struct Http {
+    pub hub: Arc<Hub>,
     pub verifier: Arc<Verifier>,
     pub ice_servers: serde_json::Value,
 }
 
 /// Every route, with the Socket.IO layer and CORS in front.
-pub fn router<A: Adapter>(
-    config: &Config,
-    http: Http<A>,
-    layer: SocketIoLayer<A>,
-) -> Result<Router, StartError> {
+pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Router, StartError> {
     let app = Router::new()
-        .route("/health", get(health::<A>))
-        .route("/client-config", get(client_config::<A>))
-        .route("/dev/token", get(dev_token::<A>));
+        .route("/health", get(health))
+        .route("/client-config", get(client_config))
+        .route("/dev/token", get(dev_token));
     #[cfg(feature = "heap-census")]
     let app = app.route(
         "/debug/heap",
@@ -115,7 +110,7 @@ fn cors(allowed: &str) -> Result<CorsLayer, StartError> {
     Ok(layer.allow_origin(AllowOrigin::list(origins)))
 }
 
-async fn health<A: Adapter>(State(http): State<Arc<Http<A>>>) -> Json<serde_json::Value> {
+async fn health(State(http): State<Arc<Http>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
         "connections": http.hub.connections(),
@@ -124,7 +119,7 @@ async fn health<A: Adapter>(State(http): State<Arc<Http<A>>>) -> Json<serde_json
     }))
 }
 
-async fn client_config<A: Adapter>(State(http): State<Arc<Http<A>>>) -> Json<serde_json::Value> {
+async fn client_config(State(http): State<Arc<Http>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "iceServers": http.ice_servers }))
 }
 
@@ -133,10 +128,7 @@ struct TokenQuery {
     name: Option<String>,
 }
 
-async fn dev_token<A: Adapter>(
-    State(http): State<Arc<Http<A>>>,
-    Query(query): Query<TokenQuery>,
-) -> Response {
+async fn dev_token(State(http): State<Arc<Http>>, Query(query): Query<TokenQuery>) -> Response {
     match http.verifier.dev_token(query.name.as_deref()) {
         Some(token) => Json(serde_json::json!({
             "token": token,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::{SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 
@@ -161,12 +161,12 @@ fn limits(config: &Config) -> Limits {
     }
 }
 
-async fn serve<A: Adapter>(
+async fn serve(
     config: Config,
     listener: TcpListener,
-    layer: socketioxide::layer::SocketIoLayer<A>,
-    io: SocketIo<A>,
-    http: Http<A>,
+    layer: socketioxide::layer::SocketIoLayer,
+    io: SocketIo,
+    http: Http,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     if http.verifier.is_dev() {

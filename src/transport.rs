@@ -5,45 +5,40 @@
 
 use std::sync::Arc;
 
-use socketioxide::adapter::Adapter;
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::handler::{MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
-use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::auth::AuthError;
 use crate::hub::{Hub, Resume};
 use crate::protocol::{self as p, Frame, Refusal};
 use crate::session::Session;
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     /// Registers the default namespace. The work happens in the connect middleware, which
     /// runs before socketioxide acknowledges the CONNECT: the socket's session and event
     /// handlers are in place before the client can send anything. The connect handler, which
     /// socketioxide runs as a task after the acknowledgement, greets the client with `session`;
     /// the session's events wait for it (see `lifecycle`), so `session` is the first event.
-    /// With a remote adapter the result is a future that resolves once the adapter is ready.
-    pub fn attach(self: &Arc<Self>) -> A::InitRes
-    where
-        A: DefinedAdapter,
-    {
+    pub fn attach(self: &Arc<Self>) {
         use socketioxide::handler::ConnectHandler;
         let (admitting, greeting) = (Arc::clone(self), Arc::clone(self));
         self.delivery.io().ns(
             "/",
-            (async move |socket: SocketRef<A>| greeting.greet(&socket)).with(
-                async move |socket: SocketRef<A>, Data(auth): Data<Option<serde_json::Value>>| {
+            (async move |socket: SocketRef| greeting.greet(&socket)).with(
+                async move |socket: SocketRef, Data(auth): Data<Option<serde_json::Value>>| {
                     admitting.admit(&socket, auth.as_ref())
                 },
             ),
-        )
+        );
     }
 
     /// Checks the token, finds or makes the socket's session, and sets the socket up: its
     /// event dispatcher and its disconnect handling.
     fn admit(
         self: &Arc<Self>,
-        socket: &SocketRef<A>,
+        socket: &SocketRef,
         auth: Option<&serde_json::Value>,
     ) -> Result<(), AuthError> {
         let identity = self.verifier.verify(auth).inspect_err(|e| {
@@ -56,26 +51,24 @@ impl<A: Adapter> Hub<A> {
             session: Arc::clone(&session),
         });
         let hub = Arc::clone(self);
-        socket.on_disconnect(
-            async move |socket: SocketRef<A>, reason: DisconnectReason| {
-                hub.socket_gone(&session, socket.id, reason);
-            },
-        );
+        socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+            hub.socket_gone(&session, socket.id, reason);
+        });
         Ok(())
     }
 }
 
 /// Receives every event of one socket (registered as its fallback handler).
-pub struct Dispatcher<A: Adapter> {
-    hub: Arc<Hub<A>>,
+pub struct Dispatcher {
+    hub: Arc<Hub>,
     session: Arc<Session>,
 }
 
 /// Marker for [`MessageHandler`]'s type parameter.
 pub struct InOrder;
 
-impl<A: Adapter> MessageHandler<A, InOrder> for Dispatcher<A> {
-    fn call(&self, _socket: Arc<Socket<A>>, value: Value, _ack: Option<i64>) {
+impl MessageHandler<LocalAdapter, InOrder> for Dispatcher {
+    fn call(&self, _socket: Arc<Socket<LocalAdapter>>, value: Value, _ack: Option<i64>) {
         let delivery = &self.hub.delivery;
         let text = match &value {
             Value::Str(text, None) => text,

@@ -10,7 +10,6 @@ use std::sync::{Arc, Weak};
 
 use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
-use socketioxide::adapter::Adapter;
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
@@ -106,7 +105,7 @@ impl Postbox {
 pub const INBOX_DEPTH: usize = 65_536;
 
 /// Delivers the letters of this node's inbox to its sessions, in the order they came.
-pub async fn deliver_letters<A: Adapter>(hub: Weak<Hub<A>>, mut inbox: mpsc::Receiver<Vec<u8>>) {
+pub async fn deliver_letters(hub: Weak<Hub>, mut inbox: mpsc::Receiver<Vec<u8>>) {
     while let Some(bytes) = inbox.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         match Letter::read(bytes) {

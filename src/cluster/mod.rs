@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
@@ -97,11 +96,7 @@ pub fn unreachable(redis_url: &str, cause: &dyn std::fmt::Display) -> StartError
 }
 
 /// Cluster mode: refresh this node's heartbeat, and announce the members of nodes that died.
-pub async fn keep_node_alive(
-    hub: Arc<Hub<LocalAdapter>>,
-    io: SocketIo<LocalAdapter>,
-    pubsub: PubSub,
-) {
+pub async fn keep_node_alive(hub: Arc<Hub>, io: SocketIo, pubsub: PubSub) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use socketioxide::adapter::Adapter;
 
 use super::Hub;
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::Session;
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     pub(crate) async fn media_state(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let (room, state, object) = match p::inbound::parse_media_state(payload) {
             Ok(parsed) => parsed,

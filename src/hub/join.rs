@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use socketioxide::adapter::Adapter;
 
 use super::Hub;
 use crate::limits::retry_after_ms;
@@ -38,7 +37,7 @@ enum Found {
     MayJoin(Expect),
 }
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     pub(crate) async fn join_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let Some(request) = self.allowed(session, JoinRequest::parse(payload)) else {
             return;

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use socketioxide::adapter::Adapter;
 
 use super::Hub;
 use crate::ids::PeerId;
@@ -11,7 +10,7 @@ use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::Session;
 use crate::store::Recipient;
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     pub(crate) async fn leave_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let room = match p::inbound::parse_room_of(payload) {
             Ok((room, _)) => room,

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::{DisconnectReason, Sid};
 
@@ -51,7 +50,7 @@ pub(crate) struct Pending {
     greeted: tokio::sync::oneshot::Sender<()>,
 }
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     /// The session `sid` will serve: the one `resume` names, if it may be taken up, else a
     /// fresh one.
     pub(crate) fn open_session(
@@ -171,7 +170,7 @@ impl<A: Adapter> Hub<A> {
     }
 
     /// The connect handler: `session` is the first event of every connection.
-    pub(crate) fn greet(self: &Arc<Self>, socket: &SocketRef<A>) {
+    pub(crate) fn greet(self: &Arc<Self>, socket: &SocketRef) {
         let Some((_, pending)) = self.pending.remove(&socket.id) else {
             return;
         };

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use socketioxide::SocketIo;
-use socketioxide::adapter::Adapter;
 use socketioxide::socket::Sid;
 use tokio::sync::mpsc;
 
@@ -46,12 +45,12 @@ pub struct Limits {
 }
 
 /// Everything the flows share.
-pub struct Hub<A: Adapter> {
+pub struct Hub {
     pub(crate) rooms: RoomStore,
     pub(crate) turns: RoomTurns,
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) limits: Limits,
-    pub(crate) delivery: Delivery<A>,
+    pub(crate) delivery: Delivery,
     /// Leaves the store could not record when they happened (Redis unreachable), retried by
     /// the cluster heartbeat.
     missed_leaves: std::sync::Mutex<Vec<(String, PeerId)>>,
@@ -64,9 +63,9 @@ pub struct Hub<A: Adapter> {
 /// How often connected sessions forget the events their clients can no longer need.
 const FORGET_EVERY: Duration = Duration::from_secs(5);
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     pub fn new(
-        io: SocketIo<A>,
+        io: SocketIo,
         rooms: RoomStore,
         verifier: Arc<Verifier>,
         limits: Limits,
@@ -161,10 +160,7 @@ impl<A: Adapter> Hub<A> {
 }
 
 /// Ends the sessions that kept more than their bounds while away: they cannot be recovered.
-async fn end_overflowed<A: Adapter>(
-    hub: Weak<Hub<A>>,
-    mut overflowed: mpsc::UnboundedReceiver<Overflow>,
-) {
+async fn end_overflowed(hub: Weak<Hub>, mut overflowed: mpsc::UnboundedReceiver<Overflow>) {
     while let Some((session, generation)) = overflowed.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         tracing::info!(peer = %session.peer, "away session kept too much; giving it up");
@@ -174,7 +170,7 @@ async fn end_overflowed<A: Adapter>(
 
 /// Lets connected sessions drop events older than a client needs, so an idle session keeps
 /// nothing.
-async fn forget_old_events<A: Adapter>(hub: Weak<Hub<A>>) {
+async fn forget_old_events(hub: Weak<Hub>) {
     let mut tick = tokio::time::interval(FORGET_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use socketioxide::adapter::Adapter;
 
 use super::Hub;
 use crate::cluster::inbox;
@@ -15,7 +14,7 @@ use crate::protocol::{self as p, Refusal, RelayRequest, outbound as out};
 use crate::session::Session;
 use crate::store::RelayRoute;
 
-impl<A: Adapter> Hub<A> {
+impl Hub {
     pub(crate) async fn relay(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
         let request = match RelayRequest::parse(payload) {
             Ok(request) => request,
