@@ -3,12 +3,16 @@
 //! away session only keeps it). In cluster mode an event for a peer on another node is posted
 //! to that node's inbox (`cluster::inbox`), which delivers it the same way. Only the `session`
 //! greeting itself bypasses the numbering, as the protocol says.
+//!
+//! While a session moves between nodes (`hub::handover`), the node it is coming to holds the
+//! events that reach it early, and the node it left forwards what still arrives there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
@@ -33,6 +37,11 @@ pub struct Delivery {
     /// The sessions of this node, connected or away.
     sessions: DashMap<PeerId, Arc<Session>>,
     keep: KeepLimits,
+    /// Sessions on their way here from another node: the events that came first, held until
+    /// the session itself arrives.
+    arriving: DashMap<PeerId, Vec<(&'static str, Arc<RawValue>)>>,
+    /// Sessions that moved to another node, and when: what still reaches them here follows.
+    forwards: DashMap<PeerId, (NodeId, Instant)>,
     /// Sessions can be recovered, so connected ones keep what they are sent. Without recovery
     /// only a session not yet greeted keeps anything (to replay it after the greeting).
     recoverable: bool,
@@ -51,6 +60,8 @@ impl Delivery {
             io,
             postbox,
             sessions: DashMap::new(),
+            arriving: DashMap::new(),
+            forwards: DashMap::new(),
             keep,
             recoverable,
             overflow,
@@ -87,21 +98,28 @@ impl Delivery {
         data: &T,
     ) {
         if let Some(raw) = serialize(event, data) {
-            self.deliver(session, event, &raw);
+            // An answer to a session that has just moved away is of no use to it.
+            let _ = self.deliver(session, event, &raw);
         }
     }
 
     /// Numbers and keeps the event, and writes it to the session's socket if it has one.
-    fn deliver(&self, session: &Arc<Session>, event: &'static str, data: &Arc<RawValue>) {
+    /// Returns the node to forward it to if the session has moved there.
+    fn deliver(
+        &self,
+        session: &Arc<Session>,
+        event: &'static str,
+        data: &Arc<RawValue>,
+    ) -> Option<NodeId> {
         let mut link = session.link();
         if link.ended {
-            return;
+            return link.moved_to.clone();
         }
         if let (Some(sid), false) = (link.socket, self.recoverable) {
             if let Some(socket) = self.io.get_socket(sid) {
                 write(&socket, event, &**data);
             }
-            return;
+            return None;
         }
         let within = link
             .outbox
@@ -119,6 +137,7 @@ impl Delivery {
             link.given_up = true;
             let _ = self.overflow.send((Arc::clone(session), link.generation));
         }
+        None
     }
 
     /// Sends to exactly these peers, wherever they are: into their sessions on this node, and
@@ -135,7 +154,7 @@ impl Delivery {
         let mut elsewhere: HashMap<&NodeId, Vec<&PeerId>> = HashMap::new();
         for recipient in recipients {
             match &recipient.node {
-                None => self.deliver_here(&recipient.peer, event, &raw),
+                None => self.deliver_here(&recipient.peer, event, &raw).await,
                 Some(node) => elsewhere.entry(node).or_default().push(&recipient.peer),
             }
         }
@@ -155,19 +174,87 @@ impl Delivery {
         }
     }
 
-    /// Sends an event already serialized to a peer whose session is on this node, if it still
-    /// has one (a session that ended has nobody left to tell).
-    pub fn deliver_here(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) {
-        if let Some(session) = self.session(peer) {
-            self.deliver(&session, event, data);
+    /// Sends an event already serialized to a peer whose session is on this node: held if the
+    /// session is still arriving, forwarded if it has moved on, dropped if it ended (nobody is
+    /// left to tell).
+    pub async fn deliver_here(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) {
+        let forward = if let Some(mut held) = self.arriving.get_mut(peer) {
+            // One more than the session may keep marks it as overflowed (see `arrive`).
+            if held.len() <= self.keep.events {
+                held.push((event, Arc::clone(data)));
+            }
+            None
+        } else if let Some(session) = self.session(peer) {
+            self.deliver(&session, event, data)
+        } else {
+            self.forwards.get(peer).map(|f| f.0.clone())
+        };
+        let (Some(node), Some(postbox)) = (forward, &self.postbox) else {
+            return;
+        };
+        let letter = inbox::letter(&[peer], &inbox::body(event, data));
+        if let Err(e) = postbox.post(vec![(node, letter)]).await {
+            tracing::warn!(event, cause = %e, "forwarding to a moved session failed");
         }
     }
 
     /// Delivers a letter another node posted to this one.
-    pub fn deliver_letter(&self, letter: Letter) {
+    pub async fn deliver_letter(&self, letter: Letter) {
         for peer in &letter.peers {
-            self.deliver_here(peer, letter.event, &letter.data);
+            self.deliver_here(peer, letter.event, &letter.data).await;
         }
+    }
+
+    /// From now on, hold what reaches `peer` until its session arrives (or the wait is called
+    /// off). A wait already under way is not disturbed; false then.
+    pub fn expect_arrival(&self, peer: &PeerId) -> bool {
+        match self.arriving.entry(peer.clone()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(entry) => {
+                entry.insert(Vec::new());
+                true
+            }
+        }
+    }
+
+    /// The session `peer` awaited is here: it is registered and gets what was held for it, in
+    /// order, before anything newer (the held list stays locked until it is registered).
+    /// False if more was held than the session may keep: it cannot be recovered.
+    pub fn arrive(&self, session: &Arc<Session>) -> bool {
+        let Entry::Occupied(mut held) = self.arriving.entry(session.peer.clone()) else {
+            return false;
+        };
+        if held.get().len() > self.keep.events {
+            held.remove();
+            return false;
+        }
+        self.register(Arc::clone(session));
+        for (event, data) in held.get_mut().drain(..) {
+            let _ = self.deliver(session, event, &data);
+        }
+        held.remove();
+        true
+    }
+
+    /// Stops holding for `peer`: its session is not coming.
+    pub fn call_off_arrival(&self, peer: &PeerId) {
+        self.arriving.remove(peer);
+    }
+
+    /// `session` has moved to `node`: it leaves this node, and what still reaches it here
+    /// follows it for a while.
+    pub fn moved(&self, session: &Session, node: NodeId) {
+        self.forwards
+            .insert(session.peer.clone(), (node, Instant::now()));
+        self.unregister(session);
+    }
+
+    /// Forgets forwarding addresses older than `age`: letters routed before a move have long
+    /// arrived by then.
+    pub fn forget_forwards(&self, age: Duration) {
+        let now = Instant::now();
+        self.forwards
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < age);
     }
 
     /// Answers an event of `session` with `error`.

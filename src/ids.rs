@@ -94,8 +94,9 @@ impl std::fmt::Debug for NodeId {
 /// Random bytes in a resume secret: 256 bits.
 const SECRET_BYTES: usize = 32;
 
-/// A resume credential as handed to the client once: `<peer id>.<secret>`. The server keeps
-/// only [`CredentialDigest`].
+/// A resume credential as handed to the client once: `<peer id>.<node id>.<secret>`, the node
+/// being the one that holds the session, so any node of a cluster knows whom to ask for it.
+/// The server keeps only [`CredentialDigest`].
 pub struct Credential(String);
 
 /// The SHA-256 of a credential's secret part. The secret is 256 random bits, so a fast hash
@@ -104,13 +105,13 @@ pub struct Credential(String);
 pub struct CredentialDigest([u8; 32]);
 
 impl Credential {
-    /// A fresh credential for `peer`, and the digest to keep.
-    pub fn issue(peer: &PeerId) -> (Credential, CredentialDigest) {
+    /// A fresh credential for `peer`, whose session `node` holds, and the digest to keep.
+    pub fn issue(peer: &PeerId, node: &NodeId) -> (Credential, CredentialDigest) {
         let mut secret = [0u8; SECRET_BYTES];
         rand::fill(&mut secret[..]);
         let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let digest = CredentialDigest::of(&secret);
-        (Credential(format!("{peer}.{secret}")), digest)
+        (Credential(format!("{peer}.{node}.{secret}")), digest)
     }
 
     pub fn as_str(&self) -> &str {
@@ -140,22 +141,47 @@ impl CredentialDigest {
     }
 }
 
-/// A credential a client presented: whose session it names, and the digest of its secret.
+/// A credential a client presented: whose session it names, which node held it, and the digest
+/// of its secret.
 pub struct Presented {
     pub peer: PeerId,
+    pub node: NodeId,
     pub digest: CredentialDigest,
 }
 
 impl Presented {
     pub fn parse(text: &str) -> Option<Presented> {
-        let (peer, secret) = text.split_once('.')?;
-        if secret.len() != SECRET_BYTES * 2 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut parts = text.split('.');
+        let (peer, node, secret) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || secret.len() != SECRET_BYTES * 2
+            || !secret.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return None;
         }
         Some(Presented {
             peer: PeerId::parse(peer)?,
+            node: NodeId::parse(node)?,
             digest: CredentialDigest::of(secret),
         })
+    }
+}
+
+impl CredentialDigest {
+    /// For handing a session to another node: the digest, never the secret, crosses Redis.
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(text: &str) -> Option<CredentialDigest> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(CredentialDigest(bytes))
     }
 }
 
@@ -186,15 +212,35 @@ mod tests {
     #[test]
     fn a_credential_matches_only_its_own_digest() {
         let peer = PeerId::parse("peer1").expect("valid");
-        let (credential, digest) = Credential::issue(&peer);
+        let node = NodeId::random();
+        let (credential, digest) = Credential::issue(&peer, &node);
         let presented = Presented::parse(credential.as_str()).expect("parses");
-        assert_eq!(presented.peer, peer);
+        assert_eq!((&presented.peer, &presented.node), (&peer, &node));
         assert!(presented.digest.matches(&digest));
-        let (other, _) = Credential::issue(&peer);
+        let hex = digest.to_hex();
+        assert!(
+            CredentialDigest::from_hex(&hex)
+                .expect("hex")
+                .matches(&digest)
+        );
+        assert!(CredentialDigest::from_hex(&hex[1..]).is_none());
+        let (other, _) = Credential::issue(&peer, &node);
         let other = Presented::parse(other.as_str()).expect("parses");
         assert!(!other.digest.matches(&digest));
         assert!(!format!("{credential:?}").contains(&credential.as_str()[6..]));
-        for bad in ["", "peer1", "peer1.", "peer1.xyz", ".00", "a.b.c"] {
+        let secret = "0".repeat(64);
+        assert!(Presented::parse(&format!("p.ab.{secret}")).is_some());
+        for bad in [
+            "",
+            "peer1",
+            "peer1.",
+            "peer1.xyz",
+            ".00",
+            "a.b.c",
+            &format!("p.{secret}"),
+            &format!("p.zz.{secret}"),
+            &format!("p.ab.{secret}.x"),
+        ] {
             assert!(Presented::parse(bad).is_none(), "{bad}");
         }
     }

@@ -96,7 +96,7 @@ pub async fn run(
         limits,
     );
     hub.attach();
-    tokio::spawn(cluster::inbox::deliver_letters(Arc::downgrade(&hub), inbox));
+    tokio::spawn(cluster::inbox::read_inbox(Arc::downgrade(&hub), inbox));
 
     let heartbeat = tokio::spawn(cluster::keep_node_alive(
         Arc::clone(&hub),
@@ -150,7 +150,7 @@ fn limits(config: &Config) -> Limits {
         max_payload_bytes: config.max_payload_bytes,
         max_peers_per_room: config.max_peers_per_room,
         guesses: config.guess_limits(),
-        recovery_window: (config.recovery_window_ms > 0 && config.redis_url.is_none())
+        recovery_window: (config.recovery_window_ms > 0)
             .then(|| Duration::from_millis(config.recovery_window_ms)),
         keep: KeepLimits {
             events: KEPT_EVENTS,

@@ -28,7 +28,7 @@ impl Hub {
             "/",
             (async move |socket: SocketRef| greeting.greet(&socket)).with(
                 async move |socket: SocketRef, Data(auth): Data<Option<serde_json::Value>>| {
-                    admitting.admit(&socket, auth.as_ref())
+                    admitting.admit(&socket, auth.as_ref()).await
                 },
             ),
         );
@@ -36,7 +36,7 @@ impl Hub {
 
     /// Checks the token, finds or makes the socket's session, and sets the socket up: its
     /// event dispatcher and its disconnect handling.
-    fn admit(
+    async fn admit(
         self: &Arc<Self>,
         socket: &SocketRef,
         auth: Option<&serde_json::Value>,
@@ -45,7 +45,7 @@ impl Hub {
             tracing::info!(sid = %socket.id, reason = %e, "connection refused");
         })?;
         let resume = auth.and_then(Resume::parse);
-        let session = self.open_session(socket.id, identity, resume);
+        let session = self.open_session(socket.id, identity, resume).await;
         socket.on_fallback(Dispatcher {
             hub: Arc::clone(self),
             session: Arc::clone(&session),

@@ -216,18 +216,70 @@ async fn with_recovery_off_a_drop_is_announced_at_once() {
     assert_eq!(departure_heard(&mut alice).await, json!(bob_id));
 }
 
-/// Cluster mode does not recover sessions yet: a drop is announced at once, as before.
+/// Cluster mode: a session dropped on one node comes back on another, which asks the old node
+/// for it; relays sent while it was away, and while it moved, arrive once and in order.
 #[tokio::test]
-async fn in_cluster_mode_a_drop_is_announced_at_once() {
+async fn a_dropped_session_comes_back_on_another_node() {
     let redis = Redis::start().await;
     let (a, b) = (redis.node().await, redis.node().await);
-    let (mut alice, bob) = support::pair(&a, &b, "call").await;
+    let (mut alice, mut bob) = support::pair(&a, &b, "call").await;
     let bob_id = bob.id().to_string();
-    bob.client.abort();
-    assert_eq!(departure_heard(&mut alice).await, json!(bob_id));
-    let mut bob = bob;
-    bob.reconnect(&b, &b.token("bob")).await;
-    assert_eq!(bob.session["recovered"], json!(false));
+    for n in 0..10 {
+        alice.relay(&bob_id, json!({ "n": n }));
+    }
+    expect_relays(&mut bob, &alice, 0..4).await;
+    drop_connection(&b, &bob).await;
+    for n in 10..20 {
+        alice.relay(&bob_id, json!({ "n": n }));
+    }
+    // More relays race the move itself.
+    let token = a.token("bob");
+    tokio::join!(bob.reconnect(&a, &token), async {
+        for n in 20..60 {
+            alice.relay(&bob_id, json!({ "n": n }));
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(bob.session["recovered"], json!(true));
+    assert_eq!(bob.id(), bob_id, "the same peer id");
+    expect_relays(&mut bob, &alice, 4..60).await;
+    bob.assert_nothing_before_probe(&alice).await;
+    alice.assert_nothing_before_probe(&bob).await;
+    assert_eq!(b.health().await["away"], json!(0));
+
+    // And back again, this time taking over a connection that still looks alive.
+    alice.relay(&bob_id, json!({ "n": 60 }));
+    expect_relays(&mut bob, &alice, 60..61).await;
+    let auth = json!({
+        "token": b.token("bob"),
+        "resume": bob.session["resume"],
+        "received": bob.received,
+    });
+    let mut bob2 = b.client_with_auth(auth).await;
+    assert_eq!(bob2.session["recovered"], json!(true));
+    assert_eq!(bob2.id(), bob_id);
+    bob.expect_closed().await;
+    alice.relay(&bob_id, json!({ "n": 61 }));
+    expect_relays(&mut bob2, &alice, 61..62).await;
+    alice.assert_nothing_before_probe(&bob2).await;
+    bob2.assert_nothing_before_probe(&alice).await;
+}
+
+/// Across nodes a credential still opens only its own session: another user's token gets a
+/// fresh session and leaves the owner's alone.
+#[tokio::test]
+async fn another_node_hands_a_session_only_to_its_owner() {
+    let redis = Redis::start().await;
+    let (a, b) = (redis.node().await, redis.node().await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "call").await;
+    let auth =
+        json!({ "token": a.token("mallory"), "resume": bob.session["resume"], "received": 0 });
+    let mallory = a.client_with_auth(auth).await;
+    assert_eq!(mallory.session["recovered"], json!(false));
+    assert_ne!(mallory.id(), bob.id());
+    alice.relay(bob.id(), json!({ "n": 0 }));
+    expect_relays(&mut bob, &alice, 0..1).await;
+    alice.assert_nothing_before_probe(&bob).await;
 }
 
 /// A busy session keeps only its last 256 events; losing older ones to the bound while it is

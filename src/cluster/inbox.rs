@@ -4,7 +4,8 @@
 //!
 //! A letter is one event for some peers of the node, as one binary blob (the payload's bytes
 //! as they are, nothing re-encoded): `peer peer …\nevent\ndata`. Peer ids and event names
-//! never contain a newline or a space; the data runs to the end.
+//! never contain a newline or a space; the data runs to the end. A letter with no recipients,
+//! `\n{json}`, is a note between nodes about moving a session (`hub::handover`).
 
 use std::sync::{Arc, Weak};
 
@@ -47,6 +48,32 @@ pub fn letter(peers: &[&PeerId], body: &[u8]) -> Vec<u8> {
     letter.push(b'\n');
     letter.extend_from_slice(body);
     letter
+}
+
+/// A note between nodes: its JSON after an empty recipients line.
+pub fn note(json: &[u8]) -> Vec<u8> {
+    let mut note = Vec::with_capacity(1 + json.len());
+    note.push(b'\n');
+    note.extend_from_slice(json);
+    note
+}
+
+/// What a node finds in its inbox.
+#[derive(Debug)]
+pub enum Mail {
+    Letter(Letter),
+    /// A note's JSON, read by `hub::handover`.
+    Note(String),
+}
+
+impl Mail {
+    /// `None` for anything this server does not write.
+    pub fn read(bytes: Vec<u8>) -> Option<Mail> {
+        match bytes.strip_prefix(b"\n") {
+            Some(json) => String::from_utf8(json.to_vec()).ok().map(Mail::Note),
+            None => Letter::read(bytes).map(Mail::Letter),
+        }
+    }
 }
 
 /// A letter as read from the channel.
@@ -104,12 +131,14 @@ impl Postbox {
 /// them (with an error logged) rather than grow without bound.
 pub const INBOX_DEPTH: usize = 65_536;
 
-/// Delivers the letters of this node's inbox to its sessions, in the order they came.
-pub async fn deliver_letters(hub: Weak<Hub>, mut inbox: mpsc::Receiver<Vec<u8>>) {
+/// Delivers the letters of this node's inbox to its sessions and reads its notes, in the
+/// order they came.
+pub async fn read_inbox(hub: Weak<Hub>, mut inbox: mpsc::Receiver<Vec<u8>>) {
     while let Some(bytes) = inbox.recv().await {
         let Some(hub) = hub.upgrade() else { return };
-        match Letter::read(bytes) {
-            Some(letter) => hub.delivery.deliver_letter(letter),
+        match Mail::read(bytes) {
+            Some(Mail::Letter(letter)) => hub.delivery.deliver_letter(letter).await,
+            Some(Mail::Note(json)) => hub.read_note(&json).await,
             None => tracing::warn!("unreadable letter in this node's inbox; dropped"),
         }
     }
@@ -139,7 +168,8 @@ mod tests {
     fn anything_else_is_not_a_letter() {
         let data = RawValue::from_string("{}".into()).expect("json");
         let good = letter(&[&peer("a")], &body(p::CHAT_MESSAGE, &data));
-        assert!(Letter::read(good).is_some());
+        assert!(matches!(Mail::read(good), Some(Mail::Letter(_))));
+        assert!(matches!(Mail::read(note(b"{}")), Some(Mail::Note(json)) if json == "{}"));
         for bad in [
             &b""[..],
             b"a\n",

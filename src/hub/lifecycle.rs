@@ -21,8 +21,8 @@ use crate::session::Session;
 
 /// What a reconnecting client presents: `auth: { token, resume, received }`.
 pub struct Resume {
-    presented: Presented,
-    received: u64,
+    pub(crate) presented: Presented,
+    pub(crate) received: u64,
 }
 
 impl Resume {
@@ -51,21 +51,25 @@ pub(crate) struct Pending {
 }
 
 impl Hub {
-    /// The session `sid` will serve: the one `resume` names, if it may be taken up, else a
-    /// fresh one.
-    pub(crate) fn open_session(
+    /// The session `sid` will serve: the one `resume` names, if it may be taken up (here, or
+    /// handed over by the node holding it), else a fresh one.
+    pub(crate) async fn open_session(
         self: &Arc<Self>,
         sid: Sid,
         identity: Identity,
         resume: Option<Resume>,
     ) -> Arc<Session> {
-        if let Some(resume) = resume
-            && let Some(session) = self.take_up(sid, &identity, resume)
-        {
-            return session;
+        if let Some(resume) = resume {
+            let taken = match self.take_up(sid, &identity, &resume) {
+                Some(session) => Some(session),
+                None => self.take_over(sid, &identity, &resume).await,
+            };
+            if let Some(session) = taken {
+                return session;
+            }
         }
         let peer = PeerId::of_socket(sid);
-        let (credential, digest) = Credential::issue(&peer);
+        let (credential, digest) = Credential::issue(&peer, &self.node);
         let session = Arc::new(Session::new(
             peer,
             identity,
@@ -82,7 +86,7 @@ impl Hub {
     /// the connection before answering its CONNECT, neither the connect nor the disconnect
     /// handler runs: after [`GREETING_DEADLINE`] a fresh session nobody heard of is ended (a
     /// recovered one stays away for its window).
-    fn await_greeting(
+    pub(super) fn await_greeting(
         self: &Arc<Self>,
         sid: Sid,
         session: &Arc<Session>,
@@ -122,14 +126,14 @@ impl Hub {
         self: &Arc<Self>,
         sid: Sid,
         identity: &Identity,
-        resume: Resume,
+        resume: &Resume,
     ) -> Option<Arc<Session>> {
         let window = self.limits.recovery_window?;
         let session = self.delivery.session(&resume.presented.peer)?;
         if session.identity.user_id != identity.user_id {
             return None;
         }
-        let (credential, digest) = Credential::issue(&session.peer);
+        let (credential, digest) = Credential::issue(&session.peer, &self.node);
         let (generation, replaced) = {
             let mut link = session.link();
             if link.ended || !link.credential.matches(&resume.presented.digest) {
@@ -163,7 +167,7 @@ impl Hub {
 
     /// Closes a socket of this node that no longer serves its session (nothing is announced:
     /// its disconnect finds the session's link pointing elsewhere).
-    fn close(&self, socket: Option<Sid>) {
+    pub(super) fn close(&self, socket: Option<Sid>) {
         if let Some(socket) = socket.and_then(|sid| self.delivery.io().get_socket(sid)) {
             let _ = socket.disconnect();
         }
@@ -226,7 +230,7 @@ impl Hub {
             } else {
                 // Leaving on purpose: spoil the credential, so no resume slips in before the
                 // end runs.
-                link.credential = Credential::issue(&session.peer).1;
+                link.credential = Credential::issue(&session.peer, &self.node).1;
             }
             link.generation
         };
@@ -240,7 +244,12 @@ impl Hub {
     }
 
     /// Ends the session once `window` has passed, unless it was taken up again meanwhile.
-    fn keep_away(self: &Arc<Self>, session: &Arc<Session>, generation: u64, window: Duration) {
+    pub(super) fn keep_away(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        window: Duration,
+    ) {
         let (hub, session) = (Arc::clone(self), Arc::clone(session));
         tokio::spawn(async move {
             tokio::time::sleep(window).await;

@@ -6,8 +6,10 @@
 //! - `echo`: `media-state`, `stopScreenShare` and `chat-message`, echoed to the sender's room.
 //! - `relay`: `#rtcio:message`, to one peer.
 //! - `lifecycle`: a session opened or taken up again, greeted, kept away after a drop, ended.
+//! - `handover`: (cluster mode) a session taken up on another node than the one holding it.
 
 mod echo;
+mod handover;
 mod join;
 mod leave;
 mod lifecycle;
@@ -15,7 +17,7 @@ mod relay;
 
 pub use lifecycle::Resume;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::Verifier;
 use crate::delivery::{Delivery, Overflow};
-use crate::ids::PeerId;
+use crate::ids::{NodeId, PeerId};
 use crate::limits::GuessLimits;
 use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
@@ -46,6 +48,8 @@ pub struct Limits {
 
 /// Everything the flows share.
 pub struct Hub {
+    /// This process: in cluster mode its name among the nodes; credentials name it.
+    pub(crate) node: NodeId,
     pub(crate) rooms: RoomStore,
     pub(crate) turns: RoomTurns,
     pub(crate) verifier: Arc<Verifier>,
@@ -56,12 +60,19 @@ pub struct Hub {
     missed_leaves: std::sync::Mutex<Vec<(String, PeerId)>>,
     /// Sockets admitted and not yet greeted.
     pending: DashMap<Sid, lifecycle::Pending>,
+    /// Sessions asked of other nodes, by ticket, waiting for their answer.
+    awaiting: DashMap<u64, tokio::sync::oneshot::Sender<Option<handover::Handed>>>,
+    tickets: AtomicU64,
     /// Live sessions, connected or away; each `Session` counts itself in and out.
     pub(crate) connected: Arc<AtomicUsize>,
 }
 
 /// How often connected sessions forget the events their clients can no longer need.
 const FORGET_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a node forwards what still reaches a session that moved away: far longer than a
+/// letter routed before the move can take to arrive.
+const FORWARD_FOR: Duration = Duration::from_secs(30);
 
 impl Hub {
     pub fn new(
@@ -73,7 +84,9 @@ impl Hub {
         let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
         let recoverable = limits.recovery_window.is_some();
         let delivery = Delivery::new(io, rooms.postbox(), limits.keep, recoverable, overflow_tx);
+        let node = rooms.node().cloned().unwrap_or_else(NodeId::random);
         let hub = Arc::new(Hub {
+            node,
             rooms,
             turns: RoomTurns::default(),
             verifier,
@@ -81,6 +94,8 @@ impl Hub {
             delivery,
             pending: DashMap::new(),
             missed_leaves: Default::default(),
+            awaiting: DashMap::new(),
+            tickets: AtomicU64::new(0),
             connected: Arc::default(),
         });
         tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
@@ -177,6 +192,7 @@ async fn forget_old_events(hub: Weak<Hub>) {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
         let (now, keep) = (Instant::now(), hub.limits.keep);
+        hub.delivery.forget_forwards(FORWARD_FOR);
         for session in hub.delivery.sessions() {
             let mut link = session.link();
             if link.socket.is_some() {

@@ -41,7 +41,11 @@ impl Hub {
             .route_relay(session, &target, || inbox::body(p::RELAY, &relayed))
             .await;
         match route {
-            Ok(RelayRoute::Here) => self.delivery.deliver_here(&target, p::RELAY, &relayed),
+            Ok(RelayRoute::Here) => {
+                self.delivery
+                    .deliver_here(&target, p::RELAY, &relayed)
+                    .await
+            }
             Ok(RelayRoute::Posted) => {}
             Ok(RelayRoute::Unshared) => {
                 self.delivery

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use socketioxide::socket::Sid;
 
 use crate::auth::Identity;
-use crate::ids::{CredentialDigest, PeerId};
+use crate::ids::{CredentialDigest, NodeId, PeerId};
 use crate::limits::{FixedWindow, WindowLimit};
 use outbox::Outbox;
 use serial::Serial;
@@ -51,8 +51,10 @@ pub struct Link {
     pub away_from: Option<u64>,
     /// The session was found unrecoverable and its end is queued.
     pub given_up: bool,
-    /// The session is over (left, or given up); it can no longer be taken up again.
+    /// The session is over (left, given up, or moved); it can no longer be taken up again.
     pub ended: bool,
+    /// The node the session moved to, if it ended by moving (cluster mode).
+    pub moved_to: Option<NodeId>,
 }
 
 impl Drop for Session {
@@ -84,6 +86,7 @@ impl Session {
                 away_from: None,
                 given_up: false,
                 ended: false,
+                moved_to: None,
             }),
             serial: Arc::new(Serial::default()),
         }

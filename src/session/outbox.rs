@@ -66,6 +66,31 @@ impl Outbox {
         within
     }
 
+    /// The outbox of a session handed over from another node: the events after the first
+    /// `received` of `last`, as they were numbered there.
+    pub fn handed(
+        received: u64,
+        last: u64,
+        events: impl IntoIterator<Item = (u64, &'static str, Arc<RawValue>)>,
+        now: Instant,
+    ) -> Outbox {
+        let mut outbox = Outbox {
+            last,
+            dropped_through: received,
+            ..Outbox::default()
+        };
+        for (seq, event, data) in events {
+            outbox.bytes += data.get().len();
+            outbox.kept.push_back(Kept {
+                seq,
+                event,
+                data,
+                at: now,
+            });
+        }
+        outbox
+    }
+
     /// Drops what a connected client can no longer need.
     pub fn forget_older_than(&mut self, now: Instant, limits: KeepLimits) {
         while self
@@ -149,6 +174,14 @@ mod tests {
         assert_eq!(outbox.kept.capacity(), 0, "an idle session keeps no buffer");
         assert_eq!(seqs(&outbox, 4), Some(vec![]));
         assert_eq!(seqs(&outbox, 3), None);
+    }
+
+    #[test]
+    fn a_handed_outbox_replays_from_where_the_client_got_to() {
+        let outbox = Outbox::handed(5, 7, [(6, "e", data(6)), (7, "e", data(7))], Instant::now());
+        assert_eq!(seqs(&outbox, 5), Some(vec![6, 7]));
+        assert_eq!(seqs(&outbox, 4), None);
+        assert_eq!(outbox.last(), 7);
     }
 
     #[test]

@@ -229,6 +229,14 @@ impl RoomStore {
         }
     }
 
+    /// This node's id among the cluster's (`None` on a single node).
+    pub fn node(&self) -> Option<&NodeId> {
+        match self {
+            RoomStore::Memory(_) => None,
+            RoomStore::Redis(redis) => Some(redis.node()),
+        }
+    }
+
     /// How this node posts events to peers on other nodes (cluster mode only).
     pub fn postbox(&self) -> Option<Postbox> {
         match self {

@@ -179,6 +179,32 @@ return out
 "#
 );
 
+/// Points a peer's entries in its rooms (KEYS) at another node (ARGV[2]), then publishes the
+/// note ARGV[4] to the old node's own inbox (ARGV[3]): when the old node reads it, every letter
+/// sent to it for the peer before the move has arrived.
+const MOVE: &str = r#"
+local peer, to = ARGV[1], ARGV[2]
+for _, room in ipairs(KEYS) do
+  local value = redis.call('HGET', room, peer)
+  if value then
+    local seq, rest = string.match(value, '^([^|]*)|[^|]*|(.*)$')
+    if seq then redis.call('HSET', room, peer, seq .. '|' .. to .. '|' .. rest) end
+  end
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 0
+"#;
+
+/// Moves a peer's entries (ARGV) from the old node's set (KEYS[1]) to this node's (KEYS[2]);
+/// returns the rooms whose entry was still there.
+const ADOPT: &str = r#"
+local kept = {}
+for _, entry in ipairs(ARGV) do
+  if redis.call('SMOVE', KEYS[1], KEYS[2], entry) == 1 then table.insert(kept, entry) end
+end
+return kept
+"#;
+
 #[derive(Serialize, Deserialize)]
 struct Record {
     name: String,
@@ -203,6 +229,8 @@ pub struct RedisRooms {
     forgive_guess: Script,
     set_media: Script,
     relay: Script,
+    moves: Script,
+    adopt: Script,
     reap: Script,
 }
 
@@ -285,6 +313,8 @@ impl RedisRooms {
             forgive_guess: Script::new(FORGIVE_GUESS),
             set_media: Script::new(SET_MEDIA),
             relay: Script::new(RELAY),
+            moves: Script::new(MOVE),
+            adopt: Script::new(ADOPT),
             reap: Script::new(REAP),
         };
         rooms.heartbeat().await?;
@@ -488,6 +518,62 @@ impl RedisRooms {
             1 => RelayRoute::Here,
             _ => RelayRoute::Posted,
         })
+    }
+
+    /// Whether `node`'s heartbeat is current.
+    pub async fn is_alive(&self, node: &NodeId) -> Result<bool, StoreError> {
+        redis::cmd("EXISTS")
+            .arg(alive_key(node.as_str()))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    /// Points `peer`'s entries in `rooms` at node `to`; `note` then reaches this node's own
+    /// inbox behind every letter sent here for the peer before the move.
+    pub async fn move_session(
+        &self,
+        rooms: &[Arc<str>],
+        peer: &PeerId,
+        to: &NodeId,
+        note: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut call = self.moves.prepare_invoke();
+        for room in rooms {
+            call.key(room_key(room));
+        }
+        call.arg(peer.as_str())
+            .arg(to.as_str())
+            .arg(crate::cluster::inbox::channel(&self.node))
+            .arg(note)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Takes over `peer`'s entries in `rooms` from node `from`, so they are this node's to
+    /// clean up; returns the rooms it is still in.
+    pub async fn adopt(
+        &self,
+        from: &NodeId,
+        rooms: &[String],
+        peer: &PeerId,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut call = self.adopt.prepare_invoke();
+        call.key(members_key(from.as_str()))
+            .key(members_key(self.node.as_str()));
+        for room in rooms {
+            call.arg(entry(room, peer));
+        }
+        let kept: Vec<String> = call
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(kept
+            .into_iter()
+            .filter_map(|e| e.split_once('\n').map(|(room, _)| room.to_string()))
+            .collect())
     }
 
     /// Refreshes this node's heartbeat. Returns false if the heartbeat had lapsed, meaning the
