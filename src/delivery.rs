@@ -39,7 +39,7 @@ pub struct Delivery {
     keep: KeepLimits,
     /// Sessions on their way here from another node: the events that came first, held until
     /// the session itself arrives.
-    arriving: DashMap<PeerId, Vec<(&'static str, Arc<RawValue>)>>,
+    arriving: DashMap<PeerId, Arrival>,
     /// Sessions that moved to another node, and when: what still reaches them here follows.
     forwards: DashMap<PeerId, (NodeId, Instant)>,
     /// Sessions can be recovered, so connected ones keep what they are sent. Without recovery
@@ -178,16 +178,16 @@ impl Delivery {
     /// session is still arriving, forwarded if it has moved on, dropped if it ended (nobody is
     /// left to tell).
     pub async fn deliver_here(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) {
-        let forward = if let Some(mut held) = self.arriving.get_mut(peer) {
+        let forward = if let Some(mut arrival) = self.arriving.get_mut(peer) {
             // One more than the session may keep marks it as overflowed (see `arrive`).
-            if held.len() <= self.keep.events {
-                held.push((event, Arc::clone(data)));
+            if arrival.held.len() <= self.keep.events {
+                arrival.held.push((event, Arc::clone(data)));
             }
             None
         } else if let Some(session) = self.session(peer) {
             self.deliver(&session, event, data)
         } else {
-            self.forwards.get(peer).map(|f| f.0.clone())
+            self.forwarded_to(peer)
         };
         let (Some(node), Some(postbox)) = (forward, &self.postbox) else {
             return;
@@ -211,7 +211,10 @@ impl Delivery {
         match self.arriving.entry(peer.clone()) {
             Entry::Occupied(_) => false,
             Entry::Vacant(entry) => {
-                entry.insert(Vec::new());
+                entry.insert(Arrival {
+                    since: Instant::now(),
+                    held: Vec::new(),
+                });
                 true
             }
         }
@@ -221,19 +224,24 @@ impl Delivery {
     /// order, before anything newer (the held list stays locked until it is registered).
     /// False if more was held than the session may keep: it cannot be recovered.
     pub fn arrive(&self, session: &Arc<Session>) -> bool {
-        let Entry::Occupied(mut held) = self.arriving.entry(session.peer.clone()) else {
+        let Entry::Occupied(mut arrival) = self.arriving.entry(session.peer.clone()) else {
             return false;
         };
-        if held.get().len() > self.keep.events {
-            held.remove();
+        if arrival.get().held.len() > self.keep.events {
+            arrival.remove();
             return false;
         }
         self.register(Arc::clone(session));
-        for (event, data) in held.get_mut().drain(..) {
+        for (event, data) in arrival.get_mut().held.drain(..) {
             let _ = self.deliver(session, event, &data);
         }
-        held.remove();
+        arrival.remove();
         true
+    }
+
+    /// Whether a session for `peer` is on its way here.
+    pub fn is_arriving(&self, peer: &PeerId) -> bool {
+        self.arriving.contains_key(peer)
     }
 
     /// Stops holding for `peer`: its session is not coming.
@@ -249,12 +257,24 @@ impl Delivery {
         self.unregister(session);
     }
 
-    /// Forgets forwarding addresses older than `age`: letters routed before a move have long
-    /// arrived by then.
-    pub fn forget_forwards(&self, age: Duration) {
+    /// Where `peer`'s session moved from this node, lately.
+    pub fn forwarded_to(&self, peer: &PeerId) -> Option<NodeId> {
+        self.forwards.get(peer).map(|f| f.0.clone())
+    }
+
+    /// Whether no session is left on this node.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Forgets forwarding addresses, and arrivals that never came, older than `age`: letters
+    /// routed before a move have long arrived by then.
+    pub fn forget_moves(&self, age: Duration) {
         let now = Instant::now();
         self.forwards
             .retain(|_, (_, since)| now.saturating_duration_since(*since) < age);
+        self.arriving
+            .retain(|_, arrival| now.saturating_duration_since(arrival.since) < age);
     }
 
     /// Answers an event of `session` with `error`.
@@ -313,6 +333,12 @@ impl Delivery {
         link.away_from = None;
         true
     }
+}
+
+/// A session on its way to this node, and what reached it before it did.
+struct Arrival {
+    since: Instant,
+    held: Vec<(&'static str, Arc<RawValue>)>,
 }
 
 /// An event's payload as JSON, once for however many recipients.

@@ -79,7 +79,9 @@ pub async fn run(
             verifier,
             ice_servers,
         };
-        return serve(config, listener, layer, io, http, shutdown).await;
+        return serve(config, listener, layer, io, http, shutdown)
+            .await
+            .map(drop);
     };
 
     let cluster::Connected {
@@ -109,15 +111,16 @@ pub async fn run(
         verifier,
         ice_servers,
     };
-    let served = serve(config, listener, layer, io, http, shutdown).await;
-    // The heartbeat runs until this node's sockets have left their rooms; if they don't in
-    // time, the node's entries stay and the survivors reap them once the heartbeat lapses.
-    let drained = hub.drained(grace).await;
+    let stopped = serve(config, listener, layer, io, http, shutdown).await?;
+    // The heartbeat runs until this node's sockets have left their rooms (or their sessions
+    // have gone to an heir); if they don't in time, the node's entries stay and the survivors
+    // reap them once the heartbeat lapses.
+    let drained = stopped == Stopped::HandedOff || hub.drained(grace).await;
     heartbeat.abort();
     if drained && let Err(e) = hub.deregister_node().await {
         tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");
     }
-    served
+    Ok(())
 }
 
 /// Packets one socket may have waiting to be written. socketioxide's default (128) overflows
@@ -161,6 +164,16 @@ fn limits(config: &Config) -> Limits {
     }
 }
 
+/// How serving ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stopped {
+    /// Clients were disconnected: their departures are announced.
+    Closed,
+    /// (Cluster mode) every session went to another node; the clients' connections end with
+    /// this process, and they reconnect and take their sessions up there.
+    HandedOff,
+}
+
 async fn serve(
     config: Config,
     listener: TcpListener,
@@ -168,7 +181,8 @@ async fn serve(
     io: SocketIo,
     http: Http,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+) -> Result<Stopped, StartError> {
+    let hub = Arc::clone(&http.hub);
     if http.verifier.is_dev() {
         tracing::warn!(
             "DEV MODE: tokens are signed with a random secret made at start and anyone can \
@@ -185,7 +199,8 @@ async fn serve(
     tracing::info!(%addr, "listening");
 
     let grace = config.shutdown_grace();
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    // What the shutdown did, for whichever of the server's end and the grace timer comes first.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(None::<Stopped>);
     let close_io = io.clone();
     // Signaling messages are small and latency-bound: Nagle plus delayed ACKs would hold
     // them back for tens of milliseconds.
@@ -196,21 +211,35 @@ async fn serve(
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
+        if hub.hand_off(grace).await {
+            let _ = stopping_tx.send(Some(Stopped::HandedOff));
+            return;
+        }
         tracing::info!("shutting down: disconnecting clients");
-        let _ = stopping_tx.send(());
+        let _ = stopping_tx.send(Some(Stopped::Closed));
         // Clients get a clean disconnect, so peers on other nodes hear about it.
         if tokio::time::timeout(grace, close_io.close()).await.is_err() {
             tracing::warn!("clients did not all disconnect within the grace period");
         }
     });
     let server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = server => result?,
-        _ = async {
-            let _ = stopping_rx.await;
+    let mut stopping = stopping_rx.clone();
+    let stopped = tokio::select! {
+        result = server => {
+            result?;
+            stopping_rx.borrow().clone().unwrap_or(Stopped::Closed)
+        }
+        stopped = async {
+            let _ = stopping.wait_for(Option::is_some).await;
+            if *stopping.borrow() == Some(Stopped::HandedOff) {
+                // The sessions are elsewhere: the connections end with this process.
+                return Stopped::HandedOff;
+            }
             tokio::time::sleep(grace * 2).await;
-        } => tracing::warn!("shutdown grace period over; exiting with connections open"),
-    }
-    tracing::info!("stopped");
-    Ok(())
+            tracing::warn!("shutdown grace period over; exiting with connections open");
+            Stopped::Closed
+        } => stopped,
+    };
+    tracing::info!(?stopped, "stopped");
+    Ok(stopped)
 }

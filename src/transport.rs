@@ -3,6 +3,7 @@
 //! each event's size, splits its frame and queues the handler behind the session's earlier
 //! events (see `session`).
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use socketioxide::adapter::LocalAdapter;
@@ -69,28 +70,48 @@ pub struct InOrder;
 
 impl MessageHandler<LocalAdapter, InOrder> for Dispatcher {
     fn call(&self, _socket: Arc<Socket<LocalAdapter>>, value: Value, _ack: Option<i64>) {
-        let delivery = &self.hub.delivery;
-        let text = match &value {
-            Value::Str(text, None) => text,
-            _ => return delivery.refuse(&self.session, "", Refusal::InvalidPayload),
+        let Value::Str(text, None) = value else {
+            return self
+                .hub
+                .delivery
+                .refuse(&self.session, "", Refusal::InvalidPayload);
         };
         if text.len() > self.hub.limits.max_payload_bytes {
-            let event = Frame::parse(text).map(|f| f.event.into_owned());
+            let event = Frame::parse(&text).map(|f| f.event.into_owned());
             let event = event.as_deref().unwrap_or("");
-            return delivery.refuse(&self.session, event, Refusal::PayloadTooLarge);
+            return self
+                .hub
+                .delivery
+                .refuse(&self.session, event, Refusal::PayloadTooLarge);
         }
-        let hub = Arc::clone(&self.hub);
-        let session = Arc::clone(&self.session);
-        let queued = self.session.run_in_order(async move {
-            // Events still in flight when the session ended belong to nobody.
-            if session.link().ended {
-                return;
-            }
-            let Some(text) = value.as_str() else { return };
-            let Some(frame) = Frame::parse(text) else {
-                return hub.delivery.refuse(&session, "", Refusal::InvalidPayload);
+        self.hub.dispatch(&self.session, text);
+    }
+}
+
+impl Hub {
+    /// Queues one event of `session`'s client, `["name", payload]`, behind its earlier ones.
+    pub(crate) fn dispatch<F>(self: &Arc<Self>, session: &Arc<Session>, frame: F)
+    where
+        F: Deref<Target = str> + Send + 'static,
+    {
+        let (hub, job_session) = (Arc::clone(self), Arc::clone(session));
+        let queued = session.run_in_order(async move {
+            let (hub, session) = (&hub, &job_session);
+            let moved = {
+                let link = session.link();
+                link.ended.then(|| link.moved_to.clone())
             };
-            let (hub, session, payload) = (&*hub, &session, frame.payload);
+            match moved {
+                None => {}
+                // Sent to this node after its session left: the session's new node handles it.
+                Some(Some(node)) => return hub.act_elsewhere(session, &node, &frame).await,
+                // Events still in flight when the session ended belong to nobody.
+                Some(None) => return,
+            }
+            let Some(frame) = Frame::parse(&frame) else {
+                return hub.delivery.refuse(session, "", Refusal::InvalidPayload);
+            };
+            let payload = frame.payload;
             match &*frame.event {
                 p::JOIN_ROOM => hub.join_room(session, payload).await,
                 p::CHECK_ROOM => hub.check_room(session, payload).await,
@@ -103,7 +124,7 @@ impl MessageHandler<LocalAdapter, InOrder> for Dispatcher {
             }
         });
         if !queued {
-            delivery.refuse(&self.session, "", Refusal::Busy);
+            self.delivery.refuse(session, "", Refusal::Busy);
         }
     }
 }

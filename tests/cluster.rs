@@ -180,6 +180,11 @@ async fn a_killed_node_is_announced_and_purged() {
         "alice purged, bob and carol remain: {members:?}"
     );
     assert!(!members.contains(&alice_id));
+    // Her session died with its node: coming back to a survivor, alice starts afresh.
+    let mut alice = alice;
+    alice.reconnect(&b, &b.token("alice")).await;
+    assert_eq!(alice.session["recovered"], json!(false));
+    assert_ne!(alice.id(), alice_id);
     drop(alice);
     bob.assert_nothing_before_probe(&carol).await;
 

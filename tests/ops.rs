@@ -74,19 +74,9 @@ async fn sigterm_disconnects_everyone_and_exits_in_time() {
     let (mut alice, mut bob) = support::pair(&server, &server, "bye").await;
 
     let started = Instant::now();
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
+    server.terminate().await;
     alice.expect_closed().await;
     bob.expect_closed().await;
-    let exit = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
-        .await
-        .expect("server exits within the grace period")
-        .expect("wait");
-    assert!(exit.success(), "exit status {exit}");
     assert!(started.elapsed() < Duration::from_secs(15));
     // Nobody can connect any more.
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());

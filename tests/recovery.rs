@@ -301,3 +301,94 @@ async fn a_busy_session_that_drops_is_still_recoverable() {
     assert_eq!(bob.session["recovered"], json!(true));
     expect_relays(&mut bob, &alice, 300..305).await;
 }
+
+/// Waits for the server to close `peer`'s connection; no event may come first.
+async fn cut_off(peer: &mut Peer) {
+    match tokio::time::timeout(Duration::from_secs(10), peer.client.next_event()).await {
+        Ok(None) => {}
+        Ok(Some(event)) => panic!(
+            "{}: {} {} before the cut",
+            peer.id(),
+            event.name,
+            event.data
+        ),
+        Err(_) => panic!("{}: still connected", peer.id()),
+    }
+}
+
+/// A rolling deploy: each node of a two-node cluster is stopped with SIGTERM in turn (a new
+/// one started first) under 20 live calls. A stopping node hands its sessions to another; its
+/// clients are cut off without a word and come back, with their credentials, to a survivor.
+/// Nobody's roster changes, and every relay arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_is_invisible_to_peers() {
+    const PAIRS: usize = 20;
+    let redis = Redis::start().await;
+    let mut a = redis.node().await;
+    let mut b = redis.node().await;
+    let mut pairs = Vec::new();
+    for i in 0..PAIRS {
+        pairs.push(support::pair(&a, &b, &format!("call{i}")).await);
+    }
+    let send = |pairs: &[(Peer, Peer)], from_alice: bool, numbers: std::ops::Range<u64>| {
+        for (alice, bob) in pairs {
+            let (from, to) = if from_alice {
+                (alice, bob)
+            } else {
+                (bob, alice)
+            };
+            for n in numbers.clone() {
+                from.relay(to.id(), json!({ "n": n }));
+            }
+        }
+    };
+    async fn come_back(peer: &mut Peer, to: &Server, sub: &str) {
+        let id = peer.id().to_string();
+        peer.reconnect(to, &to.token(sub)).await;
+        assert_eq!(
+            peer.session["recovered"],
+            json!(true),
+            "{sub} {id} recovered"
+        );
+        assert_eq!(peer.id(), id);
+    }
+
+    send(&pairs, true, 0..5);
+    send(&pairs, false, 0..5);
+    for (alice, bob) in &mut pairs {
+        expect_relays(bob, alice, 0..5).await;
+        expect_relays(alice, bob, 0..5).await;
+    }
+
+    // Node A goes; bob relays to alice while she is cut off, then she is back on node B.
+    a.terminate().await;
+    send(&pairs, false, 5..10);
+    for (alice, bob) in &mut pairs {
+        cut_off(alice).await;
+        come_back(alice, &b, "alice").await;
+        expect_relays(alice, bob, 5..10).await;
+    }
+    send(&pairs, true, 5..10);
+    for (alice, bob) in &mut pairs {
+        expect_relays(bob, alice, 5..10).await;
+    }
+
+    // A new node comes up, and node B goes: everyone moves to the new node.
+    let a2 = redis.node().await;
+    b.terminate().await;
+    for (alice, bob) in &mut pairs {
+        cut_off(alice).await;
+        cut_off(bob).await;
+        come_back(alice, &a2, "alice").await;
+        come_back(bob, &a2, "bob").await;
+    }
+    send(&pairs, true, 10..20);
+    send(&pairs, false, 10..20);
+    for (alice, bob) in &mut pairs {
+        expect_relays(bob, alice, 10..20).await;
+        expect_relays(alice, bob, 10..20).await;
+        bob.assert_nothing_before_probe(alice).await;
+        alice.assert_nothing_before_probe(bob).await;
+    }
+    assert_eq!(a2.health().await["away"], json!(0));
+}

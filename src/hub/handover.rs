@@ -3,18 +3,25 @@
 //!
 //! 1. `ask` (new → old): a client here presented this credential.
 //! 2. The old node checks it as a local take-up would, closes the old connection if any,
-//!    and in one Redis step points the peer's room entries at the new node and publishes
+//!    and in one Redis step makes the peer's room entries the new node's and publishes
 //!    `moved` to its own inbox. From then on letters for the peer go to the new node, which
 //!    holds them until the session arrives.
 //! 3. `moved` (old → old): read in inbox order, so every letter routed to the old node before
 //!    the move is in the session by now. The session ends there without a departure and the
 //!    old node forwards whatever still reaches it.
 //! 4. `hand` (old → new): rooms, the last event number and the events the client has not
-//!    received. The new node takes over the entries, registers the session ahead of what
-//!    it held, and greets the client with `recovered: true`. Or `refuse`: a fresh session.
+//!    received. The new node registers the session ahead of what it held, and greets the
+//!    client with `recovered: true`. Or `refuse`: a fresh session.
 //!
 //! A new node that gave up waiting and then gets a `hand` ends that session properly, so no
 //! peer is left in a room with nobody serving it.
+//!
+//! A node shutting down (a rolling deploy) pushes every session the same way to a live heir:
+//! `expect` first, so the heir holds what arrives before each `hand`, then steps 2 to 4 for
+//! each session, the `hand` carrying the credential's digest and the identity. The heir keeps
+//! them away for the recovery window; the clients, cut off when this process exits, reconnect
+//! to any node (the node leaves a forwarding address in Redis). What a client still sends
+//! here after its session left is passed on as `act` and handled by the heir.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,19 +61,39 @@ pub(crate) enum Note {
         peer: String,
         to: String,
         received: u64,
+        pushed: bool,
     },
     Hand {
         ticket: u64,
         peer: String,
-        from: String,
         rooms: Vec<String>,
         last: u64,
         received: u64,
         events: Vec<HandedEvent>,
+        /// Set when the session was pushed to this node, nobody having asked.
+        pushed: Option<Owner>,
     },
     Refuse {
         ticket: u64,
     },
+    /// Hold what reaches these peers: their sessions are being pushed here.
+    Expect {
+        peers: Vec<String>,
+    },
+    /// An event the peer's client sent to the node its session has left.
+    Act {
+        peer: String,
+        frame: String,
+    },
+}
+
+/// Who owns a pushed session, so its client can take it up at the heir.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Owner {
+    digest: String,
+    user: String,
+    name: Option<String>,
+    allowed: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,9 +103,9 @@ pub(crate) struct HandedEvent {
     data: Box<RawValue>,
 }
 
-/// What the old node answered.
+/// A session handed over.
 pub(crate) struct Handed {
-    from: NodeId,
+    pushed: Option<Owner>,
     rooms: Vec<String>,
     last: u64,
     received: u64,
@@ -98,10 +125,21 @@ impl Hub {
             return None;
         };
         let window = self.limits.recovery_window?;
-        let (peer, holder) = (&resume.presented.peer, &resume.presented.node);
-        if *holder == self.node || !redis.is_alive(holder).await.unwrap_or(false) {
-            return None;
+        let peer = &resume.presented.peer;
+        if self.delivery.is_arriving(peer) {
+            // Pushed here by a node shutting down, and not quite here yet.
+            let deadline = tokio::time::Instant::now() + HANDOVER_DEADLINE;
+            while self.delivery.is_arriving(peer) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            return self.take_up(sid, identity, resume);
         }
+        // The node that issued the credential, or the heir it left its sessions to.
+        let holder = match redis.holder(&resume.presented.node).await {
+            Ok(Some(holder)) if holder != self.node => holder,
+            _ => return None,
+        };
+        let holder = &holder;
         if !self.delivery.expect_arrival(peer) {
             return None; // another connection is already taking it over
         }
@@ -138,24 +176,14 @@ impl Hub {
         Some(session)
     }
 
-    /// Makes a handed-over session this node's: its room entries, then the session itself,
-    /// ahead of what was held for it. `None` (and the session ended) if it cannot be.
+    /// Makes a handed-over session this node's, ahead of what was held for it (its room
+    /// entries are already). `None` (and the session ended) if it cannot be.
     async fn adopt(
         self: &Arc<Self>,
         peer: PeerId,
         identity: Identity,
         handed: Handed,
     ) -> Option<Arc<Session>> {
-        let RoomStore::Redis(redis) = &self.rooms else {
-            return None;
-        };
-        let rooms = match redis.adopt(&handed.from, &handed.rooms, &peer).await {
-            Ok(rooms) => rooms,
-            Err(e) => {
-                tracing::warn!(%peer, cause = %e, "could not take over a session's rooms");
-                handed.rooms.clone()
-            }
-        };
         let (_, digest) = Credential::issue(&peer, &self.node);
         let session = Arc::new(Session::new(
             peer,
@@ -163,7 +191,7 @@ impl Hub {
             digest,
             Arc::clone(&self.connected),
         ));
-        for room in &rooms {
+        for room in &handed.rooms {
             session.add_room(room);
         }
         session.link().outbox =
@@ -201,7 +229,22 @@ impl Hub {
                     return tracing::warn!("malformed request for a session");
                 };
                 let Some(session) = self.delivery.session(&peer) else {
-                    return self.post_note(&from, &Note::Refuse { ticket }).await;
+                    // Pushed on to an heir meanwhile: the question goes after it.
+                    let note = match self.delivery.forwarded_to(&peer) {
+                        Some(heir) => (
+                            heir,
+                            Note::Ask {
+                                ticket,
+                                peer: peer.to_string(),
+                                from: from.to_string(),
+                                user,
+                                digest: digest.to_hex(),
+                                received,
+                            },
+                        ),
+                        None => (from, Note::Refuse { ticket }),
+                    };
+                    return self.post_note(&note.0, &note.1).await;
                 };
                 let hub = Arc::clone(self);
                 let job_session = Arc::clone(&session);
@@ -222,22 +265,31 @@ impl Hub {
                 peer,
                 to,
                 received,
+                pushed,
             } => {
                 let (Some(peer), Some(to)) = (PeerId::parse(&peer), NodeId::parse(&to)) else {
                     return tracing::warn!("malformed move note");
                 };
-                self.hand(ticket, &peer, to, received).await;
+                let Some(session) = self.delivery.session(&peer) else {
+                    return self.post_note(&to, &Note::Refuse { ticket }).await;
+                };
+                // Handed from the session's queue: events its client sent before are handled
+                // here, those after go to the new node.
+                let (hub, job_session) = (Arc::clone(self), Arc::clone(&session));
+                session.run_always(async move {
+                    hub.hand(ticket, &job_session, to, received, pushed).await;
+                });
             }
             Note::Hand {
                 ticket,
                 peer,
-                from,
                 rooms,
                 last,
                 received,
                 events,
+                pushed,
             } => {
-                let (Some(peer), Some(from)) = (PeerId::parse(&peer), NodeId::parse(&from)) else {
+                let Some(peer) = PeerId::parse(&peer) else {
                     return tracing::warn!("malformed handed session");
                 };
                 let events = events
@@ -245,12 +297,15 @@ impl Hub {
                     .filter_map(|e| Some((e.seq, p::peer_event(&e.event)?, Arc::from(e.data))))
                     .collect();
                 let handed = Handed {
-                    from,
+                    pushed,
                     rooms,
                     last,
                     received,
                     events,
                 };
+                if handed.pushed.is_some() {
+                    return self.keep_pushed(peer, handed).await;
+                }
                 match self.awaiting.remove(&ticket) {
                     Some((_, waiter)) => {
                         if let Err(Some(handed)) = waiter.send(Some(handed)) {
@@ -265,7 +320,115 @@ impl Hub {
                     let _ = waiter.send(None);
                 }
             }
+            Note::Expect { peers } => {
+                for peer in peers.iter().filter_map(|p| PeerId::parse(p)) {
+                    self.delivery.expect_arrival(&peer);
+                }
+            }
+            Note::Act { peer, frame } => {
+                let Some(session) = PeerId::parse(&peer).and_then(|p| self.delivery.session(&p))
+                else {
+                    return tracing::debug!(peer, "an event for a session that is not here");
+                };
+                self.dispatch(&session, frame);
+            }
         }
+    }
+
+    /// Shutting down: pushes every session of this node to a live heir, within `within`.
+    /// True if they all went (this node's clients can then be cut off without a word: they
+    /// reconnect and take their sessions up elsewhere).
+    pub async fn hand_off(self: &Arc<Self>, within: Duration) -> bool {
+        let (RoomStore::Redis(redis), Some(window)) = (&self.rooms, self.limits.recovery_window)
+        else {
+            return false;
+        };
+        let heir = match redis.heir().await {
+            Ok(Some(heir)) => heir,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(cause = %e, "no heir for this node's sessions");
+                return false;
+            }
+        };
+        if let Err(e) = redis.leave_address(&heir, window).await {
+            tracing::warn!(cause = %e, "no forwarding address left for this node's sessions");
+        }
+        let sessions = self.delivery.sessions();
+        let peers = sessions.iter().map(|s| s.peer.to_string()).collect();
+        self.post_note(&heir, &Note::Expect { peers }).await;
+        for session in &sessions {
+            let (hub, job_session, heir) = (Arc::clone(self), Arc::clone(session), heir.clone());
+            session.run_always(async move { hub.push_out(&job_session, heir).await });
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.delivery.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What their clients sent meanwhile is passed on to the heir before this process ends.
+        for session in &sessions {
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            session.run_always(async move {
+                let _ = done_tx.send(());
+            });
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return false;
+            }
+        }
+        tracing::info!(sessions = sessions.len(), %heir, "sessions handed to another node");
+        true
+    }
+
+    /// Shutting down, in the session's queue: moves its entries to the heir (step 2 without a
+    /// request; its connection stays until this process exits).
+    async fn push_out(self: &Arc<Self>, session: &Arc<Session>, heir: NodeId) {
+        let received = {
+            let mut link = session.link();
+            if link.ended {
+                return;
+            }
+            link.generation += 1;
+            link.away_from = None;
+            link.outbox.dropped_through()
+        };
+        let moved = Note::Moved {
+            ticket: 0,
+            peer: session.peer.to_string(),
+            to: heir.to_string(),
+            received,
+            pushed: true,
+        };
+        self.move_entries(session, &heir, &moved).await;
+    }
+
+    /// Heir: a session pushed here by a node shutting down. It waits, away, for its client.
+    async fn keep_pushed(self: &Arc<Self>, peer: PeerId, handed: Handed) {
+        let (Some(owner), Some(window)) = (&handed.pushed, self.limits.recovery_window) else {
+            return;
+        };
+        let Some(digest) = CredentialDigest::from_hex(&owner.digest) else {
+            return tracing::warn!(%peer, "pushed session without a usable credential");
+        };
+        let identity = Identity {
+            user_id: Arc::from(owner.user.as_str()),
+            name: owner.name.as_deref().map(Arc::from),
+            rooms: owner.allowed.clone().map(Arc::from),
+        };
+        let received = handed.received;
+        let Some(session) = self.adopt(peer, identity, handed).await else {
+            return;
+        };
+        let generation = {
+            let mut link = session.link();
+            link.credential = digest;
+            link.generation += 1;
+            link.away_from = Some(received);
+            link.generation
+        };
+        self.keep_away(&session, generation, window);
     }
 
     /// Old node, in the session's queue: checks the request as a local take-up would, then
@@ -301,36 +464,61 @@ impl Hub {
             Verdict::Move(old) => old,
         };
         self.close(old_socket);
-        let RoomStore::Redis(redis) = &self.rooms else {
-            return;
-        };
         let moved = Note::Moved {
             ticket: ask.ticket,
             peer: session.peer.to_string(),
             to: ask.from.to_string(),
             received: ask.received,
+            pushed: false,
         };
-        let note = inbox::note(&serde_json::to_vec(&moved).unwrap_or_default());
-        if let Err(e) = redis
-            .move_session(&session.rooms(), &session.peer, &ask.from, note)
-            .await
-        {
-            tracing::warn!(peer = %session.peer, cause = %e, "could not move a session");
+        if !self.move_entries(session, &ask.from, &moved).await {
             self.post_note(&ask.from, &refuse).await;
-            // It stays away here, and ends when its window runs out.
-            if let Some(window) = self.limits.recovery_window {
-                let generation = session.link().generation;
-                self.keep_away(session, generation, window);
-            }
         }
+    }
+
+    /// Step 2: points the session's room entries at `to`, with `moved` to this node's own
+    /// inbox behind them. If Redis does not take it, the session stays here, away, and ends
+    /// when its window runs out.
+    async fn move_entries(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        to: &NodeId,
+        moved: &Note,
+    ) -> bool {
+        let RoomStore::Redis(redis) = &self.rooms else {
+            return false;
+        };
+        let note = match serde_json::to_vec(moved) {
+            Ok(json) => inbox::note(&json),
+            Err(e) => {
+                tracing::error!(cause = %e, "note not serializable");
+                return false;
+            }
+        };
+        let Err(e) = redis
+            .move_session(&session.rooms(), &session.peer, to, note)
+            .await
+        else {
+            return true;
+        };
+        tracing::warn!(peer = %session.peer, cause = %e, "could not move a session");
+        if let Some(window) = self.limits.recovery_window {
+            let generation = session.link().generation;
+            self.keep_away(session, generation, window);
+        }
+        false
     }
 
     /// Old node, once every letter routed here before the move has arrived: hands the session
     /// to `to`.
-    async fn hand(self: &Arc<Self>, ticket: u64, peer: &PeerId, to: NodeId, received: u64) {
-        let Some(session) = self.delivery.session(peer) else {
-            return self.post_note(&to, &Note::Refuse { ticket }).await;
-        };
+    async fn hand(
+        self: &Arc<Self>,
+        ticket: u64,
+        session: &Arc<Session>,
+        to: NodeId,
+        received: u64,
+        pushed: bool,
+    ) {
         let handed = {
             let mut link = session.link();
             let events: Option<Vec<HandedEvent>> = link.outbox.after(received).map(|kept| {
@@ -347,29 +535,36 @@ impl Hub {
                     link.moved_to = Some(to.clone());
                     let last = link.outbox.last();
                     link.outbox = Outbox::default();
-                    Some((events, last))
+                    let owner = pushed.then(|| Owner {
+                        digest: link.credential.to_hex(),
+                        user: session.identity.user_id.to_string(),
+                        name: session.identity.name.as_deref().map(str::to_string),
+                        allowed: session.identity.rooms.as_deref().map(<[String]>::to_vec),
+                    });
+                    Some((events, last, owner))
                 }
                 _ => None,
             }
         };
-        let Some((events, last)) = handed else {
+        let Some((events, last, owner)) = handed else {
             // Lost to the bounds meanwhile: its departure is announced here; the entries now
             // pointing at the other node go with the leave.
-            self.end(&session, None);
+            self.end(session, None);
             return self.post_note(&to, &Note::Refuse { ticket }).await;
         };
-        self.delivery.moved(&session, to.clone());
         let hand = Note::Hand {
             ticket,
-            peer: peer.to_string(),
-            from: self.node.to_string(),
+            peer: session.peer.to_string(),
             rooms: session.rooms().iter().map(|r| r.to_string()).collect(),
             last,
             received,
             events,
+            pushed: owner,
         };
         self.post_note(&to, &hand).await;
-        tracing::debug!(%peer, %to, "session handed to another node");
+        // Only now does it leave this node's sessions: shutting down waits for that.
+        self.delivery.moved(session, to.clone());
+        tracing::debug!(peer = %session.peer, %to, "session handed to another node");
     }
 
     /// New node: a session handed over after the wait for it was given up. Nobody will take
@@ -384,6 +579,15 @@ impl Hub {
         if let Some(session) = self.adopt(peer, identity, handed).await {
             self.end(&session, None);
         }
+    }
+
+    /// Passes on an event the client of a session that moved away still sent here.
+    pub(crate) async fn act_elsewhere(&self, session: &Session, node: &NodeId, frame: &str) {
+        let act = Note::Act {
+            peer: session.peer.to_string(),
+            frame: frame.to_string(),
+        };
+        self.post_note(node, &act).await;
     }
 
     async fn post_note(&self, node: &NodeId, note: &Note) {
@@ -428,7 +632,6 @@ mod tests {
         let hand = Note::Hand {
             ticket: 7,
             peer: "p".into(),
-            from: "ab".into(),
             rooms: vec!["room 1".into()],
             last: 9,
             received: 8,
@@ -437,6 +640,7 @@ mod tests {
                 event: p::RELAY.into(),
                 data,
             }],
+            pushed: None,
         };
         let json = serde_json::to_string(&hand).expect("serializes");
         let Note::Hand { events, rooms, .. } = serde_json::from_str(&json).expect("reads") else {

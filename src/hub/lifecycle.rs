@@ -122,7 +122,7 @@ impl Hub {
     /// one, the token is the same user's, the session has not ended, and every event the
     /// client missed is still kept. A connection still serving it is closed without any
     /// announcement.
-    fn take_up(
+    pub(super) fn take_up(
         self: &Arc<Self>,
         sid: Sid,
         identity: &Identity,

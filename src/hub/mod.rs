@@ -192,7 +192,7 @@ async fn forget_old_events(hub: Weak<Hub>) {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
         let (now, keep) = (Instant::now(), hub.limits.keep);
-        hub.delivery.forget_forwards(FORWARD_FOR);
+        hub.delivery.forget_moves(FORWARD_FOR);
         for session in hub.delivery.sessions() {
             let mut link = session.link();
             if link.socket.is_some() {

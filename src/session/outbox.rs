@@ -119,6 +119,11 @@ impl Outbox {
             .then(|| self.kept.iter().filter(move |k| k.seq > received))
     }
 
+    /// Every event up to this number is gone; the rest are here.
+    pub fn dropped_through(&self) -> u64 {
+        self.dropped_through
+    }
+
     /// Number of the last event sent.
     pub fn last(&self) -> u64 {
         self.last

@@ -13,6 +13,8 @@
 //!   given back), expiring with the window
 //! - `rtcio:node:{id}:members` set of "room\npeer" this node's peers hold
 //! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
+//! - `rtcio:node:{id}:heir`    the node a shut-down node left its sessions to, for the
+//!   recovery window; `rtcio:node:{id}:draining` while it hands them over
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
 //!
 //! Events for peers on other nodes are published to those nodes' inboxes (`cluster::inbox`);
@@ -39,6 +41,8 @@ use crate::room_lock::RoomLock;
 const PREFIX: &str = "rtcio:";
 /// A node whose heartbeat is this old is presumed dead.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
+/// How long a node shutting down stays marked as such: longer than any drain.
+const DRAINING_FOR: Duration = Duration::from_secs(60);
 /// How often a node refreshes its heartbeat and looks for dead nodes.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
@@ -179,9 +183,10 @@ return out
 "#
 );
 
-/// Points a peer's entries in its rooms (KEYS) at another node (ARGV[2]), then publishes the
-/// note ARGV[4] to the old node's own inbox (ARGV[3]): when the old node reads it, every letter
-/// sent to it for the peer before the move has arrived.
+/// Points a peer's entries in its rooms (KEYS) at another node (ARGV[2]) and moves them from
+/// this node's set (ARGV[5]) to that node's (ARGV[6]), so they are the new node's to clean up
+/// should it die; then publishes the note ARGV[4] to this node's own inbox (ARGV[3]): when
+/// this node reads it, every letter sent to it for the peer before the move has arrived.
 const MOVE: &str = r#"
 local peer, to = ARGV[1], ARGV[2]
 for _, room in ipairs(KEYS) do
@@ -191,18 +196,20 @@ for _, room in ipairs(KEYS) do
     if seq then redis.call('HSET', room, peer, seq .. '|' .. to .. '|' .. rest) end
   end
 end
+for i = 7, #ARGV do redis.call('SMOVE', ARGV[5], ARGV[6], ARGV[i]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
 "#;
 
-/// Moves a peer's entries (ARGV) from the old node's set (KEYS[1]) to this node's (KEYS[2]);
-/// returns the rooms whose entry was still there.
-const ADOPT: &str = r#"
-local kept = {}
-for _, entry in ipairs(ARGV) do
-  if redis.call('SMOVE', KEYS[1], KEYS[2], entry) == 1 then table.insert(kept, entry) end
+/// Follows a node's forwarding addresses (ARGV[1] the node, ARGV[2] the prefix) to a live node.
+const HOLDER: &str = r#"
+local node = ARGV[1]
+for _ = 1, 8 do
+  if redis.call('EXISTS', ARGV[2] .. 'node:' .. node .. ':alive') == 1 then return node end
+  node = redis.call('GET', ARGV[2] .. 'node:' .. node .. ':heir')
+  if not node then return false end
 end
-return kept
+return false
 "#;
 
 #[derive(Serialize, Deserialize)]
@@ -230,7 +237,7 @@ pub struct RedisRooms {
     set_media: Script,
     relay: Script,
     moves: Script,
-    adopt: Script,
+    holder: Script,
     reap: Script,
 }
 
@@ -260,6 +267,14 @@ fn members_key(node: &str) -> String {
 
 fn alive_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:alive")
+}
+
+fn draining_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:draining")
+}
+
+fn heir_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:heir")
 }
 
 fn nodes_key() -> String {
@@ -314,7 +329,7 @@ impl RedisRooms {
             set_media: Script::new(SET_MEDIA),
             relay: Script::new(RELAY),
             moves: Script::new(MOVE),
-            adopt: Script::new(ADOPT),
+            holder: Script::new(HOLDER),
             reap: Script::new(REAP),
         };
         rooms.heartbeat().await?;
@@ -520,17 +535,72 @@ impl RedisRooms {
         })
     }
 
-    /// Whether `node`'s heartbeat is current.
-    pub async fn is_alive(&self, node: &NodeId) -> Result<bool, StoreError> {
-        redis::cmd("EXISTS")
-            .arg(alive_key(node.as_str()))
+    /// The live node holding the sessions `node` held: `node` itself while it lives, else the
+    /// heir it left them to (following a few hand-offs of a rolling deploy).
+    pub async fn holder(&self, node: &NodeId) -> Result<Option<NodeId>, StoreError> {
+        let holder: Option<String> = self
+            .holder
+            .arg(node.as_str())
+            .arg(PREFIX)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(holder.as_deref().and_then(NodeId::parse))
+    }
+
+    /// Another live node, not shutting down itself, to leave this one's sessions to, if there
+    /// is one.
+    pub async fn heir(&self) -> Result<Option<NodeId>, StoreError> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(nodes_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        // Marked first, so no node leaves its sessions to this one from now on.
+        redis::cmd("SET")
+            .arg(draining_key(self.node.as_str()))
+            .arg("1")
+            .arg("PX")
+            .arg(DRAINING_FOR.as_millis() as u64)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(store_error)?;
+        for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
+            let (alive, draining): (bool, bool) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(alive_key(node))
+                .cmd("EXISTS")
+                .arg(draining_key(node))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if alive
+                && !draining
+                && let Some(node) = NodeId::parse(node)
+            {
+                return Ok(Some(node));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tells whoever looks for this node's sessions, for as long as they stay recoverable,
+    /// that `heir` has them.
+    pub async fn leave_address(&self, heir: &NodeId, window: Duration) -> Result<(), StoreError> {
+        redis::cmd("SET")
+            .arg(heir_key(self.node.as_str()))
+            .arg(heir.as_str())
+            .arg("PX")
+            .arg(window.as_millis().max(1) as u64)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(store_error)
     }
 
-    /// Points `peer`'s entries in `rooms` at node `to`; `note` then reaches this node's own
-    /// inbox behind every letter sent here for the peer before the move.
+    /// Points `peer`'s entries in `rooms` at node `to`, and makes them `to`'s; `note` then
+    /// reaches this node's own inbox behind every letter sent here for the peer before the
+    /// move.
     pub async fn move_session(
         &self,
         rooms: &[Arc<str>],
@@ -546,34 +616,15 @@ impl RedisRooms {
             .arg(to.as_str())
             .arg(crate::cluster::inbox::channel(&self.node))
             .arg(note)
-            .invoke_async::<i64>(&mut self.conn.clone())
-            .await
-            .map(drop)
-            .map_err(store_error)
-    }
-
-    /// Takes over `peer`'s entries in `rooms` from node `from`, so they are this node's to
-    /// clean up; returns the rooms it is still in.
-    pub async fn adopt(
-        &self,
-        from: &NodeId,
-        rooms: &[String],
-        peer: &PeerId,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut call = self.adopt.prepare_invoke();
-        call.key(members_key(from.as_str()))
-            .key(members_key(self.node.as_str()));
+            .arg(members_key(self.node.as_str()))
+            .arg(members_key(to.as_str()));
         for room in rooms {
             call.arg(entry(room, peer));
         }
-        let kept: Vec<String> = call
-            .invoke_async(&mut self.conn.clone())
+        call.invoke_async::<i64>(&mut self.conn.clone())
             .await
-            .map_err(store_error)?;
-        Ok(kept
-            .into_iter()
-            .filter_map(|e| e.split_once('\n').map(|(room, _)| room.to_string()))
-            .collect())
+            .map(drop)
+            .map_err(store_error)
     }
 
     /// Refreshes this node's heartbeat. Returns false if the heartbeat had lapsed, meaning the

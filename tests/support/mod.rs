@@ -168,6 +168,21 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM and waits (up to 15 s) for the process to exit successfully.
+    pub async fn terminate(&mut self) {
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .await
+            .expect("kill");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("server exits within the grace period")
+            .expect("wait");
+        assert!(exit.success(), "exit status {exit}");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("server pid")
     }
