@@ -11,9 +11,10 @@
 //! `--storm-passwords on` locks every storm room with a password; `both` runs each storm
 //! without and then with passwords, each on a fresh server, and prints the two side by side.
 //!
-//! `relay-cluster` (ours only; part of `all` when ours runs) starts a redis-server and two of
-//! our servers sharing it, splits every relay pair across the two nodes, and prints its own
-//! table next to a single-node run of the same workload.
+//! `relay-cluster` (ours only; part of `all` when ours runs) runs the relay workload on one of
+//! our servers, then on 2, 3 and 4 of them sharing a redis-server (a fresh one per size), with
+//! every pair split across two nodes. It prints a table per size next to the single-node run,
+//! with Redis's commands per message, and a summary of the CPU per message by node count.
 
 mod census;
 mod churn;
@@ -44,7 +45,8 @@ enum Which {
 enum Scenario {
     Idle,
     Relay,
-    /// The relay workload across two of our servers sharing a redis-server (ours only).
+    /// The relay workload on one, then 2, 3 and 4 of our servers sharing a redis-server (ours
+    /// only).
     RelayCluster,
     Storm,
     Churn,
@@ -300,12 +302,7 @@ async fn run(args: Args, nofile: u64) -> i32 {
 
     let started = Instant::now();
     let mut report = Report::default();
-    let mut cluster_report = report::Report::new(
-        "relay-cluster: ours, one node vs two nodes + Redis",
-        "single node",
-        "cluster",
-        true,
-    );
+    let mut cluster_report = relay::ClusterReport::new(&plan);
     let mut storm_report = report::Report::new(
         "storm: rooms without vs with passwords",
         "no passwords",
@@ -343,12 +340,9 @@ async fn run(args: Args, nofile: u64) -> i32 {
     }
     if wants(Scenario::RelayCluster) && kinds.contains(&Kind::Ours) {
         if let Some(note) = busy_note("relay-cluster", quiet_max).await {
-            cluster_report.note(report::Col::Left, note);
+            cluster_report.baseline.note(Col::Left, note);
         }
-        if let Err(e) = relay::run_cluster(&cfg, &plan, &mut cluster_report).await {
-            cluster_report.note(report::Col::Right, format!("relay-cluster FAILED: {e}"));
-            failed = true;
-        }
+        failed |= relay::run_cluster(&cfg, &plan, &mut cluster_report).await;
     }
     if wants(Scenario::Storm) {
         // Without and with passwords side by side get their own report, a section per server.
@@ -401,7 +395,7 @@ async fn run(args: Args, nofile: u64) -> i32 {
         storm_report.print();
     }
     println!("\ntotal time {:.0} s", started.elapsed().as_secs_f64());
-    let failures = report.failures + cluster_report.failures + storm_report.failures;
+    let failures = report.failures + cluster_report.failures() + storm_report.failures;
     if failures > 0 {
         println!("{failures} check(s) failed");
     }

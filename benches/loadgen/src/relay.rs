@@ -8,6 +8,8 @@
 //! and `p` (phase), so latency is measured on receipt (at frame decode, see
 //! sioclient::Client::next_timed_event).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,13 +19,17 @@ use tokio::sync::watch;
 use crate::Plan;
 use crate::fleet::{self, Then};
 use crate::machine;
-use crate::report::{Col, Report, quantile};
+use crate::report::{self, Col, Report, quantile};
 use crate::server::{self, Kind, Redis, Server, ServerConfig};
 
 const EVENT: &str = "#rtcio:message";
 
 /// Saturation (closed loop): messages kept in flight per client.
 const IN_FLIGHT: usize = 4;
+
+/// Report metrics the `relay-cluster` summary reads back.
+const CPU_PER_MSG: &str = "server CPU per msg (us)";
+const REDIS_CMDS_PER_MSG: &str = "Redis commands per msg";
 
 struct Phase {
     echo: bool,
@@ -207,7 +213,7 @@ async fn reader(
 
 /// `rate` None = saturation (closed loop).
 async fn phase(
-    pids: &[u32],
+    meters: &Meters,
     peers: &Arc<Vec<Peer>>,
     shared: &Arc<Shared>,
     bodies: &Arc<Bodies>,
@@ -286,18 +292,20 @@ async fn phase(
     };
     tokio::time::sleep_until(ws.into()).await;
     let (s0, l0, t0, m0) = (
-        cpu_of(pids),
+        meters.cpu(),
         server::self_cpu_us(),
         Instant::now(),
         machine::snap(),
     );
+    let q0 = meters.redis_calls().await;
     tokio::time::sleep_until(we.into()).await;
     let (s1, l1, t1, m1) = (
-        cpu_of(pids),
+        meters.cpu(),
         server::self_cpu_us(),
         Instant::now(),
         machine::snap(),
     );
+    let q1 = meters.redis_calls().await;
     let _ = sender.await;
     shared.phases.lock().unwrap()[p].running = false;
     tokio::time::sleep(drain).await;
@@ -349,6 +357,7 @@ async fn phase(
                 _ => None,
             })
             .collect(),
+        redis_calls: q0.zip(q1).map(|(a, b)| Ok(calls_between(&a?, &b?))),
         secs,
         loadgen_cpu_pct: (l1 - l0) as f64 / (secs * 1e4),
         server_core: machine::core_busy(&m0, &m1, cfg.server_core),
@@ -373,6 +382,8 @@ struct PhaseResult {
     max: Option<f64>,
     /// (user, kernel) CPU time of each measured process over the window.
     parts_cpu_us: Vec<Option<(f64, f64)>>,
+    /// The commands Redis ran in the window, by name (`None`: no Redis in the target).
+    redis_calls: Option<Result<BTreeMap<String, u64>, String>>,
     /// Length of the window as measured, seconds.
     secs: f64,
     loadgen_cpu_pct: f64,
@@ -413,16 +424,56 @@ impl PhaseResult {
     }
 }
 
-/// (utime, stime) of each process, in microseconds.
-fn cpu_of(pids: &[u32]) -> Vec<Option<(u64, u64)>> {
-    pids.iter()
-        .map(|&pid| server::proc_cpu_split_us(pid))
+/// What the relayed messages are charged with, read at the start and the end of each window:
+/// the CPU time of every process of the target and, in cluster mode, Redis's command counts.
+struct Meters {
+    pids: Vec<u32>,
+    redis_port: Option<u16>,
+}
+
+impl Meters {
+    /// (utime, stime) of each process, in microseconds.
+    fn cpu(&self) -> Vec<Option<(u64, u64)>> {
+        self.pids
+            .iter()
+            .map(|&pid| server::proc_cpu_split_us(pid))
+            .collect()
+    }
+
+    /// Redis's per-command counts so far (`None`: no Redis in the target).
+    async fn redis_calls(&self) -> Option<Result<BTreeMap<String, u64>, String>> {
+        Some(server::redis_command_calls(self.redis_port?).await)
+    }
+}
+
+/// The commands Redis ran between two readings of its counts, without our own `info`
+/// requests (one per reading).
+fn calls_between(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, &n)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            (name.clone(), n.saturating_sub(was))
+        })
+        .filter(|&(_, n)| n > 0)
         .collect()
 }
 
-/// The system under test for one relay run: the servers the clients connect to (client `i`
-/// to `servers[i % len]`) and, in cluster mode, the Redis they share. The CPU of all of them
-/// is charged to the relayed messages.
+/// The node client `i` connects to, of `nodes`: pair k (clients 2k and 2k + 1) has its ends
+/// on nodes k % N and (k + 1) % N. With two or more nodes every pair is split, so every
+/// message is a cross-node relay, and each node gets an equal share of the clients (give or
+/// take one pair when N does not divide the pairs).
+fn node_of(i: usize, nodes: usize) -> usize {
+    (i / 2 + i % 2) % nodes
+}
+
+/// The system under test for one relay run: the servers the clients connect to (see
+/// `node_of`) and, in cluster mode, the Redis they share. The CPU of all of them is charged
+/// to the relayed messages.
 pub struct Target<'a> {
     pub servers: &'a mut [Server],
     pub redis: Option<&'a mut Redis>,
@@ -441,6 +492,13 @@ impl Target<'_> {
             parts.push(("redis-server".to_string(), r.pid));
         }
         parts
+    }
+
+    fn meters(&self) -> Meters {
+        Meters {
+            pids: self.parts().iter().map(|p| p.1).collect(),
+            redis_port: self.redis.as_ref().map(|r| r.port),
+        }
     }
 
     /// Why the system is no longer usable, if a process died.
@@ -465,17 +523,29 @@ pub struct RunOpts {
     pub col: Col,
     /// Client subs and room names start with this.
     pub tag: &'static str,
-    /// Also report the CPU per message of each process separately, in rows with these labels
-    /// (matched to `Target::parts`; a label without a process gets "-"), so two runs with
-    /// different parts line up in one table.
-    pub breakdown: &'static [&'static str],
+    /// Also report the CPU per message of each process of the target separately.
+    pub per_process: bool,
     /// Skip the higher fixed rates once one is not held (see `PhaseResult::held`).
     pub stop_when_not_held: bool,
 }
 
-/// Connects the pairs (each pair's two clients to consecutive servers of `target`, so with two
-/// nodes every pair is split across them), then runs each fixed rate and saturation and
-/// reports them in `opts.col` of `report`.
+/// The plan's fixed rates, then saturation (`None`).
+fn modes(plan: &Plan) -> Vec<Option<u64>> {
+    let mut modes: Vec<Option<u64>> = plan.relay_rates.iter().map(|&r| Some(r)).collect();
+    modes.push(None);
+    modes
+}
+
+/// The report section of one rate.
+fn section(rate: Option<u64>) -> String {
+    match rate {
+        Some(r) => format!("relay {r} msg/s"),
+        None => "relay saturation".to_string(),
+    }
+}
+
+/// Connects the pairs (split across the servers of `target`, see `node_of`), then runs each
+/// fixed rate and saturation and reports them in `opts.col` of `report`.
 pub async fn bench(
     target: &mut Target<'_>,
     cfg: &ServerConfig,
@@ -485,7 +555,11 @@ pub async fn bench(
 ) -> Result<(), String> {
     let col = opts.col;
     let pairs = plan.relay_pairs;
-    let addrs: Vec<_> = target.servers.iter().map(|s| s.addr).collect();
+    let nodes: Vec<SocketAddr> = target.servers.iter().map(|s| s.addr).collect();
+    // One address per client: connect_many_spread sends client `i` to `addrs[i]`.
+    let addrs: Vec<SocketAddr> = (0..pairs * 2)
+        .map(|i| nodes[node_of(i, nodes.len())])
+        .collect();
     let connected = fleet::connect_many_spread(
         &addrs,
         &cfg.secret,
@@ -529,15 +603,10 @@ pub async fn bench(
     }
 
     let parts = target.parts();
-    let pids: Vec<u32> = parts.iter().map(|p| p.1).collect();
-    let mut modes: Vec<Option<u64>> = plan.relay_rates.iter().map(|&r| Some(r)).collect();
-    modes.push(None);
+    let meters = target.meters();
     let mut skipping = false;
-    for rate in modes {
-        let label = match rate {
-            Some(r) => format!("relay {r} msg/s"),
-            None => "relay saturation".to_string(),
-        };
+    for rate in modes(plan) {
+        let label = section(rate);
         if skipping && rate.is_some() {
             report.note(col, format!("{label}: not run, a lower rate was not held"));
             continue;
@@ -549,7 +618,7 @@ pub async fn bench(
             let l = r.loadgen_core.0 - r.loadgen_cpu_pct;
             s.max(l).max(r.server_core.1).max(r.loadgen_core.1)
         };
-        let mut r = phase(&pids, &peers, &shared, &bodies, rate, cfg, plan).await;
+        let mut r = phase(&meters, &peers, &shared, &bodies, rate, cfg, plan).await;
         for attempt in 2..=3 {
             if noise(&r) <= 10.0 {
                 break;
@@ -559,12 +628,12 @@ pub async fn bench(
                 noise(&r)
             );
             machine::wait_quiet(Duration::from_secs(120), 15.0).await;
-            let again = phase(&pids, &peers, &shared, &bodies, rate, cfg, plan).await;
+            let again = phase(&meters, &peers, &shared, &bodies, rate, cfg, plan).await;
             if noise(&again) < noise(&r) {
                 r = again;
             }
         }
-        report_phase(report, col, &label, &r, &parts, opts.breakdown);
+        report_phase(report, col, &label, &r, &parts, opts.per_process);
         if !r.held() {
             report.note(
                 col,
@@ -595,7 +664,7 @@ fn report_phase(
     label: &str,
     r: &PhaseResult,
     parts: &[(String, u32)],
-    breakdown: &[&str],
+    per_process: bool,
 ) {
     report.set(col, label, "offered (msg/s)", Some(r.offered), 0);
     report.set(col, label, "delivered (msg/s)", Some(r.delivered), 0);
@@ -605,29 +674,47 @@ fn report_phase(
     report.set(col, label, "latency p99 (us)", r.p99, 0);
     report.set(col, label, "latency p99.9 (us)", r.p999, 0);
     report.set(col, label, "latency max (us)", r.max, 0);
-    let per = |c: f64| c / r.recv_in_window.max(1) as f64;
+    // Per delivered message: none delivered leaves it undefined, not huge.
+    let delivered = (r.recv_in_window > 0).then_some(r.recv_in_window as f64);
+    let per = |c: f64| delivered.map(|d| c / d);
     let total = r.server_cpu_us();
     report.set(
         col,
         label,
-        "server CPU per msg (us)",
-        total.map(|c| per(c.0 + c.1)),
+        CPU_PER_MSG,
+        total.and_then(|c| per(c.0 + c.1)),
         2,
     );
-    report.set(col, label, "  user part (us)", total.map(|c| per(c.0)), 2);
-    report.set(col, label, "  kernel part (us)", total.map(|c| per(c.1)), 2);
-    for name in breakdown {
-        let cpu = parts
-            .iter()
-            .position(|(n, _)| n == name)
-            .and_then(|i| r.parts_cpu_us[i]);
-        report.set(
-            col,
-            label,
-            &format!("  {name} (us)"),
-            cpu.map(|c| per(c.0 + c.1)),
-            2,
-        );
+    report.set(
+        col,
+        label,
+        "  user part (us)",
+        total.and_then(|c| per(c.0)),
+        2,
+    );
+    report.set(
+        col,
+        label,
+        "  kernel part (us)",
+        total.and_then(|c| per(c.1)),
+        2,
+    );
+    if per_process {
+        for ((name, _), cpu) in parts.iter().zip(&r.parts_cpu_us) {
+            let cpu = cpu.and_then(|c| per(c.0 + c.1));
+            report.set(col, label, &format!("  {name} (us)"), cpu, 2);
+        }
+    }
+    match &r.redis_calls {
+        Some(Ok(calls)) => {
+            let all = calls.values().sum::<u64>() as f64;
+            report.set(col, label, REDIS_CMDS_PER_MSG, per(all), 2);
+            for (name, &n) in calls {
+                report.set(col, label, &format!("  {name}"), per(n as f64), 2);
+            }
+        }
+        Some(Err(e)) => report.note(col, format!("{label}: {e}")),
+        None => {}
     }
     let server_pct = r.server_cpu_pct();
     report.set(col, label, "server CPU (% of core)", server_pct, 0);
@@ -729,7 +816,7 @@ pub async fn run(
     let opts = RunOpts {
         col: kind.into(),
         tag: "relay",
-        breakdown: &[],
+        per_process: false,
         stop_when_not_held: false,
     };
     bench_one_server(kind, cfg, plan, &opts, report, false).await
@@ -763,69 +850,213 @@ async fn bench_one_server(
     result
 }
 
-/// The `relay-cluster` scenario (ours only): the relay workload on one server (left column of
-/// `report`), then on two servers sharing one redis-server (right column), every pair split
-/// across the two nodes. All processes run on the server core; the CPU per message counts
-/// both servers and Redis.
-pub async fn run_cluster(
-    cfg: &ServerConfig,
-    plan: &Plan,
-    report: &mut Report,
-) -> Result<(), String> {
+/// The cluster sizes `relay-cluster` compares with one node, in this order; the summary's
+/// last column is the largest over the smallest.
+const CLUSTER_SIZES: [usize; 3] = [2, 3, 4];
+
+fn nodes_label(n: usize) -> String {
+    if n == 1 {
+        "1 node".to_string()
+    } else {
+        format!("{n} nodes")
+    }
+}
+
+/// The results of `relay-cluster`: the single-node baseline (left column of `baseline`) and,
+/// per cluster size, a fork of it with that size in the right column.
+pub struct ClusterReport {
+    pub baseline: Report,
+    by_size: Vec<(usize, Report)>,
+    /// The report sections of the plan's rates, the rows of the summary.
+    sections: Vec<String>,
+}
+
+impl ClusterReport {
+    pub fn new(plan: &Plan) -> ClusterReport {
+        ClusterReport {
+            baseline: Report::new(
+                "relay-cluster: single-node baseline",
+                &nodes_label(1),
+                "cluster",
+                true,
+            ),
+            by_size: Vec::new(),
+            sections: modes(plan).into_iter().map(section).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.baseline.is_empty() && self.by_size.is_empty()
+    }
+
+    /// Failed checks: the baseline's once (the forks do not copy them), and each size's.
+    pub fn failures(&self) -> usize {
+        self.baseline.failures + self.by_size.iter().map(|(_, r)| r.failures).sum::<usize>()
+    }
+
+    /// A table per cluster size (each with the baseline beside it), then the summaries.
+    pub fn print(&self) {
+        // The forks carry the baseline: it is printed alone only when no cluster ran.
+        if self.by_size.is_empty() {
+            self.baseline.print();
+            return;
+        }
+        for (_, r) in &self.by_size {
+            r.print();
+        }
+        self.print_vs_nodes(
+            "CPU per msg vs node count (us, all nodes + redis-server)",
+            CPU_PER_MSG,
+        );
+        self.print_vs_nodes("Redis commands per msg vs node count", REDIS_CMDS_PER_MSG);
+    }
+
+    /// One metric per rate across the node counts, with the largest cluster over the smallest.
+    fn print_vs_nodes(&self, title: &str, metric: &str) {
+        let (Some((first, _)), Some((last, _))) = (self.by_size.first(), self.by_size.last())
+        else {
+            return;
+        };
+        let mut header = vec!["rate".to_string(), nodes_label(1)];
+        header.extend(self.by_size.iter().map(|(n, _)| nodes_label(*n)));
+        header.push(format!("{}/{}", nodes_label(*last), nodes_label(*first)));
+        let rows: Vec<Vec<String>> = self
+            .sections
+            .iter()
+            .map(|s| {
+                let sizes: Vec<Option<f64>> = self
+                    .by_size
+                    .iter()
+                    .map(|(_, r)| r.get(Col::Right, s, metric))
+                    .collect();
+                let mut row = vec![s.clone()];
+                row.push(report::fmt(self.baseline.get(Col::Left, s, metric), 2));
+                row.extend(sizes.iter().map(|&v| report::fmt(v, 2)));
+                row.push(report::ratio(sizes[sizes.len() - 1], sizes[0]));
+                row
+            })
+            .collect();
+        report::print_table(title, &header, &rows);
+    }
+}
+
+/// The `relay-cluster` scenario (ours only): the relay workload on one server, then on each
+/// of `CLUSTER_SIZES` of our servers sharing a redis-server, every pair split across two
+/// nodes. All processes run on the server core; the CPU per message counts every node and
+/// Redis. Returns whether a run failed (noted in `out`).
+pub async fn run_cluster(cfg: &ServerConfig, plan: &Plan, out: &mut ClusterReport) -> bool {
     let pairs = plan.relay_pairs;
     println!("\n--- relay-cluster, single-node baseline ({pairs} pairs) on ours ---");
     let opts = RunOpts {
         col: Col::Left,
         tag: "relay",
-        breakdown: &["node 1", "node 2", "redis-server"],
+        per_process: true,
         stop_when_not_held: true,
     };
-    bench_one_server(Kind::Ours, cfg, plan, &opts, report, true).await?;
-
-    if !plan.quiet_wait.is_zero() {
-        machine::wait_quiet(plan.quiet_wait, 15.0).await;
-    }
-    println!(
-        "\n--- relay-cluster, 2 nodes + redis-server ({pairs} pairs, each split across the nodes) on ours ---"
-    );
-    let mut redis = Redis::start(cfg.server_core).await?;
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let mut servers = Vec::new();
-    for _ in 0..2 {
-        match Server::start_with_env(Kind::Ours, cfg, &env).await {
-            Ok(s) => servers.push(s),
-            Err(e) => {
-                for s in servers {
-                    s.stop().await;
-                }
-                redis.stop().await;
-                return Err(e);
-            }
-        }
+    if let Err(e) = bench_one_server(Kind::Ours, cfg, plan, &opts, &mut out.baseline, true).await {
+        out.baseline
+            .note(Col::Left, format!("relay-cluster baseline FAILED: {e}"));
+        return true;
     }
     let opts = RunOpts {
         col: Col::Right,
         tag: "relay-x",
         ..opts
     };
-    let cluster = bench(
+    let mut failed = false;
+    for nodes in CLUSTER_SIZES {
+        let title = format!(
+            "relay-cluster: 1 node vs {nodes} nodes + redis-server, every pair across two nodes"
+        );
+        let mut report = out.baseline.fork(&title, &nodes_label(nodes));
+        if !plan.quiet_wait.is_zero() && !machine::wait_quiet(plan.quiet_wait, 15.0).await {
+            report.note(
+                opts.col,
+                format!("{nodes} nodes: machine was busy with other processes when it started"),
+            );
+        }
+        println!(
+            "\n--- relay-cluster, {nodes} nodes + redis-server ({pairs} pairs, each across two nodes) on ours ---"
+        );
+        if let Err(e) = bench_cluster(cfg, plan, nodes, &opts, &mut report).await {
+            report.note(
+                opts.col,
+                format!("relay-cluster, {nodes} nodes FAILED: {e}"),
+            );
+            failed = true;
+        }
+        out.by_size.push((nodes, report));
+    }
+    failed
+}
+
+/// The relay workload on `nodes` of our servers sharing a redis-server, all stopped
+/// afterwards. Each size gets a fresh Redis, so none inherits another's keys or channels.
+async fn bench_cluster(
+    cfg: &ServerConfig,
+    plan: &Plan,
+    nodes: usize,
+    opts: &RunOpts,
+    report: &mut Report,
+) -> Result<(), String> {
+    let mut redis = Redis::start(cfg.server_core).await?;
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        match Server::start_with_env(Kind::Ours, cfg, &env).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                stop_cluster(servers, redis).await;
+                return Err(e);
+            }
+        }
+    }
+    let result = bench(
         &mut Target {
             servers: &mut servers,
             redis: Some(&mut redis),
         },
         cfg,
         plan,
-        &opts,
+        opts,
         report,
     )
     .await;
     for (i, s) in servers.iter().enumerate() {
-        note_warnings(report, Col::Right, &format!("node {}", i + 1), s);
+        note_warnings(report, opts.col, &format!("node {}", i + 1), s);
     }
+    stop_cluster(servers, redis).await;
+    result
+}
+
+async fn stop_cluster(servers: Vec<Server>, redis: Redis) {
     for s in servers {
         s.stop().await;
     }
     redis.stop().await;
-    cluster
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_of;
+
+    #[test]
+    fn every_pair_is_split_and_nodes_share_evenly() {
+        for nodes in 2..=4 {
+            let pairs = 12; // divisible by 2, 3 and 4
+            let mut per_node = vec![0; nodes];
+            for k in 0..pairs {
+                let (a, b) = (node_of(2 * k, nodes), node_of(2 * k + 1, nodes));
+                assert_ne!(a, b, "pair {k} on one node of {nodes}");
+                per_node[a] += 1;
+                per_node[b] += 1;
+            }
+            assert!(
+                per_node.iter().all(|&c| c == 2 * pairs / nodes),
+                "{per_node:?}"
+            );
+        }
+        assert!((0..10).all(|i| node_of(i, 1) == 0));
+    }
 }

@@ -1,7 +1,5 @@
 //! Percentiles and the side-by-side table.
 
-use std::collections::BTreeMap;
-
 /// The `q`-quantile (0..=1) of a sorted slice, nearest-rank.
 pub fn quantile(sorted: &[u32], q: f64) -> Option<f64> {
     if sorted.is_empty() {
@@ -45,7 +43,8 @@ pub struct Report {
     /// The ratio column is right/left instead of left/right.
     ratio_right_over_left: bool,
     rows: Vec<Row>,
-    index: BTreeMap<(String, String), usize>,
+    /// The row `set` last wrote, where a metric new to its section is inserted after.
+    cursor: Option<usize>,
     pub notes: Vec<String>,
     /// Checks that failed (invariant violations, leftovers); makes the exit code non-zero.
     pub failures: usize,
@@ -64,7 +63,7 @@ impl Report {
             labels: [left.to_string(), right.to_string()],
             ratio_right_over_left,
             rows: Vec::new(),
-            index: BTreeMap::new(),
+            cursor: None,
             notes: Vec::new(),
             failures: 0,
         }
@@ -93,6 +92,40 @@ impl Report {
         }
     }
 
+    /// A copy of this report's rows and notes under another title and right-hand label, to
+    /// compare one left column with several right ones. Failures are not copied: they count
+    /// once, in `self`.
+    pub fn fork(&self, title: &str, right: &str) -> Report {
+        Report {
+            title: title.to_string(),
+            labels: [self.labels[0].clone(), right.to_string()],
+            ratio_right_over_left: self.ratio_right_over_left,
+            rows: self.rows.clone(),
+            cursor: None,
+            notes: self.notes.clone(),
+            failures: 0,
+        }
+    }
+
+    fn find(&self, section: &str, metric: &str) -> Option<usize> {
+        self.rows
+            .iter()
+            .position(|r| r.section == section && r.metric == metric)
+    }
+
+    /// The value of one metric in one column, if it was set.
+    pub fn get(&self, col: Col, section: &str, metric: &str) -> Option<f64> {
+        let row = &self.rows[self.find(section, metric)?];
+        match col {
+            Col::Left => row.left,
+            Col::Right => row.right,
+        }
+    }
+
+    /// Sets one value. A metric new to its section goes right after the one set just before
+    /// it if that is in the same section, else at the end of its section: so a run reporting
+    /// more metrics than the other column's (more processes, Redis counts) keeps each section
+    /// together and in the order it reported them.
     pub fn set(
         &mut self,
         col: impl Into<Col>,
@@ -102,17 +135,25 @@ impl Report {
         decimals: usize,
     ) {
         let col = col.into();
-        let key = (section.to_string(), metric.to_string());
-        let i = *self.index.entry(key).or_insert_with(|| {
-            self.rows.push(Row {
-                section: section.to_string(),
-                metric: metric.to_string(),
-                left: None,
-                right: None,
-                decimals,
-            });
-            self.rows.len() - 1
+        let i = self.find(section, metric).unwrap_or_else(|| {
+            let after = self
+                .cursor
+                .filter(|&c| self.rows[c].section == section)
+                .or_else(|| self.rows.iter().rposition(|r| r.section == section));
+            let at = after.map_or(self.rows.len(), |a| a + 1);
+            self.rows.insert(
+                at,
+                Row {
+                    section: section.to_string(),
+                    metric: metric.to_string(),
+                    left: None,
+                    right: None,
+                    decimals,
+                },
+            );
+            at
         });
+        self.cursor = Some(i);
         match col {
             Col::Left => self.rows[i].left = v,
             Col::Right => self.rows[i].right = v,
@@ -216,9 +257,57 @@ pub fn fmt(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// `a / b` with two decimals, "-" when either is missing or `b` is zero.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b != 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}", a / b),
         _ => "-".into(),
+    }
+}
+
+/// A plain table (first column left-aligned, the others right-aligned), then the same as
+/// markdown, in the style of `Report::print`.
+pub fn print_table(title: &str, header: &[String], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .chain([&header[c]])
+                .map(|v| v.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (v, &w))| {
+                if c == 0 {
+                    format!("{v:<w$}")
+                } else {
+                    format!("{v:>w$}")
+                }
+            })
+            .collect();
+        padded.join("  ")
+    };
+    println!();
+    println!("=== {title} ===");
+    println!("{}", line(header));
+    println!(
+        "{}",
+        "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+    println!();
+    println!("=== markdown: {title} ===");
+    println!("| {} |", header.join(" | "));
+    println!("|---|{}", "---:|".repeat(header.len() - 1));
+    for r in rows {
+        println!("| {} |", r.join(" | "));
     }
 }

@@ -4,6 +4,7 @@
 //! server's), the load generator is pinned to core 1. Measurements come from /proc:
 //! VmRSS from /proc/PID/status and utime+stime (clock ticks) from /proc/PID/stat.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -370,6 +371,52 @@ impl Redis {
     }
 }
 
+/// How many times the Redis on `port` has run each command since it started, from `INFO
+/// commandstats` (which counts the commands a script runs as well as the script's own call).
+/// A raw RESP request, so no Redis client is needed; each call adds one `info` to the counts.
+pub async fn redis_command_calls(port: u16) -> Result<BTreeMap<String, u64>, String> {
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        s.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        // The reply is one bulk string: `$LEN\r\n`, LEN bytes, `\r\n`.
+        let mut reply = BufReader::new(s);
+        let mut header = String::new();
+        reply
+            .read_line(&mut header)
+            .await
+            .map_err(|e| format!("reading: {e}"))?;
+        let len: usize = header
+            .strip_prefix('$')
+            .and_then(|n| n.trim_end().parse().ok())
+            .ok_or_else(|| format!("unexpected reply {:?}", header.trim_end()))?;
+        let mut body = vec![0; len];
+        reply
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| format!("reading: {e}"))?;
+        Ok(parse_commandstats(&String::from_utf8_lossy(&body)))
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".to_string()))
+        .map_err(|e| format!("INFO commandstats from redis-server: {e}"))
+}
+
+/// `cmdstat_NAME:calls=N,usec=...` lines to NAME -> N.
+fn parse_commandstats(info: &str) -> BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn clk_tck() -> u64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
@@ -414,7 +461,16 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_ansi;
+    use super::{parse_commandstats, strip_ansi};
+
+    #[test]
+    fn reads_command_counts() {
+        let info = "# Commandstats\r\ncmdstat_evalsha:calls=18026,usec=64893,usec_per_call=3.60,rejected_calls=0,failed_calls=0\r\ncmdstat_client|setname:calls=2,usec=1,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n";
+        let calls = parse_commandstats(info);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls["evalsha"], 18026);
+        assert_eq!(calls["client|setname"], 2);
+    }
 
     #[test]
     fn strips_tracing_colours() {
