@@ -7,7 +7,6 @@
 //! While a session moves between nodes (`hub::handover`), the node it is coming to holds the
 //! events that reach it early, and the node it left forwards what still arrives there.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +18,12 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 
-use crate::cluster::inbox::{self, Letter, Postbox};
+use crate::cluster::inbox::{self, Letter};
 use crate::ids::{Credential, NodeId, PeerId};
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::Session;
 use crate::session::outbox::KeepLimits;
-use crate::store::Recipient;
+use crate::store::{Postbox, Recipient};
 
 /// A session that lost, to its bounds, an event sent while it was away, and the connection
 /// generation that happened in: it can no longer be recovered, so it is given up at once.
@@ -140,10 +139,12 @@ impl Delivery {
         None
     }
 
-    /// Sends to exactly these peers, wherever they are: into their sessions on this node, and
-    /// (cluster mode) one letter to each other node that serves some of them.
+    /// Sends to exactly these members of `room`, wherever they are: into their sessions on this
+    /// node, and (cluster mode) one letter to each other node that serves some of them, found
+    /// in the same Redis step that publishes it.
     pub async fn send_to<T: Serialize + ?Sized>(
         &self,
+        room: &str,
         recipients: &[Recipient],
         event: &'static str,
         data: &T,
@@ -151,11 +152,11 @@ impl Delivery {
         let Some(raw) = serialize(event, data) else {
             return;
         };
-        let mut elsewhere: HashMap<&NodeId, Vec<&PeerId>> = HashMap::new();
+        let mut elsewhere = Vec::new();
         for recipient in recipients {
             match &recipient.node {
                 None => self.deliver_here(&recipient.peer, event, &raw).await,
-                Some(node) => elsewhere.entry(node).or_default().push(&recipient.peer),
+                Some(_) => elsewhere.push(&recipient.peer),
             }
         }
         if elsewhere.is_empty() {
@@ -164,13 +165,17 @@ impl Delivery {
         let Some(postbox) = &self.postbox else {
             return tracing::error!(event, "peers on other nodes, but no cluster to reach them");
         };
-        let body = inbox::body(event, &raw);
-        let letters = elsewhere
-            .into_iter()
-            .map(|(node, peers)| (node.clone(), inbox::letter(&peers, &body)))
-            .collect();
-        if let Err(e) = postbox.post(letters).await {
-            tracing::warn!(event, cause = %e, "cross-node delivery failed");
+        match postbox
+            .post_in_room(room, &elsewhere, inbox::body(event, &raw))
+            .await
+        {
+            // Moved here since they were looked up.
+            Ok(here) => {
+                for peer in &here {
+                    self.deliver_here(peer, event, &raw).await;
+                }
+            }
+            Err(e) => tracing::warn!(event, cause = %e, "cross-node delivery failed"),
         }
     }
 
@@ -232,6 +237,8 @@ impl Delivery {
             return false;
         }
         self.register(Arc::clone(session));
+        // Back from a trip to another node: nothing here follows it any more.
+        self.forwards.remove(&session.peer);
         for (event, data) in arrival.get_mut().held.drain(..) {
             let _ = self.deliver(session, event, &data);
         }

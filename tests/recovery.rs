@@ -265,6 +265,26 @@ async fn a_dropped_session_comes_back_on_another_node() {
     bob2.assert_nothing_before_probe(&alice).await;
 }
 
+/// The server's own replies to a client cross nodes with its session like any other event.
+#[tokio::test]
+async fn a_reply_the_client_missed_follows_it_to_another_node() {
+    let redis = Redis::start().await;
+    let (a, b) = (redis.node().await, redis.node().await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "call").await;
+    bob.emit("stopScreenShare", json!({ "roomId": "elsewhere" }));
+    // Bob's events are handled in order: once alice has his marker, the refusal is his.
+    bob.relay(alice.id(), json!({ "marker": true }));
+    assert_eq!(
+        alice.expect("#rtcio:message").await["data"],
+        json!({ "marker": true })
+    );
+    drop_connection(&b, &bob).await;
+    bob.reconnect(&a, &a.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(true));
+    bob.expect_error("not-in-room").await;
+    bob.assert_nothing_before_probe(&alice).await;
+}
+
 /// Across nodes a credential still opens only its own session: another user's token gets a
 /// fresh session and leaves the owner's alone.
 #[tokio::test]

@@ -9,7 +9,6 @@
 
 use std::sync::{Arc, Weak};
 
-use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
@@ -94,36 +93,13 @@ impl Letter {
             .split(' ')
             .map(PeerId::parse)
             .collect::<Option<Vec<_>>>()?;
-        let event = p::peer_event(event)?;
+        let event = p::server_event(event)?;
         let data = RawValue::from_string(data.to_string()).ok()?;
         Some(Letter {
             peers,
             event,
             data: Arc::from(data),
         })
-    }
-}
-
-/// Posts letters to other nodes' inboxes.
-#[derive(Clone)]
-pub struct Postbox {
-    conn: ConnectionManager,
-}
-
-impl Postbox {
-    /// Posting on the room-state connection keeps a letter behind the scripts its sender ran
-    /// before it (a join, a leave), as Redis runs one connection's commands in order.
-    pub fn new(conn: ConnectionManager) -> Postbox {
-        Postbox { conn }
-    }
-
-    /// Publishes each letter to its node's inbox, in one pipeline.
-    pub async fn post(&self, letters: Vec<(NodeId, Vec<u8>)>) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        for (node, letter) in letters {
-            pipe.cmd("PUBLISH").arg(channel(&node)).arg(letter).ignore();
-        }
-        pipe.query_async(&mut self.conn.clone()).await
     }
 }
 
@@ -175,6 +151,7 @@ mod tests {
             b"a\n",
             b"a\nchat-message",
             b"a\nsession\n{}",
+            b"a\njoin-room\n{}",
             b"a b.c\nchat-message\n{}",
             b"\nchat-message\n{}",
             b"a\nchat-message\n{oops",

@@ -65,6 +65,6 @@ impl Hub {
         };
         others.retain(|member| member.peer != session.peer);
         let stamped = out::stamp_id(object, &session.peer);
-        self.delivery.send_to(&others, event, &stamped).await;
+        self.delivery.send_to(room, &others, event, &stamped).await;
     }
 }

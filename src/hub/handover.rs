@@ -137,6 +137,8 @@ impl Hub {
         // The node that issued the credential, or the heir it left its sessions to.
         let holder = match redis.holder(&resume.presented.node).await {
             Ok(Some(holder)) if holder != self.node => holder,
+            // Issued here, and pushed on since (this node is shutting down).
+            Ok(Some(_)) => self.delivery.forwarded_to(peer)?,
             _ => return None,
         };
         let holder = &holder;
@@ -161,11 +163,12 @@ impl Hub {
             self.delivery.call_off_arrival(peer);
             return None;
         };
-        let session = self.adopt(peer.clone(), identity.clone(), handed).await?;
         let (credential, digest) = Credential::issue(peer, &self.node);
+        let session = self
+            .adopt(peer.clone(), identity.clone(), digest, handed)
+            .await?;
         let generation = {
             let mut link = session.link();
-            link.credential = digest;
             link.generation += 1;
             link.away_from = Some(link.outbox.last());
             link.generation
@@ -182,13 +185,13 @@ impl Hub {
         self: &Arc<Self>,
         peer: PeerId,
         identity: Identity,
+        credential: CredentialDigest,
         handed: Handed,
     ) -> Option<Arc<Session>> {
-        let (_, digest) = Credential::issue(&peer, &self.node);
         let session = Arc::new(Session::new(
             peer,
             identity,
-            digest,
+            credential,
             Arc::clone(&self.connected),
         ));
         for room in &handed.rooms {
@@ -292,10 +295,13 @@ impl Hub {
                 let Some(peer) = PeerId::parse(&peer) else {
                     return tracing::warn!("malformed handed session");
                 };
-                let events = events
+                let Some(events) = events
                     .into_iter()
-                    .filter_map(|e| Some((e.seq, p::peer_event(&e.event)?, Arc::from(e.data))))
-                    .collect();
+                    .map(|e| Some((e.seq, p::server_event(&e.event)?, Arc::from(e.data))))
+                    .collect::<Option<Vec<_>>>()
+                else {
+                    return tracing::warn!(%peer, "a handed session with an unknown event");
+                };
                 let handed = Handed {
                     pushed,
                     rooms,
@@ -354,15 +360,30 @@ impl Hub {
         if let Err(e) = redis.leave_address(&heir, window).await {
             tracing::warn!(cause = %e, "no forwarding address left for this node's sessions");
         }
-        let sessions = self.delivery.sessions();
-        let peers = sessions.iter().map(|s| s.peer.to_string()).collect();
-        self.post_note(&heir, &Note::Expect { peers }).await;
-        for session in &sessions {
-            let (hub, job_session, heir) = (Arc::clone(self), Arc::clone(session), heir.clone());
-            session.run_always(async move { hub.push_out(&job_session, heir).await });
-        }
+        // Rounds until none is left: a client may still connect while this node drains.
         let deadline = tokio::time::Instant::now() + within;
-        while !self.delivery.is_empty() {
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        let mut pushed = std::collections::HashSet::new();
+        loop {
+            let fresh: Vec<Arc<Session>> = self
+                .delivery
+                .sessions()
+                .into_iter()
+                .filter(|s| pushed.insert(s.peer.clone()))
+                .collect();
+            if !fresh.is_empty() {
+                let peers = fresh.iter().map(|s| s.peer.to_string()).collect();
+                self.post_note(&heir, &Note::Expect { peers }).await;
+                for session in &fresh {
+                    let (hub, job_session, heir) =
+                        (Arc::clone(self), Arc::clone(session), heir.clone());
+                    session.run_always(async move { hub.push_out(&job_session, heir).await });
+                }
+                sessions.extend(fresh);
+            }
+            if self.delivery.is_empty() {
+                break;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -385,15 +406,20 @@ impl Hub {
     /// Shutting down, in the session's queue: moves its entries to the heir (step 2 without a
     /// request; its connection stays until this process exits).
     async fn push_out(self: &Arc<Self>, session: &Arc<Session>, heir: NodeId) {
-        let received = {
+        let (received, generation) = {
             let mut link = session.link();
-            if link.ended {
+            if link.ended || link.moving {
                 return;
             }
             link.generation += 1;
             link.away_from = None;
-            link.outbox.dropped_through()
+            link.moving = true;
+            // What it is sent from now on is kept for the heir, not written to the old
+            // connection (which stays open until this process exits) or forgotten with age.
+            link.socket = None;
+            (link.outbox.dropped_through(), link.generation)
         };
+        self.keep_until_handed(session, generation);
         let moved = Note::Moved {
             ticket: 0,
             peer: session.peer.to_string(),
@@ -418,12 +444,11 @@ impl Hub {
             rooms: owner.allowed.clone().map(Arc::from),
         };
         let received = handed.received;
-        let Some(session) = self.adopt(peer, identity, handed).await else {
+        let Some(session) = self.adopt(peer, identity, digest, handed).await else {
             return;
         };
         let generation = {
             let mut link = session.link();
-            link.credential = digest;
             link.generation += 1;
             link.away_from = Some(received);
             link.generation
@@ -438,6 +463,7 @@ impl Hub {
         let verdict = {
             let mut link = session.link();
             if link.ended
+                || link.moving
                 || session.identity.user_id.as_ref() != ask.user
                 || !link.credential.matches(&ask.digest)
             {
@@ -450,10 +476,11 @@ impl Hub {
                 link.credential = Credential::issue(&session.peer, &self.node).1;
                 link.generation += 1;
                 link.away_from = None;
-                Verdict::Move(link.socket.take())
+                link.moving = true;
+                Verdict::Move(link.socket.take(), link.generation)
             }
         };
-        let old_socket = match verdict {
+        let (old_socket, generation) = match verdict {
             Verdict::NotYours => return self.post_note(&ask.from, &refuse).await,
             Verdict::TooLate(old) => {
                 // Its owner is back but cannot be caught up: end it here, announced.
@@ -461,9 +488,10 @@ impl Hub {
                 self.end(session, None);
                 return self.post_note(&ask.from, &refuse).await;
             }
-            Verdict::Move(old) => old,
+            Verdict::Move(old, generation) => (old, generation),
         };
         self.close(old_socket);
+        self.keep_until_handed(session, generation);
         let moved = Note::Moved {
             ticket: ask.ticket,
             peer: session.peer.to_string(),
@@ -477,8 +505,8 @@ impl Hub {
     }
 
     /// Step 2: points the session's room entries at `to`, with `moved` to this node's own
-    /// inbox behind them. If Redis does not take it, the session stays here, away, and ends
-    /// when its window runs out.
+    /// inbox behind them. If Redis does not take it, the session stays here, away (see
+    /// [`Hub::keep_until_handed`]).
     async fn move_entries(
         self: &Arc<Self>,
         session: &Arc<Session>,
@@ -502,11 +530,16 @@ impl Hub {
             return true;
         };
         tracing::warn!(peer = %session.peer, cause = %e, "could not move a session");
+        false
+    }
+
+    /// A session on its way out stays, away, until it is handed over: should that never
+    /// happen (a note lost, Redis down, the other node gone), it ends when its window runs
+    /// out, its departure announced, like any session nobody came back for.
+    fn keep_until_handed(self: &Arc<Self>, session: &Arc<Session>, generation: u64) {
         if let Some(window) = self.limits.recovery_window {
-            let generation = session.link().generation;
             self.keep_away(session, generation, window);
         }
-        false
     }
 
     /// Old node, once every letter routed here before the move has arrived: hands the session
@@ -576,13 +609,41 @@ impl Hub {
             rooms: None,
         };
         self.delivery.expect_arrival(&peer);
-        if let Some(session) = self.adopt(peer, identity, handed).await {
+        let digest = Credential::issue(&peer, &self.node).1;
+        if let Some(session) = self.adopt(peer, identity, digest, handed).await {
             self.end(&session, None);
         }
     }
 
-    /// Passes on an event the client of a session that moved away still sent here.
+    /// Passes on an event the client of a session that moved away still sent here. A join or
+    /// room check (which may carry a room password, never to cross Redis) is answered with
+    /// `unavailable` instead, through the new node: the client tries again.
     pub(crate) async fn act_elsewhere(&self, session: &Session, node: &NodeId, frame: &str) {
+        let parsed = p::Frame::parse(frame);
+        if let Some(request) = parsed.filter(|f| matches!(&*f.event, p::JOIN_ROOM | p::CHECK_ROOM))
+        {
+            let room = request
+                .payload
+                .and_then(|payload| serde_json::from_str::<serde_json::Value>(payload.get()).ok())
+                .and_then(|payload| Some(payload.get("roomId")?.as_str()?.to_string()));
+            let refusal = p::Refusal::Unavailable;
+            let reply = p::outbound::JoinError {
+                room_id: room.as_deref(),
+                reason: refusal.code(),
+                message: refusal.message(),
+                retry_after_ms: None,
+            };
+            let Some(reply) = crate::delivery::serialize(p::JOIN_ERROR, &reply) else {
+                return;
+            };
+            let letter = inbox::letter(&[&session.peer], &inbox::body(p::JOIN_ERROR, &reply));
+            if let Some(postbox) = self.rooms.postbox()
+                && let Err(e) = postbox.post(vec![(node.clone(), letter)]).await
+            {
+                tracing::warn!(%node, cause = %e, "refusal to a moved session not sent");
+            }
+            return;
+        }
         let act = Note::Act {
             peer: session.peer.to_string(),
             frame: frame.to_string(),
@@ -610,7 +671,7 @@ enum Verdict {
     /// The credential is right but the events the client missed are gone.
     TooLate(Option<Sid>),
     /// Handed over: the connection that served it here, if any, is closed.
-    Move(Option<Sid>),
+    Move(Option<Sid>, u64),
 }
 
 /// A request to hand a session over, checked.

@@ -127,10 +127,10 @@ impl Hub {
             user_id: &session.identity.user_id,
         };
         self.delivery
-            .send_to(&others, p::USER_CONNECTED, &announcement)
+            .send_to(room, &others, p::USER_CONNECTED, &announcement)
             .await;
         self.delivery
-            .send_to(&others, p::INIT_OFFER, &out::InitOffer { source: me })
+            .send_to(room, &others, p::INIT_OFFER, &out::InitOffer { source: me })
             .await;
     }
 

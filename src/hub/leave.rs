@@ -39,7 +39,8 @@ impl Hub {
             }
         };
         session.remove_room(room);
-        self.announce_departure(&session.peer, &remaining).await;
+        self.announce_departure(room, &session.peer, &remaining)
+            .await;
         true
     }
 
@@ -59,7 +60,7 @@ impl Hub {
                 continue;
             }
             match self.rooms.leave(&room, &peer).await {
-                Ok(Some(remaining)) => self.announce_departure(&peer, &remaining).await,
+                Ok(Some(remaining)) => self.announce_departure(&room, &peer, &remaining).await,
                 Ok(None) => {}
                 Err(_) => self
                     .missed_leaves
@@ -70,12 +71,18 @@ impl Hub {
         }
     }
 
-    /// Tells the members left in a room that `peer` is gone.
-    pub(crate) async fn announce_departure(&self, peer: &PeerId, remaining: &[Recipient]) {
+    /// Tells the members left in `room` that `peer` is gone.
+    pub(crate) async fn announce_departure(
+        &self,
+        room: &str,
+        peer: &PeerId,
+        remaining: &[Recipient],
+    ) {
         let gone = out::PeerId { id: peer };
-        self.delivery.send_to(remaining, p::PEER_LEFT, &gone).await;
-        self.delivery
-            .send_to(remaining, p::USER_DISCONNECTED, &gone)
+        let delivery = &self.delivery;
+        delivery.send_to(room, remaining, p::PEER_LEFT, &gone).await;
+        delivery
+            .send_to(room, remaining, p::USER_DISCONNECTED, &gone)
             .await;
     }
 }

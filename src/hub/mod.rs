@@ -95,7 +95,8 @@ impl Hub {
             pending: DashMap::new(),
             missed_leaves: Default::default(),
             awaiting: DashMap::new(),
-            tickets: AtomicU64::new(0),
+            // 0 is no ticket: a pushed session's notes carry it.
+            tickets: AtomicU64::new(1),
             connected: Arc::default(),
         });
         tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
@@ -148,7 +149,7 @@ impl Hub {
         };
         for departure in redis.reap_dead_nodes().await? {
             let _turn = self.turns.take(&departure.room).await;
-            self.announce_departure(&departure.peer, &departure.remaining)
+            self.announce_departure(&departure.room, &departure.peer, &departure.remaining)
                 .await;
         }
         Ok(())

@@ -29,9 +29,9 @@ pub const JOIN_OK: &str = "join-ok";
 pub const JOIN_ERROR: &str = "join-error";
 pub const ERROR: &str = "error";
 
-/// The events one node may hand another to deliver to its peers, by name: the relay, the
-/// echoes, and what joins and departures announce.
-pub fn peer_event(name: &str) -> Option<&'static str> {
+/// Events the server sends to a peer after its `session` greeting, by name: one node may hand
+/// any of them to another (in a letter, or among a moving session's kept events).
+pub fn server_event(name: &str) -> Option<&'static str> {
     [
         RELAY,
         MEDIA_STATE,
@@ -41,6 +41,10 @@ pub fn peer_event(name: &str) -> Option<&'static str> {
         USER_DISCONNECTED,
         INIT_OFFER,
         PEER_LEFT,
+        ROOM_CHECK_OK,
+        JOIN_OK,
+        JOIN_ERROR,
+        ERROR,
     ]
     .into_iter()
     .find(|event| *event == name)

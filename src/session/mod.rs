@@ -53,6 +53,8 @@ pub struct Link {
     pub given_up: bool,
     /// The session is over (left, given up, or moved); it can no longer be taken up again.
     pub ended: bool,
+    /// The session is being moved to another node (cluster mode): nothing may move it again.
+    pub moving: bool,
     /// The node the session moved to, if it ended by moving (cluster mode).
     pub moved_to: Option<NodeId>,
 }
@@ -86,6 +88,7 @@ impl Session {
                 away_from: None,
                 given_up: false,
                 ended: false,
+                moving: false,
                 moved_to: None,
             }),
             serial: Arc::new(Serial::default()),

@@ -7,7 +7,6 @@ pub mod redis;
 
 use std::sync::Arc;
 
-use crate::cluster::inbox::Postbox;
 use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
@@ -15,7 +14,7 @@ use crate::room_lock::RoomLock;
 use crate::session::Session;
 
 pub use memory::MemoryRooms;
-pub use redis::RedisRooms;
+pub use redis::{Postbox, RedisRooms};
 
 /// One member of a room as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

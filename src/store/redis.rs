@@ -32,7 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{Expect, JoinOutcome, Member, Recipient, RelayRoute, RoomView, StoreError};
-use crate::cluster::inbox::{INBOX_PREFIX, Postbox};
+use crate::cluster::inbox::{self, INBOX_PREFIX};
 use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
@@ -183,22 +183,50 @@ return out
 "#
 );
 
-/// Points a peer's entries in its rooms (KEYS) at another node (ARGV[2]) and moves them from
-/// this node's set (ARGV[5]) to that node's (ARGV[6]), so they are the new node's to clean up
+/// Points a peer's entries in its rooms (KEYS) that name this node (ARGV[7]) at another node
+/// (ARGV[2]) and moves them from this node's set (ARGV[5]) to that node's (ARGV[6]), so they
+/// are the new node's to clean up
 /// should it die; then publishes the note ARGV[4] to this node's own inbox (ARGV[3]): when
 /// this node reads it, every letter sent to it for the peer before the move has arrived.
 const MOVE: &str = r#"
-local peer, to = ARGV[1], ARGV[2]
+local peer, to, here = ARGV[1], ARGV[2], ARGV[7]
 for _, room in ipairs(KEYS) do
   local value = redis.call('HGET', room, peer)
   if value then
-    local seq, rest = string.match(value, '^([^|]*)|[^|]*|(.*)$')
-    if seq then redis.call('HSET', room, peer, seq .. '|' .. to .. '|' .. rest) end
+    local seq, node, rest = string.match(value, '^([^|]*)|([^|]*)|(.*)$')
+    if seq and node == here then
+      redis.call('HSET', room, peer, seq .. '|' .. to .. '|' .. rest)
+    end
   end
 end
-for i = 7, #ARGV do redis.call('SMOVE', ARGV[5], ARGV[6], ARGV[i]) end
+for i = 8, #ARGV do redis.call('SMOVE', ARGV[5], ARGV[6], ARGV[i]) end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
+"#;
+
+/// Sends a letter (ARGV[3] its body) to members of a room (KEYS[1]) at the nodes their
+/// entries name at this instant (so a member moving between nodes gets it where its
+/// session is, or will be handed it with the session); returns those on this node (ARGV[1]).
+const POST: &str = r#"
+local here, prefix, body = ARGV[1], ARGV[2], ARGV[3]
+local groups, order, local_peers = {}, {}, {}
+for i = 4, #ARGV do
+  local peer = ARGV[i]
+  local value = redis.call('HGET', KEYS[1], peer)
+  if value then
+    local node = string.match(value, '^[^|]*|([^|]*)|') or ''
+    if node == here then
+      table.insert(local_peers, peer)
+    else
+      if not groups[node] then groups[node] = {}; table.insert(order, node) end
+      table.insert(groups[node], peer)
+    end
+  end
+end
+for _, node in ipairs(order) do
+  redis.call('PUBLISH', prefix .. node, table.concat(groups[node], ' ') .. '\n' .. body)
+end
+return local_peers
 "#;
 
 /// Follows a node's forwarding addresses (ARGV[1] the node, ARGV[2] the prefix) to a live node.
@@ -239,6 +267,49 @@ pub struct RedisRooms {
     moves: Script,
     holder: Script,
     reap: Script,
+}
+
+/// How a node sends events to peers on other nodes, on the connection the scripts use, so a
+/// letter leaves in order with the scripts its sender ran before it (a join, a leave).
+#[derive(Clone)]
+pub struct Postbox {
+    conn: ConnectionManager,
+    here: NodeId,
+    post: Script,
+}
+
+impl Postbox {
+    /// Sends `body` to those of `peers` still in `room`, each at the node serving it now;
+    /// returns those served by this node.
+    pub async fn post_in_room(
+        &self,
+        room: &str,
+        peers: &[&PeerId],
+        body: Vec<u8>,
+    ) -> redis::RedisResult<Vec<PeerId>> {
+        let mut call = self.post.prepare_invoke();
+        call.key(room_key(room))
+            .arg(self.here.as_str())
+            .arg(INBOX_PREFIX)
+            .arg(body);
+        for peer in peers {
+            call.arg(peer.as_str());
+        }
+        let here: Vec<String> = call.invoke_async(&mut self.conn.clone()).await?;
+        Ok(here.iter().filter_map(|p| PeerId::parse(p)).collect())
+    }
+
+    /// Publishes each letter to its node's inbox, in one pipeline.
+    pub async fn post(&self, letters: Vec<(NodeId, Vec<u8>)>) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for (node, letter) in letters {
+            pipe.cmd("PUBLISH")
+                .arg(inbox::channel(&node))
+                .arg(letter)
+                .ignore();
+        }
+        pipe.query_async(&mut self.conn.clone()).await
+    }
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
@@ -342,7 +413,11 @@ impl RedisRooms {
 
     /// Posts letters to other nodes, in order, on the connection the scripts use.
     pub fn postbox(&self) -> Postbox {
-        Postbox::new(self.conn.clone())
+        Postbox {
+            conn: self.conn.clone(),
+            here: self.node.clone(),
+            post: Script::new(POST),
+        }
     }
 
     /// Pairs a flat peer, node list into recipients (this node's own as `None`).
@@ -617,7 +692,8 @@ impl RedisRooms {
             .arg(crate::cluster::inbox::channel(&self.node))
             .arg(note)
             .arg(members_key(self.node.as_str()))
-            .arg(members_key(to.as_str()));
+            .arg(members_key(to.as_str()))
+            .arg(self.node.as_str());
         for room in rooms {
             call.arg(entry(room, peer));
         }
