@@ -94,8 +94,14 @@ pub struct Config {
     pub ice_servers: String,
 
     /// Redis URL for cluster mode; without it the server keeps all state in memory.
+    /// `rediss://` connects over TLS; `redis[s]://user:password@host` logs in as an ACL user.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// A PEM file with the CA that signed a `rediss://` server's certificate (a private CA);
+    /// without it the system's roots are used.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// How long a shutdown may take before the process exits anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]

@@ -88,7 +88,7 @@ pub async fn run(
         pubsub,
         rooms,
         inbox,
-    } = cluster::connect(&redis_url).await?;
+    } = cluster::connect(&redis_url, config.redis_ca_file.as_deref()).await?;
     tracing::info!(node = %rooms.node(), "cluster mode: room state in Redis");
     let (layer, io) = socket_io_builder(&config).build_layer();
     let hub = Hub::new(

@@ -11,7 +11,37 @@ use support::redis::{Redis, free_port};
 
 #[tokio::test]
 async fn a_call_spans_two_nodes() {
-    let redis = Redis::start().await;
+    call_across_nodes(&Redis::start().await).await;
+}
+
+/// The same call over a Redis that speaks only TLS, with a private CA (`REDIS_CA_FILE`) and an
+/// ACL user, as managed Redis offerings are.
+#[tokio::test]
+async fn a_call_spans_two_nodes_on_a_tls_redis_with_an_acl_user() {
+    call_across_nodes(&Redis::start_tls().await).await;
+}
+
+#[tokio::test]
+async fn a_redis_certificate_that_does_not_verify_is_a_clear_error_at_start() {
+    let redis = Redis::start_tls().await;
+    let out = support::server_command(&[])
+        .env("JWT_SECRET", SECRET)
+        .env("REDIS_URL", redis.url())
+        .env("REDIS_CA_FILE", redis.other_ca())
+        .output()
+        .await
+        .expect("run server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach Redis at rediss://***@localhost"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains(redis.password()), "{stderr}");
+}
+
+async fn call_across_nodes(redis: &Redis) {
     let (a, b) = (redis.node().await, redis.node().await);
 
     let (mut alice, _) = a.joined("alice", "x").await;

@@ -6,6 +6,7 @@
 pub mod inbox;
 pub mod pubsub;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,11 +50,41 @@ pub struct Connected {
     pub inbox: mpsc::Receiver<Vec<u8>>,
 }
 
+/// The Redis client for `redis_url`; a `rediss://` one trusts `ca_file` (PEM) if given, else
+/// the system's roots.
+fn client(redis_url: &str, ca_file: Option<&Path>) -> Result<redis::Client, StartError> {
+    let url = with_resp3(redis_url);
+    if redis_url.starts_with("rediss://") {
+        // Already installed (a second connect in one process) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let unusable = |e: &dyn std::fmt::Display| StartError(format!("REDIS_URL is not usable: {e}"));
+    let Some(ca_file) = ca_file else {
+        return redis::Client::open(url).map_err(|e| unusable(&e));
+    };
+    if !redis_url.starts_with("rediss://") {
+        return Err(StartError(
+            "REDIS_CA_FILE is set but REDIS_URL is not a rediss:// (TLS) URL".into(),
+        ));
+    }
+    let root_cert = std::fs::read(ca_file).map_err(|e| {
+        StartError(format!(
+            "cannot read REDIS_CA_FILE {}: {e}",
+            ca_file.display()
+        ))
+    })?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(|e| unusable(&e))
+}
+
 /// Connects both Redis connections (the subscriber and room state), registers this node and
-/// subscribes to its inbox, or says clearly why not within [`REDIS_CONNECT_TIMEOUT`].
-pub async fn connect(redis_url: &str) -> Result<Connected, StartError> {
-    let client = redis::Client::open(with_resp3(redis_url))
-        .map_err(|e| StartError(format!("REDIS_URL is not usable: {e}")))?;
+/// subscribes to its inbox, or says clearly why not within [`REDIS_CONNECT_TIMEOUT`] (a
+/// certificate that does not verify says so).
+pub async fn connect(redis_url: &str, ca_file: Option<&Path>) -> Result<Connected, StartError> {
+    let client = client(redis_url, ca_file)?;
     let unreachable = |e: &dyn std::fmt::Display| unreachable(redis_url, e);
     let connect = async {
         // One plain round trip first, so a wrong address fails at once instead of after the

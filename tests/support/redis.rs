@@ -1,4 +1,5 @@
-//! A private `redis-server` per test, on a free loopback port.
+//! A private `redis-server` per test, on a free loopback port: plain, or (as managed Redis
+//! offerings are) over TLS only with a private CA and an ACL user.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -15,7 +16,13 @@ pub struct Redis {
     /// Removed on drop, unless handed on to the next server by [`Redis::shut_down_saving`].
     dir: Option<PathBuf>,
     child: Child,
+    /// Over TLS: the CA that signed its certificate.
+    ca: Option<PathBuf>,
 }
+
+/// The ACL user of a TLS Redis (its default user is off).
+const TLS_USER: &str = "rtcio";
+const TLS_PASSWORD: &str = "tls-test-password-0f3a";
 
 impl Redis {
     pub async fn start() -> Redis {
@@ -25,10 +32,23 @@ impl Redis {
 
     /// A new, empty Redis on `port`.
     pub async fn start_on(port: u16) -> Redis {
-        let dir = std::env::temp_dir().join(format!("rtcio-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        Redis::start_in(port, dir).await
+        Redis::start_in(port, fresh_dir(port), None).await
+    }
+
+    /// A new, empty Redis that speaks only TLS, with a certificate from a private CA (made
+    /// with the `openssl` command line) and only an ACL user.
+    pub async fn start_tls() -> Redis {
+        let port = free_port();
+        let dir = fresh_dir(port);
+        let ca = make_certificates(&dir);
+        Redis::start_in(port, dir, Some(ca)).await
+    }
+
+    /// A CA that did not sign this Redis's certificate (TLS only).
+    pub fn other_ca(&self) -> PathBuf {
+        let dir = self.dir.as_ref().expect("its directory").join("other");
+        std::fs::create_dir_all(&dir).expect("dir");
+        make_certificates(&dir)
     }
 
     /// Stops the server after it saved its data; [`Redis::start_again`] brings it back.
@@ -44,14 +64,27 @@ impl Redis {
 
     /// The server [`Redis::shut_down_saving`] stopped, with its data, on the same port.
     pub async fn start_again((port, dir): (u16, PathBuf)) -> Redis {
-        Redis::start_in(port, dir).await
+        Redis::start_in(port, dir, None).await
     }
 
-    async fn start_in(port: u16, dir: PathBuf) -> Redis {
-        let child = Command::new("redis-server")
+    async fn start_in(port: u16, dir: PathBuf, ca: Option<PathBuf>) -> Redis {
+        let mut command = Command::new("redis-server");
+        match &ca {
+            None => command.args(["--port", &port.to_string()]),
+            Some(ca) => command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no", "--user", "default", "off"])
+                .args(["--user", TLS_USER, "on", &format!(">{TLS_PASSWORD}")])
+                .args(["~*", "&*", "+@all"]),
+        };
+        let child = command
             .args([
-                "--port",
-                &port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -71,6 +104,7 @@ impl Redis {
             port,
             dir: Some(dir),
             child,
+            ca,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.connection().await.is_err() {
@@ -82,17 +116,40 @@ impl Redis {
 
     /// A server node of a cluster on this Redis, with default settings.
     pub async fn node(&self) -> Server {
-        Server::start_with(&[], &[("JWT_SECRET", SECRET), ("REDIS_URL", &self.url())]).await
+        let url = self.url();
+        let mut env = vec![("JWT_SECRET", SECRET), ("REDIS_URL", url.as_str())];
+        let ca = self.ca.as_ref().map(|ca| ca.display().to_string());
+        if let Some(ca) = &ca {
+            env.push(("REDIS_CA_FILE", ca));
+        }
+        Server::start_with(&[], &env).await
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.ca {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://{TLS_USER}:{TLS_PASSWORD}@localhost:{}", self.port),
+        }
+    }
+
+    pub fn password(&self) -> &'static str {
+        TLS_PASSWORD
     }
 
     pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
+        let client = match &self.ca {
+            None => redis::Client::open(self.url())?,
+            Some(ca) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let root_cert = std::fs::read(ca).expect("CA file");
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(self.url(), certificates)?
+            }
+        };
+        client.get_multiplexed_async_connection().await
     }
 
     pub async fn stop(mut self) {
@@ -106,6 +163,68 @@ impl Drop for Redis {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+fn fresh_dir(port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rtcio-redis-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    dir
+}
+
+/// Makes a CA and a certificate it signs for `localhost` and 127.0.0.1 in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`); returns the CA's file.
+fn make_certificates(dir: &std::path::Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=rtcio test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&ca);
+    let mut request = vec!["req", "-subj", "/CN=localhost", "-keyout", "server.key"];
+    request.extend(ec);
+    request.extend(["-out", "server.csr"]);
+    openssl(&request);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("san.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    dir.join("ca.pem")
 }
 
 pub fn free_port() -> u16 {
