@@ -216,24 +216,13 @@ async fn dev_tokens_exist_only_in_dev_mode() {
 
 #[tokio::test]
 async fn refuses_to_start_without_a_key() {
-    let out = support::server_command(&[])
-        .output()
-        .await
-        .expect("run server");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = support::refused_start(&[]).await;
     assert!(
         stderr.contains("JWT_SECRET")
             && stderr.contains("JWT_PUBLIC_KEY_FILE")
             && stderr.contains("--dev"),
         "{stderr}"
     );
-    let short = support::server_command(&[])
-        .env("JWT_SECRET", "short")
-        .output()
-        .await
-        .expect("run server");
-    assert!(!short.status.success());
-    let stderr = String::from_utf8_lossy(&short.stderr);
+    let stderr = support::refused_start(&[("JWT_SECRET", "short")]).await;
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
 }

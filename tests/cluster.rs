@@ -24,15 +24,13 @@ async fn a_call_spans_two_nodes_on_a_tls_redis_with_an_acl_user() {
 #[tokio::test]
 async fn a_redis_certificate_that_does_not_verify_is_a_clear_error_at_start() {
     let redis = Redis::start_tls().await;
-    let out = support::server_command(&[])
-        .env("JWT_SECRET", SECRET)
-        .env("REDIS_URL", redis.url())
-        .env("REDIS_CA_FILE", redis.other_ca())
-        .output()
-        .await
-        .expect("run server");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (url, other_ca) = (redis.url(), redis.other_ca().display().to_string());
+    let stderr = support::refused_start(&[
+        ("JWT_SECRET", SECRET),
+        ("REDIS_URL", &url),
+        ("REDIS_CA_FILE", &other_ca),
+    ])
+    .await;
     assert!(
         stderr.contains("cannot reach Redis at rediss://***@localhost"),
         "{stderr}"
@@ -241,15 +239,8 @@ async fn a_killed_node_is_announced_and_purged() {
 
 #[tokio::test]
 async fn redis_unreachable_at_start_is_a_clear_error() {
-    let port = free_port();
-    let out = support::server_command(&[])
-        .env("JWT_SECRET", SECRET)
-        .env("REDIS_URL", format!("redis://:hunter2@127.0.0.1:{port}"))
-        .output()
-        .await
-        .expect("run server");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let url = format!("redis://:hunter2@127.0.0.1:{}", free_port());
+    let stderr = support::refused_start(&[("JWT_SECRET", SECRET), ("REDIS_URL", &url)]).await;
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "password leaked: {stderr}");
 }

@@ -312,6 +312,15 @@ impl Postbox {
     }
 }
 
+/// A call of `script` with a session's rooms as its keys.
+fn keyed_by_rooms<'a>(script: &'a Script, rooms: &[Arc<str>]) -> redis::ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    for room in rooms {
+        call.key(room_key(room));
+    }
+    call
+}
+
 fn store_error(e: redis::RedisError) -> StoreError {
     StoreError(format!("redis: {e}"))
 }
@@ -591,11 +600,7 @@ impl RedisRooms {
         if rooms.is_empty() {
             return Ok(RelayRoute::Unshared);
         }
-        let mut call = self.relay.prepare_invoke();
-        for room in rooms {
-            call.key(room_key(room));
-        }
-        let route: u8 = call
+        let route: u8 = keyed_by_rooms(&self.relay, rooms)
             .arg(target.as_str())
             .arg(self.node.as_str())
             .arg(body)
@@ -683,10 +688,7 @@ impl RedisRooms {
         to: &NodeId,
         note: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let mut call = self.moves.prepare_invoke();
-        for room in rooms {
-            call.key(room_key(room));
-        }
+        let mut call = keyed_by_rooms(&self.moves, rooms);
         call.arg(peer.as_str())
             .arg(to.as_str())
             .arg(crate::cluster::inbox::channel(&self.node))

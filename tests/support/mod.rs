@@ -44,6 +44,17 @@ pub fn server_command(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs the server with `env`, expecting it to refuse to start; returns what it said.
+pub async fn refused_start(env: &[(&str, &str)]) -> String {
+    let mut command = server_command(&[]);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().await.expect("run server");
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn repo_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
