@@ -103,6 +103,12 @@ pub struct Config {
     #[arg(long, env = "REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 
+    /// This machine's id on Fly.io (Fly sets it). In cluster mode, requests for an Engine.IO
+    /// session another machine holds are answered with `fly-replay` so Fly's proxy sends them
+    /// there, which lets clients start on HTTP long-polling behind several machines.
+    #[arg(long, env = "FLY_MACHINE_ID")]
+    pub fly_machine_id: Option<String>,
+
     /// How long a shutdown may take before the process exits anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,

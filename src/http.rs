@@ -36,6 +36,10 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         "/debug/heap",
         get(|| async { Json(crate::heap_census::snapshot()) }),
     );
+    let pinning = config
+        .fly_machine_id
+        .clone()
+        .and_then(|machine| crate::fly::Pinning::new(machine, Arc::clone(&http.hub)));
     let mut app = app.with_state(Arc::new(http));
     if let Some(dir) = &config.demo_dir {
         if !dir.join("index.html").is_file() {
@@ -46,14 +50,21 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         }
         app = app.fallback_service(ServeDir::new(dir));
     }
+    let app = app.layer(layer);
+    let app = match pinning {
+        Some(pinning) => app.layer(axum::middleware::from_fn_with_state(
+            pinning,
+            crate::fly::route_to_holder,
+        )),
+        None => app,
+    };
     Ok(app
-        .layer(layer)
         .layer(axum::middleware::map_request(detach_from_read_buffer))
         .layer(cors(&config.allowed_origins)?))
 }
 
 /// Where socketioxide listens (its default `req_path`).
-const SOCKET_IO_PATH: &str = "/socket.io/";
+pub const SOCKET_IO_PATH: &str = "/socket.io/";
 
 /// The headers a Socket.IO request keeps: what the WebSocket and polling handshakes read (CORS
 /// has already run). socketioxide stores each socket's request for the socket's whole life, so a

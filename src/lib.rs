@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
+pub mod fly;
 #[cfg(feature = "heap-census")]
 pub mod heap_census;
 pub mod http;

@@ -16,6 +16,8 @@
 //! - `rtcio:node:{id}:heir`    the node a shut-down node left its sessions to, for the
 //!   recovery window; `rtcio:node:{id}:draining` while it hands them over
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
+//! - `rtcio:eio:{sid}` the Fly machine holding an Engine.IO session opened over polling
+//!   (`fly`), expiring an hour after it was last asked for
 //!
 //! Events for peers on other nodes are published to those nodes' inboxes (`cluster::inbox`);
 //! the relay script does so itself, in the step that checks the two peers share a room.
@@ -347,6 +349,13 @@ fn members_key(node: &str) -> String {
 
 fn alive_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:alive")
+}
+
+/// How long a record of which machine holds an Engine.IO session lives unasked for.
+const ENGINE_PIN_SECONDS: u64 = 3600;
+
+fn engine_key(sid: &str) -> String {
+    format!("{PREFIX}eio:{sid}")
 }
 
 fn draining_key(node: &str) -> String {
@@ -702,6 +711,30 @@ impl RedisRooms {
         call.invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Records that the Fly machine `machine` holds Engine.IO session `sid`.
+    pub async fn pin_engine_session(&self, sid: &str, machine: &str) -> Result<(), StoreError> {
+        redis::cmd("SET")
+            .arg(engine_key(sid))
+            .arg(machine)
+            .arg("EX")
+            .arg(ENGINE_PIN_SECONDS)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    /// The Fly machine holding Engine.IO session `sid`, if one recorded it; the record lives
+    /// on while machines keep asking for it.
+    pub async fn engine_session_machine(&self, sid: &str) -> Result<Option<String>, StoreError> {
+        redis::cmd("GETEX")
+            .arg(engine_key(sid))
+            .arg("EX")
+            .arg(ENGINE_PIN_SECONDS)
+            .query_async(&mut self.conn.clone())
+            .await
             .map_err(store_error)
     }
 

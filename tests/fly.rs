@@ -1,0 +1,49 @@
+//! Several Fly machines in one cluster, reached with socket.io-client's default transports
+//! (long-polling, then the WebSocket upgrade) through a stand-in for Fly's proxy that balances
+//! every request at random and honours `fly-replay` (`tests/node/fly-replay.mjs`).
+
+mod support;
+
+use support::redis::Redis;
+use support::{SECRET, Server};
+
+#[tokio::test]
+async fn default_transports_work_across_machines_behind_fly_proxy() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let machine = |id| {
+        [
+            ("JWT_SECRET", SECRET),
+            ("REDIS_URL", url.as_str()),
+            ("FLY_MACHINE_ID", id),
+        ]
+    };
+    let a = Server::start_with(&[], &machine("0e286e1c4d3d78")).await;
+    let b = Server::start_with(&[], &machine("d891627b6e3318")).await;
+    let backends = format!(
+        "0e286e1c4d3d78=http://{},d891627b6e3318=http://{}",
+        a.addr, b.addr
+    );
+    let output = tokio::process::Command::new("node")
+        .arg("tests/node/fly-replay.mjs")
+        .current_dir(support::repo_path(""))
+        .env("BACKENDS", backends)
+        .env("JWT_SECRET", SECRET)
+        .env("ROUNDS", "50")
+        .output()
+        .await
+        .expect("node is installed (run scripts/setup)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}");
+    let replays: u32 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("rounds ok 50, replays "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert!(
+        replays > 0,
+        "the proxy never had to replay a request: {stdout}"
+    );
+}
