@@ -45,6 +45,10 @@ pub struct Config {
     #[arg(long, env = "MAX_PEERS_PER_ROOM", default_value_t = 50)]
     pub max_peers_per_room: usize,
 
+    /// Most rooms one session may be in at once; one more gets `join-error` `too-many-rooms`.
+    #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 16)]
+    pub max_rooms_per_socket: usize,
+
     /// Wrong room passwords one socket may try per window; then `join-error` `rate-limited`.
     #[arg(long, env = "WRONG_PASSWORDS_PER_SOCKET", default_value_t = 5)]
     pub wrong_passwords_per_socket: u32,

@@ -18,6 +18,8 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod fly;
+#[cfg(test)]
+mod fuzz;
 #[cfg(feature = "heap-census")]
 pub mod heap_census;
 pub mod http;

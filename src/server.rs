@@ -152,6 +152,7 @@ fn limits(config: &Config) -> Limits {
     Limits {
         max_payload_bytes: config.max_payload_bytes,
         max_peers_per_room: config.max_peers_per_room,
+        max_rooms_per_session: config.max_rooms_per_socket,
         guesses: config.guess_limits(),
         recovery_window: (config.recovery_window_ms > 0)
             .then(|| Duration::from_millis(config.recovery_window_ms)),

@@ -340,3 +340,34 @@ async fn a_full_room_refuses_the_next_member() {
     );
     alice.assert_nothing_before_probe(&bob).await;
 }
+
+#[tokio::test]
+async fn a_socket_joins_no_more_rooms_than_its_limit() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", support::SECRET),
+            ("MAX_ROOMS_PER_SOCKET", "3"),
+        ],
+    )
+    .await;
+    let mut alice = server.client("alice").await;
+    for room in ["r0", "r1", "r2"] {
+        alice.join(room, "alice");
+        assert_eq!(alice.expect("join-ok").await, json!({ "roomId": room }));
+    }
+    alice.join("r3", "alice");
+    let refused = alice.expect("join-error").await;
+    assert_eq!(
+        (refused["roomId"].clone(), refused["reason"].clone()),
+        (json!("r3"), json!("too-many-rooms"))
+    );
+    // A room it is already in is no new room.
+    alice.join("r1", "alice");
+    assert_eq!(alice.expect("join-ok").await, json!({ "roomId": "r1" }));
+    // Leaving one makes room for another.
+    alice.emit("leave-room", json!({ "roomId": "r0" }));
+    alice.join("r3", "alice");
+    assert_eq!(alice.expect("join-ok").await, json!({ "roomId": "r3" }));
+    assert_eq!(server.health().await["rooms"], json!(3));
+}

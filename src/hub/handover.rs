@@ -44,6 +44,11 @@ use crate::store::RoomStore;
 /// How long a new node waits for the old one to hand a session over.
 const HANDOVER_DEADLINE: Duration = Duration::from_secs(3);
 
+/// A note as another node wrote it.
+pub(crate) fn parse_note(json: &str) -> Result<Note, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
 /// A note between two nodes about one session.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -211,7 +216,7 @@ impl Hub {
 
     /// Reads a note from another node (or, for `moved`, from this one).
     pub async fn read_note(self: &Arc<Self>, json: &str) {
-        let note = match serde_json::from_str::<Note>(json) {
+        let note = match parse_note(json) {
             Ok(note) => note,
             Err(e) => return tracing::warn!(cause = %e, "unreadable note from another node"),
         };

@@ -43,6 +43,11 @@ impl Hub {
             return;
         };
         let room = request.room_id.as_str();
+        if !session.in_room(room) && session.room_count() >= self.limits.max_rooms_per_session {
+            return self
+                .delivery
+                .refuse_join(session, Some(room), Refusal::TooManyRooms);
+        }
         let name: Arc<str> = match &session.identity.name {
             Some(name) => Arc::clone(name),
             None => request.name.into(),

@@ -17,6 +17,9 @@ mod relay;
 
 pub use lifecycle::Resume;
 
+#[cfg(test)]
+pub(crate) use handover::parse_note;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -39,6 +42,9 @@ use crate::turns::RoomTurns;
 pub struct Limits {
     pub max_payload_bytes: usize,
     pub max_peers_per_room: usize,
+    /// Rooms one session may be in at once, so one client cannot grow the server's state
+    /// (and every room's fan-out) without bound.
+    pub max_rooms_per_session: usize,
     pub guesses: GuessLimits,
     /// How long a dropped session stays recoverable; `None` turns recovery off.
     pub recovery_window: Option<Duration>,

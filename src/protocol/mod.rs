@@ -63,6 +63,7 @@ pub enum Refusal {
     InvalidPassword,
     Forbidden,
     RoomFull,
+    TooManyRooms,
     PasswordRequired,
     WrongPassword,
     /// Over a limit; the client may try again after this many milliseconds.
@@ -86,6 +87,7 @@ impl Refusal {
             Refusal::InvalidPassword => "invalid-password",
             Refusal::Forbidden => "forbidden",
             Refusal::RoomFull => "room-full",
+            Refusal::TooManyRooms => "too-many-rooms",
             Refusal::PasswordRequired => "password-required",
             Refusal::WrongPassword => "wrong-password",
             Refusal::RateLimited { .. } => "rate-limited",
@@ -108,6 +110,9 @@ impl Refusal {
             Refusal::InvalidPassword => "password must be a string of at most 256 characters",
             Refusal::Forbidden => "this token may not join that room",
             Refusal::RoomFull => "the room has reached its member limit",
+            Refusal::TooManyRooms => {
+                "this connection is in as many rooms as it may join; leave one first"
+            }
             Refusal::PasswordRequired => "this room is locked: a password is required",
             Refusal::WrongPassword => "that is not this room's password",
             Refusal::RateLimited { .. } => "too many attempts; wait before trying again",

@@ -104,6 +104,10 @@ impl Session {
         lock(&self.rooms).clone()
     }
 
+    pub fn room_count(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+
     pub fn in_room(&self, room: &str) -> bool {
         self.any_room(|r| r == room)
     }
