@@ -45,6 +45,21 @@ pub struct Config {
     #[arg(long, env = "MAX_PEERS_PER_ROOM", default_value_t = 50)]
     pub max_peers_per_room: usize,
 
+    /// Most Socket.IO connections the server holds; one more is refused at connect. Keep it
+    /// under the open-file limit, so the listener and `/health` keep working.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 18_000)]
+    pub max_connections: usize,
+
+    /// Most connections from one client address; one more is refused at connect.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
+
+    /// A request header a trusted proxy sets to the client's address (`Fly-Client-IP` on
+    /// Fly.io); without it the address is the TCP peer's. Only set it behind such a proxy:
+    /// clients could otherwise claim any address.
+    #[arg(long, env = "TRUSTED_CLIENT_IP_HEADER")]
+    pub trusted_client_ip_header: Option<String>,
+
     /// Most rooms one session may be in at once; one more gets `join-error` `too-many-rooms`.
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 16)]
     pub max_rooms_per_socket: usize,

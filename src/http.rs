@@ -1,10 +1,11 @@
 //! The HTTP side: probes (`/health`), `/client-config`, the dev-mode token route, the demo
 //! files, CORS, and the trimming of Socket.IO requests before socketioxide keeps them.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{OriginalUri, Query, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -58,8 +59,21 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         )),
         None => app,
     };
+    let client_address = ClientAddressSource {
+        header: match &config.trusted_client_ip_header {
+            Some(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                StartError(format!(
+                    "TRUSTED_CLIENT_IP_HEADER {name:?} is not a header name"
+                ))
+            })?),
+            None => None,
+        },
+    };
     Ok(app
-        .layer(axum::middleware::map_request(detach_from_read_buffer))
+        .layer(axum::middleware::map_request_with_state(
+            Arc::new(client_address),
+            detach_from_read_buffer,
+        ))
         .layer(cors(&config.allowed_origins)?))
 }
 
@@ -82,11 +96,46 @@ const SOCKET_IO_HEADERS: [HeaderName; 9] = [
     header::CONTENT_LENGTH,
 ];
 
+/// The address of the client behind a request, as the connection caps count it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub IpAddr);
+
+/// Where a request's client address comes from: a trusted proxy's header, else the TCP peer.
+pub struct ClientAddressSource {
+    header: Option<HeaderName>,
+}
+
+impl ClientAddressSource {
+    fn of(&self, request: &Request) -> Option<IpAddr> {
+        match &self.header {
+            Some(header) => request
+                .headers()
+                .get(header)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse()
+                .ok(),
+            None => request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        }
+    }
+}
+
 /// hyper parses a request's URI and headers as slices of its connection read buffer (8 to 16
 /// KiB), and socketioxide keeps them for the socket's whole life, which would pin that buffer
 /// once per WebSocket. Copying them out (and dropping axum's copy of the URI) lets it go; a
-/// Socket.IO request keeps only [`SOCKET_IO_HEADERS`].
-async fn detach_from_read_buffer(mut request: Request) -> Request {
+/// Socket.IO request keeps only [`SOCKET_IO_HEADERS`], and its client's address (read first,
+/// from the trusted proxy's header if there is one).
+async fn detach_from_read_buffer(
+    State(source): State<Arc<ClientAddressSource>>,
+    mut request: Request,
+) -> Request {
+    if let Some(address) = source.of(&request) {
+        request.extensions_mut().insert(ClientAddress(address));
+    }
     if let Ok(uri) = request.uri().to_string().parse::<Uri>() {
         *request.uri_mut() = uri;
     }
@@ -173,10 +222,14 @@ mod tests {
             .expect("a valid request")
     }
 
+    fn from_peer() -> State<Arc<ClientAddressSource>> {
+        State(Arc::new(ClientAddressSource { header: None }))
+    }
+
     #[tokio::test]
     async fn a_socket_io_request_keeps_only_the_handshake_headers() {
-        let request =
-            detach_from_read_buffer(browser_request("/socket.io/?EIO=4&transport=websocket")).await;
+        let path = "/socket.io/?EIO=4&transport=websocket";
+        let request = detach_from_read_buffer(from_peer(), browser_request(path)).await;
         let mut kept: Vec<&str> = request.headers().keys().map(HeaderName::as_str).collect();
         kept.sort_unstable();
         assert_eq!(
@@ -195,8 +248,40 @@ mod tests {
 
     #[tokio::test]
     async fn other_requests_keep_every_header() {
-        let request = detach_from_read_buffer(browser_request("/index.html")).await;
+        let request = detach_from_read_buffer(from_peer(), browser_request("/index.html")).await;
         assert_eq!(request.headers().len(), 9);
         assert!(request.headers().contains_key(header::COOKIE));
+    }
+
+    #[tokio::test]
+    async fn the_client_address_is_the_peer_unless_a_trusted_header_names_it() {
+        let mut request = browser_request("/socket.io/?EIO=4&transport=websocket");
+        let peer: SocketAddr = "192.0.2.7:5000".parse().expect("address");
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+            .headers_mut()
+            .insert("fly-client-ip", HeaderValue::from_static("203.0.113.9"));
+        let from_header = State(Arc::new(ClientAddressSource {
+            header: Some(HeaderName::from_static("fly-client-ip")),
+        }));
+        let address = |request: &Request| request.extensions().get::<ClientAddress>().map(|a| a.0);
+        let (peer_only, trusted) = (
+            detach_from_read_buffer(from_peer(), clone(&request)).await,
+            detach_from_read_buffer(from_header, request).await,
+        );
+        assert_eq!(address(&peer_only), Some(peer.ip()));
+        assert_eq!(address(&trusted), "203.0.113.9".parse().ok());
+    }
+
+    fn clone(request: &Request) -> Request {
+        let mut copy = Request::builder()
+            .uri(request.uri().clone())
+            .body(axum::body::Body::empty())
+            .expect("a valid request");
+        *copy.headers_mut() = request.headers().clone();
+        if let Some(info) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            copy.extensions_mut().insert(*info);
+        }
+        copy
     }
 }

@@ -1,11 +1,98 @@
-//! Limits on what a client may do in a span of time.
+//! Limits on what clients may do: how many connections they hold ([`ConnectionCaps`]) and how
+//! often they may try something ([`FixedWindow`]).
+//!
+//! [`ConnectionCaps`] counts the connections the server holds, in all and per client address,
+//! and refuses a connection over either cap. A connection's [`Slot`] gives its place back when
+//! dropped, with the socket's handlers, so no path can leak one.
 //!
 //! [`FixedWindow`] counts attempts: the first counted attempt opens a window, and once `limit`
 //! attempts have been counted in it, further ones are refused until it closes. It is used for
 //! wrong room passwords, per socket (in the session) and per room (in the store; in Redis in
 //! cluster mode, with the same rule as a key that expires with the window).
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+/// The caps on connections, and what is held against them.
+pub struct ConnectionCaps {
+    pub max_total: usize,
+    pub max_per_address: usize,
+    total: AtomicUsize,
+    per_address: DashMap<IpAddr, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapRefusal {
+    ServerFull,
+    TooManyFromAddress,
+}
+
+/// A connection's place under the caps, given back when dropped.
+pub struct Slot {
+    caps: Arc<ConnectionCaps>,
+    address: Option<IpAddr>,
+}
+
+impl ConnectionCaps {
+    pub fn new(max_total: usize, max_per_address: usize) -> Arc<ConnectionCaps> {
+        Arc::new(ConnectionCaps {
+            max_total,
+            max_per_address,
+            total: AtomicUsize::new(0),
+            per_address: DashMap::new(),
+        })
+    }
+
+    /// A place for one more connection from `address` (unknown: counted in the total only).
+    pub fn admit(self: &Arc<Self>, address: Option<IpAddr>) -> Result<Slot, CapRefusal> {
+        let reserved = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_total).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Err(CapRefusal::ServerFull);
+        }
+        if let Some(address) = address {
+            let mut held = self.per_address.entry(address).or_insert(0);
+            if *held >= self.max_per_address {
+                drop(held);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(CapRefusal::TooManyFromAddress);
+            }
+            *held += 1;
+        }
+        Ok(Slot {
+            caps: Arc::clone(self),
+            address,
+        })
+    }
+
+    /// Connections held now.
+    pub fn held(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(address) = self.address
+            && let Entry::Occupied(mut held) = self.caps.per_address.entry(address)
+        {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+        self.caps.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// At most `limit` counted attempts per `window`.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +157,22 @@ pub fn retry_after_ms(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_caps_hold_and_give_back() {
+        let caps = ConnectionCaps::new(3, 2);
+        let here: Option<IpAddr> = "10.0.0.1".parse().ok();
+        let there: Option<IpAddr> = "10.0.0.2".parse().ok();
+        let a = caps.admit(here).expect("first");
+        let _b = caps.admit(here).expect("second");
+        assert_eq!(caps.admit(here).err(), Some(CapRefusal::TooManyFromAddress));
+        let _c = caps.admit(there).expect("another address");
+        assert_eq!(caps.admit(None).err(), Some(CapRefusal::ServerFull));
+        drop(a);
+        assert_eq!(caps.held(), 2);
+        let _d = caps.admit(here).expect("a place was given back");
+        assert_eq!(caps.per_address.len(), 2);
+    }
 
     #[test]
     fn a_window_blocks_after_its_limit_until_it_closes() {

@@ -153,6 +153,8 @@ fn limits(config: &Config) -> Limits {
         max_payload_bytes: config.max_payload_bytes,
         max_peers_per_room: config.max_peers_per_room,
         max_rooms_per_session: config.max_rooms_per_socket,
+        max_connections: config.max_connections,
+        max_connections_per_address: config.max_connections_per_address,
         guesses: config.guess_limits(),
         recovery_window: (config.recovery_window_ms > 0)
             .then(|| Duration::from_millis(config.recovery_window_ms)),
@@ -210,6 +212,7 @@ async fn serve(
             tracing::debug!(cause = %e, "TCP_NODELAY not set");
         }
     });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         if hub.hand_off(grace).await {

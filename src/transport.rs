@@ -12,7 +12,9 @@ use socketioxide::handler::{MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 
 use crate::auth::AuthError;
+use crate::http::ClientAddress;
 use crate::hub::{Hub, Resume};
+use crate::limits::CapRefusal;
 use crate::protocol::{self as p, Frame, Refusal};
 use crate::session::Session;
 
@@ -41,9 +43,22 @@ impl Hub {
         self: &Arc<Self>,
         socket: &SocketRef,
         auth: Option<&serde_json::Value>,
-    ) -> Result<(), AuthError> {
-        let identity = self.verifier.verify(auth).inspect_err(|e| {
-            tracing::info!(sid = %socket.id, reason = %e, "connection refused");
+    ) -> Result<(), ConnectRefusal> {
+        let address = socket
+            .req_parts()
+            .extensions
+            .get::<ClientAddress>()
+            .map(|a| a.0);
+        let admitted = self
+            .verifier
+            .verify(auth)
+            .map_err(ConnectRefusal::Auth)
+            .and_then(|identity| {
+                let slot = self.caps.admit(address).map_err(ConnectRefusal::Caps)?;
+                Ok((identity, slot))
+            });
+        let (identity, slot) = admitted.inspect_err(|refusal| {
+            tracing::info!(sid = %socket.id, ?address, reason = %refusal, "connection refused");
         })?;
         let resume = auth.and_then(Resume::parse);
         let session = self.open_session(socket.id, identity, resume).await;
@@ -52,12 +67,39 @@ impl Hub {
             session: Arc::clone(&session),
         });
         let hub = Arc::clone(self);
+        // The handler holds the connection's place under the caps: it is given back when the
+        // socket, and with it the handler, is gone.
+        let slot = Arc::new(slot);
         socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+            let _slot = &slot;
             hub.socket_gone(&session, socket.id, reason);
         });
         Ok(())
     }
 }
+
+/// Why a connection was refused at CONNECT; the client's `connect_error` carries the message.
+#[derive(Debug)]
+pub enum ConnectRefusal {
+    Auth(AuthError),
+    Caps(CapRefusal),
+}
+
+impl std::fmt::Display for ConnectRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectRefusal::Auth(e) => e.fmt(f),
+            ConnectRefusal::Caps(CapRefusal::TooManyFromAddress) => {
+                f.write_str("too many connections from your address")
+            }
+            ConnectRefusal::Caps(CapRefusal::ServerFull) => {
+                f.write_str("the server is at its connection limit; try again later")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectRefusal {}
 
 /// Receives every event of one socket (registered as its fallback handler).
 pub struct Dispatcher {

@@ -155,7 +155,9 @@ async fn isolation_holds_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_joins_across_nodes_keep_every_invariant() {
     let redis = Redis::start().await;
-    let (a, b) = (redis.node().await, redis.node().await);
+    // 100 clients from one address at once, and the last round's may still be closing.
+    let cap = [("MAX_CONNECTIONS_PER_ADDRESS", "400")];
+    let (a, b) = (redis.node_with(&cap).await, redis.node_with(&cap).await);
     for round in 0..6 {
         support::storm::storm(&[&a, &b], 25, 4, &format!("c{round}")).await;
     }

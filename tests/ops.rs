@@ -97,6 +97,15 @@ fn fly_toml_matches_the_server_defaults() {
         Some(defaults.port.to_string().as_str())
     );
     assert_eq!(service["auto_stop_machines"].as_str(), Some("off"));
+    // Fly's proxy stops sending connections where the server would start refusing them.
+    assert_eq!(
+        service["concurrency"]["hard_limit"].as_integer(),
+        i64::try_from(defaults.max_connections).ok()
+    );
+    assert_eq!(
+        fly["env"]["TRUSTED_CLIENT_IP_HEADER"].as_str(),
+        Some("Fly-Client-IP")
+    );
     let checks = service["checks"].as_array().expect("health checks");
     assert!(checks.iter().any(|c| c["path"].as_str() == Some("/health")));
     let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).expect("Dockerfile");

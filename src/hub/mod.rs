@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::auth::Verifier;
 use crate::delivery::{Delivery, Overflow};
 use crate::ids::{NodeId, PeerId};
-use crate::limits::GuessLimits;
+use crate::limits::{ConnectionCaps, GuessLimits};
 use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
 use crate::turns::RoomTurns;
@@ -50,6 +50,8 @@ pub struct Limits {
     pub recovery_window: Option<Duration>,
     /// What a session keeps for replay.
     pub keep: KeepLimits,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 /// Everything the flows share.
@@ -60,6 +62,8 @@ pub struct Hub {
     pub(crate) turns: RoomTurns,
     pub(crate) verifier: Arc<Verifier>,
     pub(crate) limits: Limits,
+    /// Connections held, in all and per client address.
+    pub(crate) caps: Arc<ConnectionCaps>,
     pub(crate) delivery: Delivery,
     /// Leaves the store could not record when they happened (Redis unreachable), retried by
     /// the cluster heartbeat.
@@ -97,6 +101,7 @@ impl Hub {
             turns: RoomTurns::default(),
             verifier,
             limits,
+            caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address),
             delivery,
             pending: DashMap::new(),
             missed_leaves: Default::default(),

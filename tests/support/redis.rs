@@ -116,8 +116,14 @@ impl Redis {
 
     /// A server node of a cluster on this Redis, with default settings.
     pub async fn node(&self) -> Server {
+        self.node_with(&[]).await
+    }
+
+    /// A server node of a cluster on this Redis, with these settings too.
+    pub async fn node_with(&self, settings: &[(&str, &str)]) -> Server {
         let url = self.url();
         let mut env = vec![("JWT_SECRET", SECRET), ("REDIS_URL", url.as_str())];
+        env.extend_from_slice(settings);
         let ca = self.ca.as_ref().map(|ca| ca.display().to_string());
         if let Some(ca) = &ca {
             env.push(("REDIS_CA_FILE", ca));

@@ -164,6 +164,9 @@ impl Server {
             Kind::Ours => {
                 cmd.arg(&cfg.ours_bin)
                     .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    // Up to 19,000 clients, all from this one address.
+                    .args(["--max-connections", "100000"])
+                    .args(["--max-connections-per-address", "100000"])
                     // No per-event logging in either server (the Node reference logs nothing).
                     .env(
                         "RUST_LOG",
