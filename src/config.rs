@@ -36,6 +36,12 @@ pub struct Config {
     #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 60_000)]
     pub ping_timeout_ms: u64,
 
+    /// How long an Engine.IO connection may stay open without its Socket.IO CONNECT, in
+    /// milliseconds. A real client sends it at once; a half-done handshake holds a session
+    /// the connection caps do not count yet.
+    #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+
     /// Largest event a client may send, in bytes. Larger events are refused with an
     /// `error` reply; frames over 16 times this close the connection.
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536)]

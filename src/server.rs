@@ -137,6 +137,7 @@ fn socket_io_builder(config: &Config) -> SocketIoBuilder<LocalAdapter> {
     SocketIo::builder()
         .ping_interval(config.ping_interval())
         .ping_timeout(config.ping_timeout())
+        .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
         .max_buffer_size(SOCKET_QUEUE_PACKETS)
         .max_payload(frame_limit as u64)
         .ws_read_buffer_size(WS_READ_CHUNK)

@@ -68,3 +68,36 @@ async fn connections_are_capped_per_address_and_in_all() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_handshake_without_connect_is_closed() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("CONNECT_TIMEOUT_MS", "300"),
+            ("PING_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let open = support::http_get_raw(server.addr, "/socket.io/?EIO=4&transport=polling", &[]).await;
+    let sid = open
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no Engine.IO session: {open}"))
+        .to_string();
+    // Each poll returns within a ping interval; the session must be gone well before
+    // socketioxide's own 45 s.
+    let poll = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !support::http_get_raw(server.addr, &poll, &[])
+        .await
+        .contains("Session ID unknown")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the half-done handshake is still open"
+        );
+    }
+}
