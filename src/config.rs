@@ -66,6 +66,30 @@ pub struct Config {
     #[arg(long, env = "TRUSTED_CLIENT_IP_HEADER")]
     pub trusted_client_ip_header: Option<String>,
 
+    /// Relays (`#rtcio:message`) one socket may send per second, sustained, and in a burst
+    /// above that. Over it: `error` `rate-limited` with `retryAfterMs`, the event dropped.
+    #[arg(long, env = "RELAY_RATE", default_value_t = 100.0)]
+    pub relay_rate: f64,
+    #[arg(long, env = "RELAY_BURST", default_value_t = 1000)]
+    pub relay_burst: u32,
+
+    /// `join-room`, `check-room` and `leave-room` per second and burst, per socket.
+    #[arg(long, env = "ROOM_EVENT_RATE", default_value_t = 5.0)]
+    pub room_event_rate: f64,
+    #[arg(long, env = "ROOM_EVENT_BURST", default_value_t = 50)]
+    pub room_event_burst: u32,
+
+    /// `media-state`, `stopScreenShare`, `chat-message` (and unknown events) per second and
+    /// burst, per socket.
+    #[arg(long, env = "ECHO_RATE", default_value_t = 20.0)]
+    pub echo_rate: f64,
+    #[arg(long, env = "ECHO_BURST", default_value_t = 200)]
+    pub echo_burst: u32,
+
+    /// A socket that keeps going over a rate this long (no pause of a second) is disconnected.
+    #[arg(long, env = "FLOOD_DISCONNECT_MS", default_value_t = 10_000)]
+    pub flood_disconnect_ms: u64,
+
     /// Most rooms one session may be in at once; one more gets `join-error` `too-many-rooms`.
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 16)]
     pub max_rooms_per_socket: usize,

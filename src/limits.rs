@@ -1,5 +1,6 @@
-//! Limits on what clients may do: how many connections they hold ([`ConnectionCaps`]) and how
-//! often they may try something ([`FixedWindow`]).
+//! Limits on what clients may do: how many connections they hold ([`ConnectionCaps`]), how
+//! fast they may send each class of event ([`EventRates`]), and how often they may try
+//! something ([`FixedWindow`]).
 //!
 //! [`ConnectionCaps`] counts the connections the server holds, in all and per client address,
 //! and refuses a connection over either cap. A connection's [`Slot`] gives its place back when
@@ -147,6 +148,123 @@ impl FixedWindow {
     }
 }
 
+/// A sustained rate and the burst allowed above it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// The classes of client events, each with its own rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventClass {
+    /// `#rtcio:message`.
+    Relay,
+    /// `join-room`, `check-room`, `leave-room`.
+    Room,
+    /// `media-state`, `stopScreenShare`, `chat-message`, and anything else.
+    Echo,
+}
+
+/// The rate of each class of event, per socket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventRates {
+    pub relay: Rate,
+    pub room: Rate,
+    pub echo: Rate,
+    /// A socket still going over a rate after this long (with no pause of a second) is
+    /// disconnected.
+    pub flood_for: Duration,
+}
+
+/// A token bucket: `burst` tokens, refilled at `per_second`; each event takes one.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: f64,
+    updated: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// Takes a token, or says how long until one is there.
+    pub fn take(&mut self, now: Instant, rate: Rate) -> Result<(), Duration> {
+        let burst = f64::from(rate.burst);
+        let tokens = match self.updated {
+            None => burst,
+            Some(then) => {
+                let refill = now.saturating_duration_since(then).as_secs_f64() * rate.per_second;
+                (self.tokens + refill).min(burst)
+            }
+        };
+        self.updated = Some(now);
+        if tokens >= 1.0 {
+            self.tokens = tokens - 1.0;
+            return Ok(());
+        }
+        self.tokens = tokens;
+        let wait = if rate.per_second > 0.0 {
+            (1.0 - tokens) / rate.per_second
+        } else {
+            f64::from(u32::MAX)
+        };
+        Err(Duration::from_secs_f64(wait.min(f64::from(u32::MAX))))
+    }
+}
+
+/// One socket's buckets, and how long it has been going over them.
+#[derive(Debug, Default)]
+pub struct SocketRates {
+    relay: TokenBucket,
+    room: TokenBucket,
+    echo: TokenBucket,
+    /// Since when it has been refused with no pause of a second, and its last refusal.
+    flooding: Option<(Instant, Instant)>,
+}
+
+impl Default for TokenBucket {
+    fn default() -> Self {
+        TokenBucket {
+            tokens: 0.0,
+            updated: None,
+        }
+    }
+}
+
+/// What the rates say about one event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Dropped; the client may try again after this long.
+    Refused(Duration),
+    /// Dropped, and the socket has kept going over its rates for too long.
+    Flooding,
+}
+
+/// How long without a refusal ends a flood.
+const FLOOD_PAUSE: Duration = Duration::from_secs(1);
+
+impl SocketRates {
+    pub fn check(&mut self, class: EventClass, now: Instant, rates: &EventRates) -> Verdict {
+        let (bucket, rate) = match class {
+            EventClass::Relay => (&mut self.relay, rates.relay),
+            EventClass::Room => (&mut self.room, rates.room),
+            EventClass::Echo => (&mut self.echo, rates.echo),
+        };
+        let Err(wait) = bucket.take(now, rate) else {
+            return Verdict::Allowed;
+        };
+        let since = match self.flooding {
+            Some((since, last)) if now.saturating_duration_since(last) < FLOOD_PAUSE => since,
+            _ => now,
+        };
+        self.flooding = Some((since, now));
+        if now.saturating_duration_since(since) >= rates.flood_for {
+            Verdict::Flooding
+        } else {
+            Verdict::Refused(wait)
+        }
+    }
+}
+
 /// A wait as the `retryAfterMs` of a reply: whole milliseconds, at least 1.
 pub fn retry_after_ms(wait: Duration) -> u64 {
     u64::try_from(wait.as_micros().div_ceil(1000))
@@ -157,6 +275,65 @@ pub fn retry_after_ms(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RATES: EventRates = EventRates {
+        relay: Rate {
+            per_second: 10.0,
+            burst: 3,
+        },
+        room: Rate {
+            per_second: 1.0,
+            burst: 1,
+        },
+        echo: Rate {
+            per_second: 1.0,
+            burst: 1,
+        },
+        flood_for: Duration::from_secs(5),
+    };
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let mut rates = SocketRates::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(rates.check(EventClass::Relay, t0, &RATES), Verdict::Allowed);
+        }
+        let Verdict::Refused(wait) = rates.check(EventClass::Relay, t0, &RATES) else {
+            panic!("over the burst");
+        };
+        assert_eq!(wait, Duration::from_millis(100));
+        // Each class has its own bucket.
+        assert_eq!(rates.check(EventClass::Room, t0, &RATES), Verdict::Allowed);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(rates.check(EventClass::Relay, t1, &RATES), Verdict::Allowed);
+        assert!(matches!(
+            rates.check(EventClass::Relay, t1, &RATES),
+            Verdict::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn only_a_flood_without_pause_gets_a_socket_disconnected() {
+        let mut rates = SocketRates::default();
+        let t0 = Instant::now();
+        let mut verdict = Verdict::Allowed;
+        // Refused every 500 ms for 5 s: a flood.
+        for step in 0..=10 {
+            let now = t0 + Duration::from_millis(500 * step);
+            while rates.check(EventClass::Echo, now, &RATES) == Verdict::Allowed {}
+            verdict = rates.check(EventClass::Echo, now, &RATES);
+        }
+        assert_eq!(verdict, Verdict::Flooding);
+        // A pause of a second starts over.
+        let mut rates = SocketRates::default();
+        for step in 0..=10 {
+            let now = t0 + Duration::from_millis(1500 * step);
+            while rates.check(EventClass::Echo, now, &RATES) == Verdict::Allowed {}
+            verdict = rates.check(EventClass::Echo, now, &RATES);
+        }
+        assert!(matches!(verdict, Verdict::Refused(_)));
+    }
 
     #[test]
     fn connection_caps_hold_and_give_back() {

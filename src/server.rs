@@ -17,6 +17,7 @@ use crate::cluster;
 use crate::config::Config;
 use crate::http::Http;
 use crate::hub::{Hub, Limits};
+use crate::limits::{EventRates, Rate};
 use crate::session::outbox::KeepLimits;
 use crate::store::{MemoryRooms, RoomStore};
 
@@ -156,6 +157,21 @@ fn limits(config: &Config) -> Limits {
         max_rooms_per_session: config.max_rooms_per_socket,
         max_connections: config.max_connections,
         max_connections_per_address: config.max_connections_per_address,
+        rates: EventRates {
+            relay: Rate {
+                per_second: config.relay_rate,
+                burst: config.relay_burst,
+            },
+            room: Rate {
+                per_second: config.room_event_rate,
+                burst: config.room_event_burst,
+            },
+            echo: Rate {
+                per_second: config.echo_rate,
+                burst: config.echo_burst,
+            },
+            flood_for: Duration::from_millis(config.flood_disconnect_ms),
+        },
         guesses: config.guess_limits(),
         recovery_window: (config.recovery_window_ms > 0)
             .then(|| Duration::from_millis(config.recovery_window_ms)),

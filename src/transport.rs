@@ -14,7 +14,7 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use crate::auth::AuthError;
 use crate::http::ClientAddress;
 use crate::hub::{Hub, Resume};
-use crate::limits::CapRefusal;
+use crate::limits::{CapRefusal, EventClass, Verdict, retry_after_ms};
 use crate::protocol::{self as p, Frame, Refusal};
 use crate::session::Session;
 
@@ -75,6 +75,50 @@ impl Hub {
             hub.socket_gone(&session, socket.id, reason);
         });
         Ok(())
+    }
+}
+
+impl Hub {
+    /// Counts the event against its class's rate. Over it, the client is told and the event
+    /// dropped; a socket that keeps flooding is disconnected. False if the event is dropped.
+    fn within_rate(&self, session: &Arc<Session>, frame: &Frame) -> bool {
+        let event = &*frame.event;
+        let class = match event {
+            p::RELAY => EventClass::Relay,
+            p::JOIN_ROOM | p::CHECK_ROOM | p::LEAVE_ROOM => EventClass::Room,
+            _ => EventClass::Echo,
+        };
+        let wait = match session.check_rate(class, &self.limits.rates) {
+            Verdict::Allowed => return true,
+            Verdict::Refused(wait) => wait,
+            Verdict::Flooding => {
+                let socket = session.link().socket;
+                tracing::warn!(
+                    sid = ?socket,
+                    peer = %session.peer,
+                    user = %session.identity.user_id,
+                    event,
+                    "kept flooding over its rate limit; disconnecting the socket"
+                );
+                if let Some(socket) = socket.and_then(|sid| self.delivery.io().get_socket(sid)) {
+                    let _ = socket.disconnect();
+                }
+                return false;
+            }
+        };
+        let refusal = Refusal::RateLimited {
+            retry_after_ms: retry_after_ms(wait),
+        };
+        if class == EventClass::Room && event != p::LEAVE_ROOM {
+            let room = frame
+                .payload
+                .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+                .and_then(|p| Some(p.get("roomId")?.as_str()?.to_string()));
+            self.delivery.refuse_join(session, room.as_deref(), refusal);
+        } else {
+            self.delivery.refuse(session, event, refusal);
+        }
+        false
     }
 }
 
@@ -153,6 +197,9 @@ impl Hub {
             let Some(frame) = Frame::parse(&frame) else {
                 return hub.delivery.refuse(session, "", Refusal::InvalidPayload);
             };
+            if !hub.within_rate(session, &frame) {
+                return;
+            }
             let payload = frame.payload;
             match &*frame.event {
                 p::JOIN_ROOM => hub.join_room(session, payload).await,

@@ -471,7 +471,9 @@ async fn events_reach_only_the_nodes_that_serve_their_peers() {
 #[tokio::test]
 async fn no_relay_gets_past_a_leave_across_nodes() {
     let redis = Redis::start().await;
-    let (a, b) = (redis.node().await, redis.node().await);
+    // Bob relays in bursts, well over a person's rate.
+    let burst = [("RELAY_BURST", "100000")];
+    let (a, b) = (redis.node_with(&burst).await, redis.node_with(&burst).await);
     let (mut alice, mut bob) = support::pair(&a, &b, "r").await;
     const BURST: usize = 200;
     const AFTER: usize = 5;

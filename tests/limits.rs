@@ -101,3 +101,73 @@ async fn a_handshake_without_connect_is_closed() {
         );
     }
 }
+
+/// A member flooding another with relays is held to its rate, then disconnected; its victim
+/// gets no more than the rate lets through and stays in the call.
+#[tokio::test]
+async fn a_flooder_pays_for_its_flood_and_its_victim_does_not() {
+    let log = std::env::temp_dir().join(format!("rtcio-flood-{}.log", std::process::id()));
+    let server = Server::start_logging_to(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("RELAY_RATE", "50"),
+            ("RELAY_BURST", "100"),
+            ("FLOOD_DISCONNECT_MS", "1000"),
+        ],
+        std::fs::File::create(&log).expect("log file").into(),
+    )
+    .await;
+    let (mut victim, mut mallory) = support::pair(&server, &server, "call").await;
+    let mallory_id = mallory.id().to_string();
+    let started = Instant::now();
+    let mut refused = 0;
+    // Mallory floods until the server cuts it off.
+    let closed = loop {
+        for n in 0..200 {
+            mallory.relay(victim.id(), json!({ "n": n }));
+        }
+        match tokio::time::timeout(Duration::from_millis(200), mallory.client.next_event()).await {
+            Ok(None) => break started.elapsed(),
+            Ok(Some(event)) => {
+                assert_eq!(event.name, "error");
+                assert_eq!(event.data["code"], json!("rate-limited"));
+                assert!(
+                    event.data["retryAfterMs"]
+                        .as_u64()
+                        .is_some_and(|ms| ms >= 1)
+                );
+                refused += 1;
+            }
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < support::WAIT,
+            "the flooder was never disconnected"
+        );
+    };
+    assert!(refused > 0);
+    // The victim got the burst and the trickle the rate allows, then mallory's departure.
+    let seen = victim.until("user-disconnected").await;
+    let relays = seen.iter().filter(|e| e.name == "#rtcio:message").count();
+    let allowed = 100.0 + 50.0 * closed.as_secs_f64() + 1.0;
+    assert!(
+        relays >= 100 && relays as f64 <= allowed,
+        "{relays} relays in {closed:?}"
+    );
+    assert_eq!(
+        seen.last().expect("departure").data["id"],
+        json!(mallory_id)
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("kept flooding over its rate limit") && text.contains("bob"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+    // The victim is still connected and in the room.
+    let (carol, _) = server.joined("carol", "call").await;
+    victim.expect("user-connected").await;
+    victim.expect("#rtcio:init-offer").await;
+    victim.assert_nothing_before_probe(&carol).await;
+}

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use crate::auth::Verifier;
 use crate::delivery::{Delivery, Overflow};
 use crate::ids::{NodeId, PeerId};
-use crate::limits::{ConnectionCaps, GuessLimits};
+use crate::limits::{ConnectionCaps, EventRates, GuessLimits};
 use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
 use crate::turns::RoomTurns;
@@ -52,6 +52,8 @@ pub struct Limits {
     pub keep: KeepLimits,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// How fast one socket may send each class of event.
+    pub rates: EventRates,
 }
 
 /// Everything the flows share.

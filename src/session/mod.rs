@@ -5,7 +5,7 @@
 //! A session outlives its sockets: when a connection drops it stays, away, for the recovery
 //! window, and a reconnecting client with its credential takes it up again.
 //!
-//! Lock story: `rooms`, `wrong_passwords` and `link` are separate short-lived locks, never
+//! Lock story: `rooms`, `wrong_passwords`, `rates` and `link` are separate short-lived locks, never
 //! held together and never across an await. `link` is held while an event is numbered and
 //! written to the socket, so numbering and writing happen in the same order.
 
@@ -20,7 +20,7 @@ use socketioxide::socket::Sid;
 
 use crate::auth::Identity;
 use crate::ids::{CredentialDigest, NodeId, PeerId};
-use crate::limits::{FixedWindow, WindowLimit};
+use crate::limits::{EventClass, EventRates, FixedWindow, SocketRates, Verdict, WindowLimit};
 use outbox::Outbox;
 use serial::Serial;
 
@@ -31,6 +31,8 @@ pub struct Session {
     pub identity: Identity,
     rooms: Mutex<Vec<Arc<str>>>,
     wrong_passwords: Mutex<FixedWindow>,
+    /// How fast its client has been sending each class of event.
+    rates: Mutex<SocketRates>,
     link: Mutex<Link>,
     serial: Arc<Serial>,
     live: Arc<AtomicUsize>,
@@ -80,6 +82,7 @@ impl Session {
             identity,
             rooms: Mutex::new(Vec::new()),
             wrong_passwords: Mutex::default(),
+            rates: Mutex::default(),
             link: Mutex::new(Link {
                 socket: None,
                 credential,
@@ -131,6 +134,11 @@ impl Session {
     /// How long until this session may try a password again, if it has had too many wrong.
     pub fn guesses_blocked_for(&self, limit: WindowLimit) -> Option<std::time::Duration> {
         lock(&self.wrong_passwords).blocked_for(std::time::Instant::now(), limit)
+    }
+
+    /// Counts one event of `class` against its rate.
+    pub fn check_rate(&self, class: EventClass, rates: &EventRates) -> Verdict {
+        lock(&self.rates).check(class, std::time::Instant::now(), rates)
     }
 
     pub fn record_wrong_guess(&self, limit: WindowLimit) {

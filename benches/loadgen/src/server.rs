@@ -164,9 +164,19 @@ impl Server {
             Kind::Ours => {
                 cmd.arg(&cfg.ours_bin)
                     .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                    // Up to 19,000 clients, all from this one address.
-                    .args(["--max-connections", "100000"])
-                    .args(["--max-connections-per-address", "100000"])
+                    // Up to 19,000 clients, all from this one address, each sending far
+                    // faster than a person. Settings as variables, which builds from before
+                    // the caps existed ignore.
+                    .envs([
+                        ("MAX_CONNECTIONS", "100000"),
+                        ("MAX_CONNECTIONS_PER_ADDRESS", "100000"),
+                        ("RELAY_RATE", "1000000"),
+                        ("RELAY_BURST", "1000000"),
+                        ("ROOM_EVENT_RATE", "1000000"),
+                        ("ROOM_EVENT_BURST", "1000000"),
+                        ("ECHO_RATE", "1000000"),
+                        ("ECHO_BURST", "1000000"),
+                    ])
                     // No per-event logging in either server (the Node reference logs nothing).
                     .env(
                         "RUST_LOG",
