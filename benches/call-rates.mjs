@@ -13,19 +13,26 @@
 //   2. share        the first page shares its screen; once every other page plays the
 //                   screen tile it stops the share and the tiles go away
 //   3. mute-storm   every page, all at once, toggles its mic 10 times then its camera
-//                   4 times by clicking the buttons (Playwright clicks, back to back)
+//                   4 times by clicking the buttons as fast as the UI takes it (the
+//                   buttons' click() in a loop in the page; STORM_CLICKS=playwright
+//                   for Playwright mouse clicks instead)
 //   4. leave        every page clicks Leave, one after another, then its tab is closed
 // Each phase ends SETTLE_MS after its goal is reached, so trailing events (late ICE
 // candidates) count in the phase that caused them.
 //
 // Counting: context.routeWebSocket passes each page's Socket.IO WebSocket through
 // this process, which counts every text frame the page sends and forwards it; the
-// long-polling POSTs before the upgrade are counted too (context.route). The
-// timestamp is when this process forwards the frame to the server, i.e. about
-// when the server gets it.
+// long-polling POSTs before the upgrade are counted too (context.route). Each event
+// gets two timestamps: when it passes this process on its way to the server (the
+// tables' main columns; Playwright's route hops page -> here -> the page's real
+// WebSocket -> server, so a starved renderer can bunch frames up here), and when
+// the page's code handed it to its WebSocket ("page clock", from a wrapper on
+// WebSocket.prototype.send). Both are written to events.json.
 //
 // Env: SERVER_URL (required), CHROMIUM_PATH (default /usr/bin/chromium),
-//      PAGES (6), JOIN_GAP_MS (400), SETTLE_MS (2000), PHASE_TIMEOUT_MS (30000),
+//      PAGES (6), JOIN_GAP_MS (400), SETTLE_MS (2000), PHASE_TIMEOUT_MS (30000: the
+//      join's goal), WAIT_MS (60000: the other goals), VIEWPORT (640x400),
+//      EXTRA_CHROMIUM_ARGS (space-separated), STORM_CLICKS (page),
 //      FULL_MEDIA=1 (capture at the demo's own sizes; see CAMERA_CAP),
 //      CALL_RATES_OUT (default <repo>/artifacts/call-rates): events.json,
 //      report.md and screenshots of trouble are written there. SERVER_BIN (only printed).
@@ -43,21 +50,30 @@ const OUT = path.resolve(ROOT, process.env.CALL_RATES_OUT || 'artifacts/call-rat
 const PAGES = Number(process.env.PAGES || 6);
 const JOIN_GAP_MS = Number(process.env.JOIN_GAP_MS || 400);
 const SETTLE_MS = Number(process.env.SETTLE_MS || 2000);
-const PHASE_TIMEOUT_MS = Number(process.env.PHASE_TIMEOUT_MS || 30_000);
+const PHASE_TIMEOUT_MS = Number(process.env.PHASE_TIMEOUT_MS || 30_000); // join: everyone plays everyone
+const WAIT_MS = Number(process.env.WAIT_MS || 60_000); // the other phases' goals (a share renegotiates 5 links)
 const MIC_TOGGLES = 10;
 const CAM_TOGGLES = 4;
-const OVERALL_TIMEOUT_MS = 300_000;
-// Six pages each encode their camera five times and decode five cameras: on a small
-// machine that starves everything at the demo's 640x480@24. Unless FULL_MEDIA=1, the
-// pages' capture requests are capped (camera 160x120@8 with no echo cancellation or
-// noise suppression, screen 480x300@4). That changes bitrates and CPU, not signaling:
-// the same tracks, m-lines, offers and candidates.
+const OVERALL_TIMEOUT_MS = 420_000;
+// Six pages each encode their camera and mic five times and play five others: on a
+// 2-core machine that starves everything (remote audio playout alone took ~half of
+// it). Unless FULL_MEDIA=1: capture requests are capped (camera 160x120@8, mic without
+// echo cancellation / noise suppression / gain control, screen 480x300@4), and remote
+// tiles play video only (their <video> gets the stream's video tracks; the page still
+// sees the whole stream). That changes bitrates and CPU, not signaling: the same
+// tracks, m-lines, offers and candidates.
 const FULL_MEDIA = process.env.FULL_MEDIA === '1';
 const CAMERA_CAP = { width: { max: 160 }, height: { max: 120 }, frameRate: { max: 8 } };
 const SCREEN_CAP = { width: { max: 480 }, height: { max: 300 }, frameRate: { max: 4 } };
 const CLICK_TIMEOUT_MS = 10_000;
+const [vw, vh] = (process.env.VIEWPORT || '640x400').split('x').map(Number);
+const VIEWPORT = { width: vw, height: vh };
+// Mute storm clicks: 'page' = the buttons' click() in a loop inside the page (the UI's own
+// limit); 'playwright' = Playwright mouse clicks (bounded by round trips to the renderer:
+// on a loaded machine one click can take seconds).
+const STORM_CLICKS = process.env.STORM_CLICKS === 'playwright' ? 'playwright' : 'page';
 
-// The same flags as tests/e2e/demo.mjs.
+// The flags of tests/e2e/demo.mjs, plus --disable-audio-output (and EXTRA_CHROMIUM_ARGS).
 const CHROMIUM_ARGS = [
   '--use-fake-device-for-media-stream',
   '--use-fake-ui-for-media-stream',
@@ -73,6 +89,9 @@ const CHROMIUM_ARGS = [
   '--disable-background-timer-throttling',
   '--disable-renderer-backgrounding',
   '--disable-backgrounding-occluded-windows',
+  // Not in the e2e: with thirty remote audio players on a 2-core machine the sixth
+  // page's videos mostly never started; nobody listens here anyway.
+  '--disable-audio-output',
   ...(process.env.EXTRA_CHROMIUM_ARGS ? process.env.EXTRA_CHROMIUM_ARGS.split(' ') : []),
 ];
 
@@ -155,10 +174,10 @@ function countReceived(p, text, transport) {
 
 async function openPage(label) {
   const context = await browser.newContext({
-    viewport: { width: 1024, height: 720 },
+    viewport: VIEWPORT,
     permissions: ['camera', 'microphone'],
   });
-  const p = { label, context, page: null, id: null, errors: [], wsCount: 0, pollPosts: 0, clicks: [] };
+  const p = { label, context, page: null, id: null, errors: [], wsCount: 0, pollPosts: 0 };
   await context.routeWebSocket(/\/socket\.io\//, (ws) => {
     p.wsCount += 1;
     const server = ws.connectToServer();
@@ -201,7 +220,7 @@ async function openPage(label) {
       if (!md) return;
       const merge = (video, cap) => ({ ...(video && typeof video === 'object' ? video : {}), ...cap });
       const gum = md.getUserMedia.bind(md);
-      // Audio processing off too (six pages' echo cancellers cost more than their encoders).
+      // The mic without echo cancellation, noise suppression, gain control: less CPU.
       const quiet = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
       md.getUserMedia = (c = {}) => gum({
         ...c,
@@ -212,6 +231,24 @@ async function openPage(label) {
         const gdm = md.getDisplayMedia.bind(md);
         md.getDisplayMedia = (c = {}) => gdm({ ...c, video: merge(c.video, screen) });
       }
+      // Remote tiles play their stream's video only: a <video> in a .tile.remote gets a
+      // mirror of the stream without its audio (the page still sees its own stream).
+      const desc = Object.getOwnPropertyDescriptor(HTMLMediaElement.prototype, 'srcObject');
+      const given = new WeakMap();
+      Object.defineProperty(HTMLMediaElement.prototype, 'srcObject', {
+        configurable: true,
+        enumerable: desc.enumerable,
+        get() { return given.has(this) ? given.get(this) : desc.get.call(this); },
+        set(stream) {
+          given.delete(this);
+          if (!(stream instanceof MediaStream) || !this.closest('.tile.remote')) return desc.set.call(this, stream);
+          const mirror = new MediaStream(stream.getVideoTracks());
+          stream.addEventListener('addtrack', ({ track }) => { if (track.kind === 'video') mirror.addTrack(track); });
+          stream.addEventListener('removetrack', ({ track }) => mirror.removeTrack(track));
+          given.set(this, stream);
+          return desc.set.call(this, mirror);
+        },
+      });
     }, [CAMERA_CAP, SCREEN_CAP]);
   }
   const page = await context.newPage();
@@ -341,10 +378,10 @@ async function scenario() {
   await sharer.page.locator(tid('share-toggle')).click();
   const screens = makePlayTracker((id) => (id === sharer.id ? `.tile.screen[data-screen-of="${id}"] video` : '#no-such-element'));
   const wantScreens = pages.length - 1;
-  const sharedOk = await pollUntil(async () => (await screens.check()).size === wantScreens, PHASE_TIMEOUT_MS);
+  const sharedOk = await pollUntil(async () => (await screens.check()).size === wantScreens, WAIT_MS);
   if (sharedOk) log(`${sharer.label}'s screen plays on all ${wantScreens} others after ${Date.now() - shareStart} ms`);
   else {
-    const msg = `share: after ${PHASE_TIMEOUT_MS} ms ${sharer.label}'s screen plays on only ${screens.playing.size}/${wantScreens} pages`;
+    const msg = `share: after ${WAIT_MS} ms ${sharer.label}'s screen plays on only ${screens.playing.size}/${wantScreens} pages`;
     problems.push(msg);
     log(`  ${msg}`);
     await screenshots('share');
@@ -355,15 +392,34 @@ async function scenario() {
     const left = await Promise.all(pages.filter((p) => p !== sharer).map((p) =>
       p.page.evaluate((id) => document.querySelectorAll(`.tile.screen[data-screen-of="${id}"]`).length, sharer.id).catch(() => 1)));
     return left.every((n) => n === 0);
-  }, PHASE_TIMEOUT_MS);
+  }, WAIT_MS);
   if (goneOk) log(`screen tiles gone on every page ${Date.now() - stopStart} ms after the stop`);
-  else problems.push(`share: screen tiles still shown ${PHASE_TIMEOUT_MS} ms after the stop`);
+  else problems.push(`share: screen tiles still shown ${WAIT_MS} ms after the stop`);
   await sleep(SETTLE_MS);
 
-  // 3. mute storm: all pages at once, each clicking as fast as Playwright clicks.
+  // 3. mute storm: all pages at once, each clicking as fast as the UI takes it.
   setPhase('mute-storm');
   const stormStart = Date.now();
   await Promise.all(pages.map(async (p) => {
+    if (STORM_CLICKS === 'page') {
+      // The buttons' own click(), each in its own task: the UI has no debounce, so this
+      // is as fast as it goes (holding Enter on a focused button comes close: key repeat).
+      try {
+        p.stormClicksMs = await p.page.evaluate(async ([micN, camN]) => {
+          const click = async (id) => {
+            document.querySelector(`[data-testid="${id}"]`).click();
+            await new Promise((r) => setTimeout(r, 0));
+          };
+          const start = performance.now();
+          for (let i = 0; i < micN; i++) await click('mic-toggle');
+          for (let i = 0; i < camN; i++) await click('cam-toggle');
+          return performance.now() - start;
+        }, [MIC_TOGGLES, CAM_TOGGLES]);
+      } catch (err) {
+        problems.push(`mute-storm: ${p.label}: ${err.message.split('\n')[0]}`);
+      }
+      return;
+    }
     const mic = p.page.locator(tid('mic-toggle'));
     const cam = p.page.locator(tid('cam-toggle'));
     const start = Date.now();
@@ -377,7 +433,7 @@ async function scenario() {
     }
     p.stormClicksMs = Date.now() - start;
   }));
-  log(`storm clicks done in ${Date.now() - stormStart} ms; per page ${pages.map((p) => `${p.label} ${p.stormClicksMs} ms`).join(', ')}` +
+  log(`storm clicks (${STORM_CLICKS}) done in ${Date.now() - stormStart} ms; per page ${pages.map((p) => `${p.label} ${p.stormClicksMs?.toFixed(1)} ms`).join(', ')}` +
     ` (${MIC_TOGGLES + CAM_TOGGLES} clicks each)`);
   // An even number of toggles: everyone ends with mic and camera on, and everyone sees that.
   const settled = await pollUntil(async () => {
@@ -386,10 +442,10 @@ async function scenario() {
       document.querySelector('[data-testid="cam-toggle"]').dataset.state === 'on' &&
       [...document.querySelectorAll('.tile.remote')].every((t) => t.dataset.mic === 'on' && t.dataset.cam === 'on')).catch(() => false)));
     return ok.every(Boolean);
-  }, PHASE_TIMEOUT_MS);
+  }, WAIT_MS);
   if (settled) log(`every page shows everyone unmuted again ${Date.now() - stormStart} ms after the storm began`);
   else {
-    problems.push(`mute-storm: final mic/cam state not shown everywhere within ${PHASE_TIMEOUT_MS} ms`);
+    problems.push(`mute-storm: final mic/cam state not shown everywhere within ${WAIT_MS} ms`);
     await screenshots('mute-storm');
   }
   await sleep(SETTLE_MS);
@@ -398,7 +454,7 @@ async function scenario() {
   setPhase('leave');
   for (const [i, p] of pages.entries()) {
     if (i) await sleep(JOIN_GAP_MS);
-    await p.page.locator(tid('leave-button')).click({ timeout: CLICK_TIMEOUT_MS })
+    await p.page.locator(tid('leave-button')).click({ timeout: CLICK_TIMEOUT_MS, force: true })
       .catch((err) => problems.push(`leave: ${p.label}: ${err.message.split('\n')[0]}`));
   }
   await pollUntil(async () => {
@@ -564,8 +620,8 @@ function report(meta) {
   out.push(`\nEvents sent in long-polling POSTs (before the WebSocket upgrade; counted above): ${polled.length}` +
     (polled.length ? ` (${[...new Set(polled.map((e) => e.name))].join(', ')})` : ''));
   out.push(`Polling POSTs: ${pages.map((p) => `${p.label} ${p.pollPosts}`).join(', ')}; WebSockets opened: ${pages.map((p) => `${p.label} ${p.wsCount}`).join(', ')}`);
-  const clicks = pages.filter((p) => p.stormClicksMs).map((p) => `${p.label} ${(p.stormClicksMs / (MIC_TOGGLES + CAM_TOGGLES)).toFixed(0)} ms`);
-  if (clicks.length) out.push(`Mute storm, mean time per click: ${clicks.join(', ')}`);
+  const clicks = pages.filter((p) => p.stormClicksMs).map((p) => `${p.label} ${(p.stormClicksMs / (MIC_TOGGLES + CAM_TOGGLES)).toFixed(1)} ms`);
+  if (clicks.length) out.push(`Mute storm (${STORM_CLICKS} clicks), mean time per click: ${clicks.join(', ')}`);
 
   // What the server said back (a limit hit would show up as `error`).
   const rx = summarize(received);
@@ -581,9 +637,9 @@ function report(meta) {
     '# Socket.IO events sent per page: benches/call-rates',
     `date:      ${new Date().toISOString()}`,
     `chromium:  ${meta.chromium}`,
-    `server:    ${meta.commit}, ${process.env.SERVER_BIN || '(binary not given)'} at ${SERVER_URL}`,
-    `media:     ${FULL_MEDIA ? "the demo's own capture sizes" : `capped: camera ${JSON.stringify(CAMERA_CAP)}, screen ${JSON.stringify(SCREEN_CAP)}`}`,
-    `scenario:  ${pages.length} pages, one room; join ${JOIN_GAP_MS} ms apart; screen share by P1; storm ${MIC_TOGGLES} mic + ${CAM_TOGGLES} cam clicks per page; leave ${JOIN_GAP_MS} ms apart; settle ${SETTLE_MS} ms per phase`,
+    `server:    commit ${meta.commit}; ${meta.server} at ${SERVER_URL}`,
+    `media:     ${FULL_MEDIA ? "as the demo asks" : `capped: camera ${JSON.stringify(CAMERA_CAP)}, screen ${JSON.stringify(SCREEN_CAP)}, mic without processing; remote tiles play video only`}`,
+    `scenario:  ${pages.length} pages, one room; join ${JOIN_GAP_MS} ms apart; screen share by P1; storm ${MIC_TOGGLES} mic + ${CAM_TOGGLES} cam clicks per page (${STORM_CLICKS}); leave ${JOIN_GAP_MS} ms apart; settle ${SETTLE_MS} ms per phase`,
     `machine:   ${meta.cpus} CPUs, load ${meta.load} at start`,
     'Per event name: the most one page sent in the phase (max over pages), and the most one page sent within any',
     '1 s / 100 ms window, timed where the frame passes the route on its way to the server; "page clock": the same',
@@ -616,7 +672,9 @@ async function main() {
   await fs.mkdir(OUT, { recursive: true });
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   const os = await import('node:os');
-  const meta = { chromium: browser.version(), commit: gitCommit(), cpus: os.cpus().length, load: os.loadavg().map((x) => x.toFixed(2)).join(' ') };
+  const bin = process.env.SERVER_BIN;
+  const binTime = bin ? await fs.stat(bin).then((st) => st.mtime.toISOString(), () => '?') : null;
+  const meta = { chromium: browser.version(), commit: gitCommit(), server: bin ? `${path.relative(ROOT, bin)} (built ${binTime})` : '(binary not given)', cpus: os.cpus().length, load: os.loadavg().map((x) => x.toFixed(2)).join(' ') };
   log(`chromium ${meta.chromium}, server commit ${meta.commit}, ${SERVER_URL}`);
 
   let failed = null;
@@ -626,6 +684,16 @@ async function main() {
     finish();
   }, OVERALL_TIMEOUT_MS);
   let finished = false;
+  browser.on('disconnected', async () => {
+    if (finished || phase === 'after') return;
+    failed = new Error(`Chromium went away during phase ${phase}`);
+    // Its output is in DEBUG_FILE when run with DEBUG=pw:browser (benches/call-rates does).
+    const tail = process.env.DEBUG_FILE
+      ? (await fs.readFile(process.env.DEBUG_FILE, 'utf8').catch(() => '')).trim().split('\n').slice(-20).join('\n  ')
+      : '(run with DEBUG=pw:browser DEBUG_FILE=... to keep its output)';
+    log(`FAIL ${failed.message}; its last output:\n  ${tail}`);
+    finish();
+  });
   async function finish() {
     if (finished) return;
     finished = true;

@@ -68,9 +68,11 @@ pub struct Config {
 
     /// Relays (`#rtcio:message`) one socket may send per second, sustained, and in a burst
     /// above that. Over it: `error` `rate-limited` with `retryAfterMs`, the event dropped.
+    /// Sized from a 6-peer call in Chromium (`benches/call-rates`): a newcomer sends 25 relays,
+    /// at most 15 in a second; the defaults are 10 times the burst and 6.7 times the peak.
     #[arg(long, env = "RELAY_RATE", default_value_t = 100.0)]
     pub relay_rate: f64,
-    #[arg(long, env = "RELAY_BURST", default_value_t = 1000)]
+    #[arg(long, env = "RELAY_BURST", default_value_t = 250)]
     pub relay_burst: u32,
 
     /// `join-room`, `check-room` and `leave-room` per second and burst, per socket.
@@ -81,9 +83,9 @@ pub struct Config {
 
     /// `media-state`, `stopScreenShare`, `chat-message` (and unknown events) per second and
     /// burst, per socket.
-    #[arg(long, env = "ECHO_RATE", default_value_t = 20.0)]
+    #[arg(long, env = "ECHO_RATE", default_value_t = 60.0)]
     pub echo_rate: f64,
-    #[arg(long, env = "ECHO_BURST", default_value_t = 200)]
+    #[arg(long, env = "ECHO_BURST", default_value_t = 140)]
     pub echo_burst: u32,
 
     /// A socket that keeps going over a rate this long (no pause of a second) is disconnected.
