@@ -1,81 +1,11 @@
-//! The HTTP side: probes (`/health`), `/client-config`, the dev-mode token route, the demo
-//! files, CORS, and the trimming of Socket.IO requests before socketioxide keeps them.
+//! Socket.IO requests, trimmed before socketioxide keeps them for a socket's whole life, and
+//! the client address the connection caps count by.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use serde::Deserialize;
-use socketioxide::layer::SocketIoLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::services::ServeDir;
-
-use crate::auth::{DEV_TOKEN_SECONDS, Verifier};
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::server::StartError;
-
-/// What the HTTP routes need.
-pub struct Http {
-    pub hub: Arc<Hub>,
-    pub verifier: Arc<Verifier>,
-    pub ice_servers: serde_json::Value,
-}
-
-/// Every route, with the Socket.IO layer and CORS in front.
-pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Router, StartError> {
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/client-config", get(client_config))
-        .route("/dev/token", get(dev_token));
-    #[cfg(feature = "heap-census")]
-    let app = app.route(
-        "/debug/heap",
-        get(|| async { Json(crate::heap_census::snapshot()) }),
-    );
-    let pinning = config
-        .fly_machine_id
-        .clone()
-        .and_then(|machine| crate::fly::Pinning::new(machine, Arc::clone(&http.hub)));
-    let mut app = app.with_state(Arc::new(http));
-    if let Some(dir) = &config.demo_dir {
-        if !dir.join("index.html").is_file() {
-            return Err(StartError(format!(
-                "demo directory {} has no index.html",
-                dir.display()
-            )));
-        }
-        app = app.fallback_service(ServeDir::new(dir));
-    }
-    let app = app.layer(layer);
-    let app = match pinning {
-        Some(pinning) => app.layer(axum::middleware::from_fn_with_state(
-            pinning,
-            crate::fly::route_to_holder,
-        )),
-        None => app,
-    };
-    let client_address = ClientAddressSource {
-        header: match &config.trusted_client_ip_header {
-            Some(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                StartError(format!(
-                    "TRUSTED_CLIENT_IP_HEADER {name:?} is not a header name"
-                ))
-            })?),
-            None => None,
-        },
-    };
-    Ok(app
-        .layer(axum::middleware::map_request_with_state(
-            Arc::new(client_address),
-            detach_from_read_buffer,
-        ))
-        .layer(cors(&config.allowed_origins)?))
-}
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 
 /// Where socketioxide listens (its default `req_path`).
 pub const SOCKET_IO_PATH: &str = "/socket.io/";
@@ -102,7 +32,7 @@ pub struct ClientAddress(pub IpAddr);
 
 /// Where a request's client address comes from: a trusted proxy's header, else the TCP peer.
 pub struct ClientAddressSource {
-    header: Option<HeaderName>,
+    pub(super) header: Option<HeaderName>,
 }
 
 impl ClientAddressSource {
@@ -129,7 +59,7 @@ impl ClientAddressSource {
 /// once per WebSocket. Copying them out (and dropping axum's copy of the URI) lets it go; a
 /// Socket.IO request keeps only [`SOCKET_IO_HEADERS`], and its client's address (read first,
 /// from the trusted proxy's header if there is one).
-async fn detach_from_read_buffer(
+pub(super) async fn detach_from_read_buffer(
     State(source): State<Arc<ClientAddressSource>>,
     mut request: Request,
 ) -> Request {
@@ -153,50 +83,6 @@ async fn detach_from_read_buffer(
     *request.headers_mut() = headers;
     request.extensions_mut().remove::<OriginalUri>();
     request
-}
-
-fn cors(allowed: &str) -> Result<CorsLayer, StartError> {
-    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
-    if allowed.trim() == "*" {
-        return Ok(layer.allow_origin(Any));
-    }
-    let origins = allowed
-        .split(',')
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-        .map(HeaderValue::from_str)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StartError(format!("ALLOWED_ORIGINS has an invalid origin: {e}")))?;
-    Ok(layer.allow_origin(AllowOrigin::list(origins)))
-}
-
-async fn health(State(http): State<Arc<Http>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
-        "connections": http.hub.connections(),
-        "away": http.hub.away(),
-        "rooms": http.hub.local_rooms(),
-    }))
-}
-
-async fn client_config(State(http): State<Arc<Http>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "iceServers": http.ice_servers }))
-}
-
-#[derive(Deserialize)]
-struct TokenQuery {
-    name: Option<String>,
-}
-
-async fn dev_token(State(http): State<Arc<Http>>, Query(query): Query<TokenQuery>) -> Response {
-    match http.verifier.dev_token(query.name.as_deref()) {
-        Some(token) => Json(serde_json::json!({
-            "token": token,
-            "expiresIn": DEV_TOKEN_SECONDS,
-        }))
-        .into_response(),
-        None => (StatusCode::NOT_FOUND, "dev mode is off").into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,95 @@
+//! The HTTP side: the router, one module per concern (probes, the client's configuration and
+//! dev tokens, the trimming of Socket.IO requests), the demo files and CORS.
+
+mod client_address;
+mod client_config;
+mod probes;
+
+pub use client_address::{ClientAddress, ClientAddressSource, SOCKET_IO_PATH};
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue};
+use axum::routing::get;
+use socketioxide::layer::SocketIoLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::services::ServeDir;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::server::StartError;
+
+/// What the HTTP routes need.
+pub struct Http {
+    pub hub: Arc<Hub>,
+    pub verifier: Arc<Verifier>,
+    pub ice_servers: serde_json::Value,
+}
+
+/// Every route, with the Socket.IO layer and CORS in front.
+pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Router, StartError> {
+    let app = Router::new()
+        .route("/health", get(probes::health))
+        .route("/client-config", get(client_config::client_config))
+        .route("/dev/token", get(client_config::dev_token));
+    #[cfg(feature = "heap-census")]
+    let app = app.route(
+        "/debug/heap",
+        get(|| async { axum::Json(crate::heap_census::snapshot()) }),
+    );
+    let pinning = config
+        .fly_machine_id
+        .clone()
+        .and_then(|machine| crate::fly::Pinning::new(machine, Arc::clone(&http.hub)));
+    let mut app = app.with_state(Arc::new(http));
+    if let Some(dir) = &config.demo_dir {
+        if !dir.join("index.html").is_file() {
+            return Err(StartError(format!(
+                "demo directory {} has no index.html",
+                dir.display()
+            )));
+        }
+        app = app.fallback_service(ServeDir::new(dir));
+    }
+    let app = app.layer(layer);
+    let app = match pinning {
+        Some(pinning) => app.layer(axum::middleware::from_fn_with_state(
+            pinning,
+            crate::fly::route_to_holder,
+        )),
+        None => app,
+    };
+    let client_address = ClientAddressSource {
+        header: match &config.trusted_client_ip_header {
+            Some(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                StartError(format!(
+                    "TRUSTED_CLIENT_IP_HEADER {name:?} is not a header name"
+                ))
+            })?),
+            None => None,
+        },
+    };
+    Ok(app
+        .layer(axum::middleware::map_request_with_state(
+            Arc::new(client_address),
+            client_address::detach_from_read_buffer,
+        ))
+        .layer(cors(&config.allowed_origins)?))
+}
+
+fn cors(allowed: &str) -> Result<CorsLayer, StartError> {
+    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    if allowed.trim() == "*" {
+        return Ok(layer.allow_origin(Any));
+    }
+    let origins = allowed
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(HeaderValue::from_str)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError(format!("ALLOWED_ORIGINS has an invalid origin: {e}")))?;
+    Ok(layer.allow_origin(AllowOrigin::list(origins)))
+}
