@@ -163,6 +163,16 @@ pub struct Config {
     /// How long a shutdown may take before the process exits anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// After SIGTERM, how long `/readyz` answers 503 before the drain begins, in milliseconds,
+    /// so a load balancer stops sending new clients first. Clients stay connected meanwhile.
+    #[arg(long, env = "DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
+
+    /// A separate address (`host:port`) for `GET /metrics`, so it need not face the internet;
+    /// without it the metrics are on the main port.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {

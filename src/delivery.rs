@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::cluster::inbox::{self, Letter};
 use crate::ids::{Credential, NodeId, PeerId};
+use crate::metrics;
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::Session;
 use crate::session::outbox::KeepLimits;
@@ -286,6 +287,7 @@ impl Delivery {
 
     /// Answers an event of `session` with `error`.
     pub fn refuse(&self, session: &Arc<Session>, event: &str, refusal: Refusal) {
+        metrics::get().refused(refusal.code());
         let reply = out::ErrorReply {
             event,
             code: refusal.code(),
@@ -297,6 +299,7 @@ impl Delivery {
 
     /// Answers a `join-room` or `check-room` with `join-error`.
     pub fn refuse_join(&self, session: &Arc<Session>, room: Option<&str>, refusal: Refusal) {
+        metrics::get().refused(refusal.code());
         let reply = out::JoinError {
             room_id: room,
             reason: refusal.code(),

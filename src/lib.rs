@@ -9,7 +9,8 @@
 //! - [`delivery`]: the one path every emit to a peer takes.
 //! - [`store`]: room state, in memory or in Redis; [`turns`]: the order of changes in a room.
 //! - [`cluster`]: connecting to Redis, node heartbeats and reaping, the pub/sub transport.
-//! - [`limits`]: limits on attempts in a span of time (wrong passwords).
+//! - [`limits`]: caps and rates (connections, events, wrong passwords).
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
@@ -26,6 +27,7 @@ pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod room_lock;
 pub mod server;

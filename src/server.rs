@@ -230,8 +230,22 @@ async fn serve(
         }
     });
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => Some(serve_metrics(addr, Arc::clone(&hub)).await?),
+        None => None,
+    };
+    let drain_delay = Duration::from_millis(config.drain_delay_ms);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
+        // Unready first, so the balancer stops sending newcomers while clients still connect.
+        hub.stop_wanting_clients();
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                ?drain_delay,
+                "shutting down: /readyz says unready; draining next"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
         if hub.hand_off(grace).await {
             let _ = stopping_tx.send(Some(Stopped::HandedOff));
             return;
@@ -261,6 +275,27 @@ async fn serve(
             Stopped::Closed
         } => stopped,
     };
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     tracing::info!(?stopped, "stopped");
     Ok(stopped)
+}
+
+/// Serves `/metrics` alone on `addr` until aborted.
+async fn serve_metrics(
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on METRICS_ADDR {addr}: {e}")))?;
+    let bound = listener.local_addr()?;
+    println!("rtcio-signal metrics on http://{bound}/metrics");
+    let app = crate::http::metrics_router(hub);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(cause = %e, "the metrics listener failed");
+        }
+    }))
 }

@@ -15,6 +15,7 @@ use crate::auth::AuthError;
 use crate::http::ClientAddress;
 use crate::hub::{Hub, Resume};
 use crate::limits::{CapRefusal, EventClass, Verdict, retry_after_ms};
+use crate::metrics;
 use crate::protocol::{self as p, Frame, Refusal};
 use crate::session::Session;
 
@@ -59,7 +60,9 @@ impl Hub {
             });
         let (identity, slot) = admitted.inspect_err(|refusal| {
             tracing::info!(sid = %socket.id, ?address, reason = %refusal, "connection refused");
+            metrics::get().connection_refused(refusal.label());
         })?;
+        metrics::get().connections_opened.inc();
         let resume = auth.and_then(Resume::parse);
         let session = self.open_session(socket.id, identity, resume).await;
         socket.on_fallback(Dispatcher {
@@ -90,8 +93,12 @@ impl Hub {
         };
         let wait = match session.check_rate(class, &self.limits.rates) {
             Verdict::Allowed => return true,
-            Verdict::Refused(wait) => wait,
+            Verdict::Refused(wait) => {
+                metrics::get().rate_limited(class);
+                wait
+            }
             Verdict::Flooding => {
+                metrics::get().flood_disconnects.inc();
                 let socket = session.link().socket;
                 tracing::warn!(
                     sid = ?socket,
@@ -127,6 +134,19 @@ impl Hub {
 pub enum ConnectRefusal {
     Auth(AuthError),
     Caps(CapRefusal),
+}
+
+impl ConnectRefusal {
+    /// Its metrics label.
+    fn label(&self) -> &'static str {
+        match self {
+            ConnectRefusal::Auth(AuthError::MissingToken) => "missing-token",
+            ConnectRefusal::Auth(AuthError::InvalidToken) => "invalid-token",
+            ConnectRefusal::Auth(AuthError::TokenExpired) => "token-expired",
+            ConnectRefusal::Caps(CapRefusal::TooManyFromAddress) => "address-full",
+            ConnectRefusal::Caps(CapRefusal::ServerFull) => "server-full",
+        }
+    }
 }
 
 impl std::fmt::Display for ConnectRefusal {
@@ -197,6 +217,7 @@ impl Hub {
             let Some(frame) = Frame::parse(&frame) else {
                 return hub.delivery.refuse(session, "", Refusal::InvalidPayload);
             };
+            metrics::get().event(&frame.event).inc();
             if !hub.within_rate(session, &frame) {
                 return;
             }

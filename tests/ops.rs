@@ -107,7 +107,19 @@ fn fly_toml_matches_the_server_defaults() {
         Some("Fly-Client-IP")
     );
     let checks = service["checks"].as_array().expect("health checks");
-    assert!(checks.iter().any(|c| c["path"].as_str() == Some("/health")));
+    assert!(checks.iter().any(|c| c["path"].as_str() == Some("/readyz")));
+    // SIGTERM's unready spell and the drain both fit before Fly kills the machine.
+    let ms = |name: &str| -> u64 {
+        fly["env"][name]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in fly.toml"))
+    };
+    let kill_timeout_s: u64 = fly["kill_timeout"]
+        .as_str()
+        .and_then(|t| t.strip_suffix('s')?.parse().ok())
+        .expect("kill_timeout in seconds");
+    assert!(ms("DRAIN_DELAY_MS") + ms("SHUTDOWN_GRACE_MS") < kill_timeout_s * 1000);
     let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).expect("Dockerfile");
     assert!(dockerfile.contains(&format!("EXPOSE {}", defaults.port)));
     assert!(dockerfile.contains("USER nonroot"));

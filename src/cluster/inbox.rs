@@ -112,6 +112,7 @@ pub const INBOX_DEPTH: usize = 65_536;
 pub async fn read_inbox(hub: Weak<Hub>, mut inbox: mpsc::Receiver<Vec<u8>>) {
     while let Some(bytes) = inbox.recv().await {
         let Some(hub) = hub.upgrade() else { return };
+        crate::metrics::get().letters_received.inc();
         match Mail::read(bytes) {
             Some(Mail::Letter(letter)) => hub.delivery.deliver_letter(letter).await,
             Some(Mail::Note(json)) => hub.read_note(&json).await,

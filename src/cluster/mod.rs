@@ -132,7 +132,10 @@ pub async fn keep_node_alive(hub: Arc<Hub>, io: SocketIo, pubsub: PubSub) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match hub.heartbeat().await {
+        let beat = crate::metrics::Timer::start(&crate::metrics::get().redis_seconds);
+        let alive = hub.heartbeat().await;
+        drop(beat);
+        match alive {
             Ok(true) => {}
             Ok(false) => {
                 // The others may have announced our members as gone: make every client

@@ -1,15 +1,17 @@
-//! The HTTP side: the router, one module per concern (probes, the client's configuration and
-//! dev tokens, the trimming of Socket.IO requests), the demo files and CORS.
+//! The HTTP side: the router, one module per concern (probes and metrics, the client's
+//! configuration and dev tokens, the trimming of Socket.IO requests), the demo files and CORS.
 
 mod client_address;
 mod client_config;
 mod probes;
 
 pub use client_address::{ClientAddress, ClientAddressSource, SOCKET_IO_PATH};
+pub use probes::metrics_router;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::routing::get;
 use socketioxide::layer::SocketIoLayer;
@@ -32,6 +34,8 @@ pub struct Http {
 pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Router, StartError> {
     let app = Router::new()
         .route("/health", get(probes::health))
+        .route("/livez", get(probes::livez))
+        .route("/readyz", get(probes::readyz))
         .route("/client-config", get(client_config::client_config))
         .route("/dev/token", get(client_config::dev_token));
     #[cfg(feature = "heap-census")]
@@ -39,6 +43,14 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         "/debug/heap",
         get(|| async { axum::Json(crate::heap_census::snapshot()) }),
     );
+    let app = if config.metrics_addr.is_none() {
+        app.route(
+            "/metrics",
+            get(|State(http): State<Arc<Http>>| async move { probes::metrics(&http.hub) }),
+        )
+    } else {
+        app
+    };
     let pinning = config
         .fly_machine_id
         .clone()

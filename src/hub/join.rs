@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use super::Hub;
 use crate::limits::retry_after_ms;
+use crate::metrics::{self, Timer};
 use crate::protocol::inbound::{RoomRefusal, RoomRequest};
 use crate::protocol::{self as p, JoinRequest, Password, Refusal, RoomCheck, outbound as out};
 use crate::room_lock::RoomLock;
@@ -39,6 +40,7 @@ enum Found {
 
 impl Hub {
     pub(crate) async fn join_room(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
+        let _timer = Timer::start(&metrics::get().join_seconds);
         let Some(request) = self.allowed(session, JoinRequest::parse(payload)) else {
             return;
         };

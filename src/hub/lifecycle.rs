@@ -17,6 +17,7 @@ use socketioxide::socket::{DisconnectReason, Sid};
 use super::Hub;
 use crate::auth::Identity;
 use crate::ids::{Credential, PeerId, Presented};
+use crate::metrics;
 use crate::session::Session;
 
 /// What a reconnecting client presents: `auth: { token, resume, received }`.
@@ -186,6 +187,9 @@ impl Hub {
             pending.recovered,
         );
         let _ = pending.greeted.send(());
+        if greeted && pending.recovered {
+            metrics::get().sessions_resumed.inc();
+        }
         if !greeted {
             // The session ended, or the socket closed, in the meantime: the client reconnects
             // to a fresh session. A fresh session nobody heard of ends with it; a recovered one
@@ -253,6 +257,13 @@ impl Hub {
         let (hub, session) = (Arc::clone(self), Arc::clone(session));
         tokio::spawn(async move {
             tokio::time::sleep(window).await;
+            let expired = {
+                let link = session.link();
+                link.generation == generation && link.socket.is_none() && !link.ended
+            };
+            if expired {
+                metrics::get().sessions_expired.inc();
+            }
             hub.end(&session, Some(generation));
         });
     }

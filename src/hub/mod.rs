@@ -20,7 +20,7 @@ pub use lifecycle::Resume;
 #[cfg(test)]
 pub(crate) use handover::parse_note;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,12 @@ pub struct Hub {
     tickets: AtomicU64,
     /// Live sessions, connected or away; each `Session` counts itself in and out.
     pub(crate) connected: Arc<AtomicUsize>,
+    /// Set once shutdown begins: the node no longer wants new clients (`/readyz`).
+    stopping: AtomicBool,
 }
+
+/// How long `/readyz` waits for Redis to answer before calling the node unready.
+const READY_PING_WITHIN: Duration = Duration::from_secs(1);
 
 /// How often connected sessions forget the events their clients can no longer need.
 const FORGET_EVERY: Duration = Duration::from_secs(5);
@@ -111,6 +116,7 @@ impl Hub {
             // 0 is no ticket: a pushed session's notes carry it.
             tickets: AtomicU64::new(1),
             connected: Arc::default(),
+            stopping: AtomicBool::new(false),
         });
         tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
         tokio::spawn(forget_old_events(Arc::downgrade(&hub)));
@@ -143,6 +149,41 @@ impl Hub {
             }
             rooms.len()
         })
+    }
+
+    /// Room memberships of this node's sessions.
+    pub fn local_members(&self) -> usize {
+        self.delivery
+            .sessions()
+            .iter()
+            .map(|s| s.room_count())
+            .sum()
+    }
+
+    /// Shutdown has begun: load balancers should send new clients elsewhere.
+    pub fn stop_wanting_clients(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the node should get no new clients now, if it should not.
+    pub async fn unready(&self) -> Option<&'static str> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Some("draining");
+        }
+        match tokio::time::timeout(READY_PING_WITHIN, self.rooms.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) | Err(_) => Some("room state unreachable"),
+        }
+    }
+
+    /// The metrics' current state.
+    pub fn current(&self) -> crate::metrics::Current {
+        crate::metrics::Current {
+            connections: self.connections(),
+            sessions_away: self.away(),
+            rooms: self.local_rooms(),
+            members: self.local_members(),
+        }
     }
 
     // ---- cluster upkeep ----

@@ -10,12 +10,15 @@ use super::Hub;
 use crate::cluster::inbox;
 use crate::delivery;
 use crate::ids::PeerId;
+use crate::metrics::{self, Timer};
 use crate::protocol::{self as p, Refusal, RelayRequest, outbound as out};
 use crate::session::Session;
 use crate::store::RelayRoute;
 
 impl Hub {
     pub(crate) async fn relay(&self, session: &Arc<Session>, payload: Option<&RawValue>) {
+        let metrics = metrics::get();
+        let _timer = Timer::start(&metrics.relay_seconds);
         let request = match RelayRequest::parse(payload) {
             Ok(request) => request,
             Err(refusal) => return self.delivery.refuse(session, p::RELAY, refusal),
@@ -40,6 +43,13 @@ impl Hub {
             .rooms
             .route_relay(session, &target, || inbox::body(p::RELAY, &relayed))
             .await;
+        if let Ok(RelayRoute::Here | RelayRoute::Posted) = route {
+            metrics.relayed.inc();
+            metrics.relayed_bytes.inc_by(relayed.get().len() as u64);
+        }
+        if let Ok(RelayRoute::Posted) = route {
+            metrics.letters_sent.inc();
+        }
         match route {
             Ok(RelayRoute::Here) => {
                 self.delivery

@@ -220,6 +220,14 @@ impl RoomStore {
         }
     }
 
+    /// Whether room state can be reached now (always, in memory).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            RoomStore::Memory(_) => Ok(()),
+            RoomStore::Redis(redis) => redis.ping().await,
+        }
+    }
+
     /// Rooms held in this process's memory (`None` in cluster mode, where they are in Redis).
     pub fn local_room_count(&self) -> Option<usize> {
         match self {

@@ -297,6 +297,7 @@ impl Postbox {
         for peer in peers {
             call.arg(peer.as_str());
         }
+        crate::metrics::get().letters_sent.inc();
         let here: Vec<String> = call.invoke_async(&mut self.conn.clone()).await?;
         Ok(here.iter().filter_map(|p| PeerId::parse(p)).collect())
     }
@@ -304,6 +305,9 @@ impl Postbox {
     /// Publishes each letter to its node's inbox, in one pipeline.
     pub async fn post(&self, letters: Vec<(NodeId, Vec<u8>)>) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
+        crate::metrics::get()
+            .letters_sent
+            .inc_by(letters.len() as u64);
         for (node, letter) in letters {
             pipe.cmd("PUBLISH")
                 .arg(inbox::channel(&node))
@@ -324,6 +328,7 @@ fn keyed_by_rooms<'a>(script: &'a Script, rooms: &[Arc<str>]) -> redis::ScriptIn
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
+    crate::metrics::get().redis_errors.inc();
     StoreError(format!("redis: {e}"))
 }
 
@@ -738,6 +743,14 @@ impl RedisRooms {
             .map_err(store_error)
     }
 
+    /// One round trip to Redis.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
     /// Refreshes this node's heartbeat. Returns false if the heartbeat had lapsed, meaning the
     /// other nodes may already have announced this node's members as gone.
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
@@ -779,6 +792,7 @@ impl RedisRooms {
                 .await
                 .map_err(store_error)?;
             if !flat.is_empty() {
+                crate::metrics::get().reaped_nodes.inc();
                 tracing::warn!(
                     node,
                     members = flat.len() / 3,
