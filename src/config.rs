@@ -169,6 +169,10 @@ pub struct Config {
     #[arg(long, env = "DRAIN_DELAY_MS", default_value_t = 0)]
     pub drain_delay_ms: u64,
 
+    /// Bearer token of the admin API (`/admin/…`); without it the API is off.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// A separate address (`host:port`) for `GET /metrics`, so it need not face the internet;
     /// without it the metrics are on the main port.
     #[arg(long, env = "METRICS_ADDR")]

@@ -1,6 +1,8 @@
-//! The HTTP side: the router, one module per concern (probes and metrics, the client's
-//! configuration and dev tokens, the trimming of Socket.IO requests), the demo files and CORS.
+//! The HTTP side: the router, one module per concern (probes and metrics, the admin API, the
+//! client's configuration and dev tokens, the trimming of Socket.IO requests), the demo files
+//! and CORS.
 
+mod admin;
 mod client_address;
 mod client_config;
 mod probes;
@@ -50,6 +52,10 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         )
     } else {
         app
+    };
+    let app = match &config.admin_token {
+        Some(token) => app.merge(admin::routes(Arc::new(admin::AdminToken::new(token)))),
+        None => app,
     };
     let pinning = config
         .fly_machine_id

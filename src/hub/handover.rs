@@ -90,6 +90,17 @@ pub(crate) enum Note {
         peer: String,
         frame: String,
     },
+    /// An operator removes this peer (admin API); answer `kicked` if its session is here.
+    /// Ticket 0 wants no answer.
+    Kick {
+        ticket: u64,
+        peer: String,
+        reason: String,
+        from: String,
+    },
+    Kicked {
+        ticket: u64,
+    },
 }
 
 /// Who owns a pushed session, so its client can take it up at the heir.
@@ -331,6 +342,13 @@ impl Hub {
                     let _ = waiter.send(None);
                 }
             }
+            Note::Kick {
+                ticket,
+                peer,
+                reason,
+                from,
+            } => self.read_kick(ticket, &peer, &reason, &from).await,
+            Note::Kicked { ticket } => self.kick_answered(ticket),
             Note::Expect { peers } => {
                 for peer in peers.iter().filter_map(|p| PeerId::parse(p)) {
                     self.delivery.expect_arrival(&peer);
@@ -656,7 +674,7 @@ impl Hub {
         self.post_note(node, &act).await;
     }
 
-    async fn post_note(&self, node: &NodeId, note: &Note) {
+    pub(super) async fn post_note(&self, node: &NodeId, note: &Note) {
         let Some(postbox) = self.rooms.postbox() else {
             return;
         };

@@ -7,7 +7,9 @@
 //! - `relay`: `#rtcio:message`, to one peer.
 //! - `lifecycle`: a session opened or taken up again, greeted, kept away after a drop, ended.
 //! - `handover`: (cluster mode) a session taken up on another node than the one holding it.
+//! - `admin`: an operator's kicks and room closings.
 
+mod admin;
 mod echo;
 mod handover;
 mod join;
@@ -75,6 +77,8 @@ pub struct Hub {
     /// Sessions asked of other nodes, by ticket, waiting for their answer.
     awaiting: DashMap<u64, tokio::sync::oneshot::Sender<Option<handover::Handed>>>,
     tickets: AtomicU64,
+    /// Kicks asked of other nodes, by ticket, waiting for the node that held the peer.
+    kicks: DashMap<u64, tokio::sync::oneshot::Sender<()>>,
     /// Live sessions, connected or away; each `Session` counts itself in and out.
     pub(crate) connected: Arc<AtomicUsize>,
     /// Set once shutdown begins: the node no longer wants new clients (`/readyz`).
@@ -115,6 +119,7 @@ impl Hub {
             awaiting: DashMap::new(),
             // 0 is no ticket: a pushed session's notes carry it.
             tickets: AtomicU64::new(1),
+            kicks: DashMap::new(),
             connected: Arc::default(),
             stopping: AtomicBool::new(false),
         });

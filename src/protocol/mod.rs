@@ -28,6 +28,8 @@ pub const PEER_LEFT: &str = "#rtcio:peer-left";
 pub const JOIN_OK: &str = "join-ok";
 pub const JOIN_ERROR: &str = "join-error";
 pub const ERROR: &str = "error";
+/// Sent to a client an operator removed (admin API) just before its connection is closed.
+pub const KICKED: &str = "kicked";
 
 /// Events the server sends to a peer after its `session` greeting, by name: one node may hand
 /// any of them to another (in a letter, or among a moving session's kept events).

@@ -35,6 +35,11 @@ pub struct JoinOk<'a> {
 }
 
 #[derive(Serialize)]
+pub struct Kicked<'a> {
+    pub reason: &'a str,
+}
+
+#[derive(Serialize)]
 pub struct InitOffer<'a> {
     pub source: &'a str,
 }

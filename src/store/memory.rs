@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{Expect, JoinOutcome, Member, RoomView};
+use super::{Expect, JoinOutcome, Member, RoomSummary, RoomView};
 use crate::ids::PeerId;
 use crate::limits::{FixedWindow, WindowLimit};
 use crate::protocol::MediaState;
@@ -19,11 +19,12 @@ use crate::room_lock::RoomLock;
 /// Counters kept before expired ones are swept.
 const GUESS_SWEEP_AT: usize = 4096;
 
-#[derive(Default)]
 struct Room {
     /// In joining order.
     members: Vec<Member>,
     lock: Option<RoomLock>,
+    /// When it got its first member, in unix milliseconds.
+    created_at_ms: u64,
 }
 
 /// Room state kept in this process.
@@ -82,6 +83,7 @@ impl MemoryRooms {
                 entry.insert(Room {
                     members: vec![member],
                     lock: seal.clone(),
+                    created_at_ms: unix_ms(),
                 });
                 JoinOutcome::Joined(Vec::new())
             }
@@ -154,6 +156,31 @@ impl MemoryRooms {
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
+
+    pub fn rooms(&self) -> Vec<RoomSummary> {
+        self.rooms
+            .iter()
+            .map(|entry| RoomSummary {
+                room: entry.key().clone(),
+                members: entry.members.len(),
+                locked: entry.lock.is_some(),
+                created_at_ms: Some(entry.created_at_ms),
+            })
+            .collect()
+    }
+
+    /// A room's members in joining order (none: no such room).
+    pub fn roster(&self, room: &str) -> Vec<Member> {
+        self.rooms
+            .get(room)
+            .map_or_else(Vec::new, |found| found.members.clone())
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -60,6 +60,18 @@ pub enum RelayRoute {
     Posted,
 }
 
+/// A room as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub room: String,
+    pub members: usize,
+    /// Whether it has a password.
+    pub locked: bool,
+    /// When it got its first member, in unix milliseconds (unknown for a room whose first
+    /// member joined before the server recorded it).
+    pub created_at_ms: Option<u64>,
+}
+
 /// What a join found.
 #[derive(Debug)]
 pub enum JoinOutcome {
@@ -217,6 +229,30 @@ impl RoomStore {
                 RelayRoute::Unshared
             }),
             RoomStore::Redis(redis) => redis.route_relay(&session.rooms(), target, body()).await,
+        }
+    }
+
+    /// Every room with members (in cluster mode, on every node).
+    pub async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.rooms()),
+            RoomStore::Redis(rooms) => rooms.rooms().await,
+        }
+    }
+
+    /// A room's members in joining order, with their media state and node (none: no room).
+    pub async fn roster(&self, room: &str) -> Result<Vec<Member>, StoreError> {
+        match self {
+            RoomStore::Memory(rooms) => Ok(rooms.roster(room)),
+            RoomStore::Redis(rooms) => rooms.roster(room).await,
+        }
+    }
+
+    /// The cluster's other live nodes (none on a single node).
+    pub async fn other_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        match self {
+            RoomStore::Memory(_) => Ok(Vec::new()),
+            RoomStore::Redis(rooms) => rooms.other_nodes().await,
         }
     }
 

@@ -7,6 +7,7 @@
 //! - `rtcio:room:{room}`   hash peer -> "seq|node|{name,user}" (seq orders the snapshot by
 //!   join; node is where the peer's session lives, so events for it go to that node only)
 //! - `rtcio:media:{room}`  hash peer -> "mic,cam" (0/1)
+//! - `rtcio:born:{room}`   when the room got its first member (unix ms), while it has members
 //! - `rtcio:lock:{room}`   the room's password seal (an argon2id PHC string), while it has
 //!   members; set by the join that fills the empty room, deleted by the leave that empties it
 //! - `rtcio:guesses:{room}` password attempts counted in the current window (a right one is
@@ -33,7 +34,9 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
-use super::{Expect, JoinOutcome, Member, Recipient, RelayRoute, RoomView, StoreError};
+use super::{
+    Expect, JoinOutcome, Member, Recipient, RelayRoute, RoomSummary, RoomView, StoreError,
+};
 use crate::cluster::inbox::{self, INBOX_PREFIX};
 use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
@@ -78,7 +81,7 @@ return {
 /// `locked` with the seal in ARGV[6]); the joiner of an empty room sets its seal (ARGV[7],
 /// empty for an open room).
 const JOIN: &str = r#"
-local room, media, mine, seqkey, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local room, media, mine, seqkey, lock, born = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local sid, record, max, entry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local expect, expected, seal, node = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if redis.call('HEXISTS', room, sid) == 1 then return {'already', {}, {}} end
@@ -87,6 +90,8 @@ if count >= max then return {'full', {}, {}} end
 if count == 0 then
   if expect ~= 'empty' then return {'changed', {}, {}} end
   if seal == '' then redis.call('DEL', lock) else redis.call('SET', lock, seal) end
+  local now = redis.call('TIME')
+  redis.call('SET', born, now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
 else
   local current = redis.call('GET', lock) or ''
   if expect == 'empty' or (expect == 'open' and current ~= '')
@@ -105,13 +110,13 @@ return {'joined', members, states}
 const LEAVE: &str = concat!(
     placed_fn!(),
     r#"
-local room, media, mine, lock = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local room, media, mine, lock, born = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, entry = ARGV[1], ARGV[2]
 redis.call('SREM', mine, entry)
 if redis.call('HDEL', room, sid) == 0 then return {0, {}} end
 redis.call('HDEL', media, sid)
 local remaining = placed(room)
-if #remaining == 0 then redis.call('DEL', lock) end
+if #remaining == 0 then redis.call('DEL', lock, born) end
 return {1, remaining}
 "#
 );
@@ -174,7 +179,7 @@ for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
   if redis.call('HDEL', roomkey, sid) == 1 then
     redis.call('HDEL', prefix .. 'media:' .. room, sid)
     local remaining = placed(roomkey)
-    if #remaining == 0 then redis.call('DEL', prefix .. 'lock:' .. room) end
+    if #remaining == 0 then redis.call('DEL', prefix .. 'lock:' .. room, prefix .. 'born:' .. room) end
     table.insert(out, room)
     table.insert(out, sid)
     table.insert(out, table.concat(remaining, ' '))
@@ -334,6 +339,10 @@ fn store_error(e: redis::RedisError) -> StoreError {
 
 fn room_key(room: &str) -> String {
     format!("{PREFIX}room:{room}")
+}
+
+fn born_key(room: &str) -> String {
+    format!("{PREFIX}born:{room}")
 }
 
 fn media_key(room: &str) -> String {
@@ -519,6 +528,7 @@ impl RedisRooms {
             .key(members_key(self.node.as_str()))
             .key(format!("{PREFIX}seq"))
             .key(lock_key(room))
+            .key(born_key(room))
             .arg(member.peer.as_str())
             .arg(record)
             .arg(max)
@@ -536,10 +546,21 @@ impl RedisRooms {
             "changed" => return Ok(JoinOutcome::LockChanged),
             _ => {}
         }
-        let media: std::collections::HashMap<String, MediaState> = pairs(flat_media)
+        Ok(JoinOutcome::Joined(
+            self.roster_of(pairs(flat_members), pairs(flat_media)),
+        ))
+    }
+
+    /// A room's members in joining order, from its two hashes' fields (room, media).
+    fn roster_of(
+        &self,
+        entries: impl Iterator<Item = (String, String)>,
+        media: impl Iterator<Item = (String, String)>,
+    ) -> Vec<Member> {
+        let media: std::collections::HashMap<String, MediaState> = media
             .filter_map(|(sid, state)| Some((sid, decode_media(&state)?)))
             .collect();
-        let mut existing: Vec<(u64, Member)> = pairs(flat_members)
+        let mut members: Vec<(u64, Member)> = entries
             .filter_map(|(sid_text, value)| {
                 let (seq, rest) = value.split_once('|')?;
                 let (node, json) = rest.split_once('|')?;
@@ -554,10 +575,99 @@ impl RedisRooms {
                 Some((seq.parse().ok()?, member))
             })
             .collect();
-        existing.sort_by_key(|(seq, _)| *seq);
-        Ok(JoinOutcome::Joined(
-            existing.into_iter().map(|(_, m)| m).collect(),
-        ))
+        members.sort_by_key(|(seq, _)| *seq);
+        members.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// A room's members in joining order (none: no such room).
+    pub async fn roster(&self, room: &str) -> Result<Vec<Member>, StoreError> {
+        type Fields = Vec<(String, String)>;
+        let (entries, media): (Fields, Fields) = redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(room_key(room))
+            .cmd("HGETALL")
+            .arg(media_key(room))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(self.roster_of(entries.into_iter(), media.into_iter()))
+    }
+
+    /// Every room with members, across the cluster (a scan: for the admin API, not hot paths).
+    pub async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{PREFIX}room:*");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let mut summaries = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(room) = key
+                .strip_prefix(&format!("{PREFIX}room:"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let (members, locked, born): (usize, bool, Option<u64>) = redis::pipe()
+                .cmd("HLEN")
+                .arg(&key)
+                .cmd("EXISTS")
+                .arg(lock_key(&room))
+                .cmd("GET")
+                .arg(born_key(&room))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if members > 0 {
+                summaries.push(RoomSummary {
+                    room,
+                    members,
+                    locked,
+                    created_at_ms: born,
+                });
+            }
+        }
+        Ok(summaries)
+    }
+
+    /// The other nodes of the cluster whose heartbeat is alive.
+    pub async fn other_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(nodes_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        let mut alive = Vec::new();
+        for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
+            let up: bool = redis::cmd("EXISTS")
+                .arg(alive_key(node))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            if up && let Some(node) = NodeId::parse(node) {
+                alive.push(node);
+            }
+        }
+        Ok(alive)
     }
 
     pub async fn members(&self, room: &str) -> Result<Vec<Recipient>, StoreError> {
@@ -581,6 +691,7 @@ impl RedisRooms {
             .key(media_key(room))
             .key(members_key(self.node.as_str()))
             .key(lock_key(room))
+            .key(born_key(room))
             .arg(peer.as_str())
             .arg(entry(room, peer))
             .invoke_async(&mut self.conn.clone())

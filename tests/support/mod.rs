@@ -236,6 +236,27 @@ pub fn unix_now() -> u64 {
 /// A tiny HTTP/1.1 GET over a raw socket, with extra request headers; returns the whole
 /// response, status line and headers included.
 pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+    http_raw(addr, "GET", path, headers, "").await
+}
+
+/// Any request, as status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    status_and_body(&http_raw(addr, method, path, headers, body).await)
+}
+
+async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -244,8 +265,14 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
+    let length = if body.is_empty() && method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}{length}Connection: close\r\n\r\n{body}"
+    );
     stream
         .write_all(request.as_bytes())
         .await
@@ -260,7 +287,10 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
 
 /// [`http_get_raw`] without extra headers, as status and body: enough for `/health` and friends.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let response = http_get_raw(addr, path, &[]).await;
+    status_and_body(&http_get_raw(addr, path, &[]).await)
+}
+
+fn status_and_body(response: &str) -> (u16, String) {
     let status = response
         .split_whitespace()
         .nth(1)
