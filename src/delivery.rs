@@ -15,6 +15,7 @@ use dashmap::mapref::entry::Entry;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 
@@ -22,8 +23,8 @@ use crate::cluster::inbox::{self, Letter};
 use crate::ids::{Credential, NodeId, PeerId};
 use crate::metrics;
 use crate::protocol::{self as p, Refusal, outbound as out};
-use crate::session::Session;
 use crate::session::outbox::KeepLimits;
+use crate::session::{Link, Session};
 use crate::store::{Postbox, Recipient};
 
 /// A session that lost, to its bounds, an event sent while it was away, and the connection
@@ -42,6 +43,9 @@ pub struct Delivery {
     arriving: DashMap<PeerId, Arrival>,
     /// Sessions that moved to another node, and when: what still reaches them here follows.
     forwards: DashMap<PeerId, (NodeId, Instant)>,
+    /// Peers cut off lately for overflowing another's queue: what they still send to a socket
+    /// that is behind is dropped.
+    flooders: DashMap<PeerId, Instant>,
     /// Sessions can be recovered, so connected ones keep what they are sent. Without recovery
     /// only a session not yet greeted keeps anything (to replay it after the greeting).
     recoverable: bool,
@@ -62,6 +66,7 @@ impl Delivery {
             sessions: DashMap::new(),
             arriving: DashMap::new(),
             forwards: DashMap::new(),
+            flooders: DashMap::new(),
             keep,
             recoverable,
             overflow,
@@ -116,18 +121,14 @@ impl Delivery {
             return link.moved_to.clone();
         }
         if let (Some(sid), false) = (link.socket, self.recoverable) {
-            if let Some(socket) = self.io.get_socket(sid) {
-                write(&socket, event, &**data);
-            }
+            self.write_in_order(session, &mut link, sid, event, data);
             return None;
         }
         let within = link
             .outbox
             .push(event, Arc::clone(data), Instant::now(), self.keep);
         if let Some(sid) = link.socket {
-            if let Some(socket) = self.io.get_socket(sid) {
-                write(&socket, event, &**data);
-            }
+            self.write_in_order(session, &mut link, sid, event, data);
         } else if !within
             && !link.given_up
             && link
@@ -283,6 +284,114 @@ impl Delivery {
             .retain(|_, (_, since)| now.saturating_duration_since(*since) < age);
         self.arriving
             .retain(|_, arrival| now.saturating_duration_since(arrival.since) < age);
+        self.flooders
+            .retain(|_, since| now.saturating_duration_since(*since) < age);
+    }
+
+    /// Writes to a socket just taken up (its queue is empty); one whose queue is full anyway
+    /// is disconnected.
+    fn write<T: Serialize + ?Sized>(&self, socket: &SocketRef, event: &str, data: &T) {
+        match socket.emit(event, data) {
+            Ok(()) => {}
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tracing::warn!(sid = %socket.id, event, "outgoing queue full; disconnecting the socket");
+                let _ = socket.clone().disconnect();
+            }
+            Err(e) => tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed"),
+        }
+    }
+
+    /// Writes to the socket serving `session`, behind any backlog it has. A full outgoing
+    /// queue (thousands of events behind) is blamed on whoever filled it: a peer whose relays
+    /// or echoes overflow it is disconnected, and that event dropped. Anything else waits in
+    /// the session's backlog (bounded) for the queue to drain, in order, so the client's view of
+    /// the room stays whole; a socket that does not catch up in time is disconnected.
+    fn write_in_order(
+        &self,
+        session: &Arc<Session>,
+        link: &mut Link,
+        sid: Sid,
+        event: &'static str,
+        data: &Arc<RawValue>,
+    ) {
+        let Some(socket) = self.io.get_socket(sid) else {
+            return;
+        };
+        if link.backlog.is_empty() {
+            match socket.emit(event, &**data) {
+                Ok(()) => return,
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
+                Err(e) => {
+                    return tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed");
+                }
+            }
+        }
+        if let Some(sender) = self.sender_of(event, data)
+            && (link.backlog.is_empty() || self.flooders.contains_key(&sender))
+        {
+            return self.cut_off_flooder(sender, &socket);
+        }
+        if link.backlog.len() >= BACKLOG_EVENTS {
+            tracing::warn!(sid = %socket.id, event, "too far behind its events; disconnecting the socket");
+            link.backlog.clear();
+            let _ = socket.disconnect();
+            return;
+        }
+        if link.backlog.is_empty() {
+            tokio::spawn(drain_backlog(self.io.clone(), Arc::clone(session), sid));
+        }
+        link.backlog.push_back((event, Arc::clone(data)));
+    }
+
+    /// The peer that sent a relayed or echoed event (read only when its target overflowed).
+    fn sender_of(&self, event: &str, data: &RawValue) -> Option<PeerId> {
+        #[derive(serde::Deserialize)]
+        struct Sent<'a> {
+            #[serde(borrow)]
+            source: Option<&'a str>,
+            #[serde(borrow)]
+            id: Option<&'a str>,
+        }
+        let sent: Sent = serde_json::from_str(data.get()).ok()?;
+        let peer = match event {
+            p::RELAY => sent.source?,
+            p::MEDIA_STATE | p::STOP_SCREEN_SHARE | p::CHAT_MESSAGE => sent.id?,
+            _ => return None,
+        };
+        PeerId::parse(peer)
+    }
+
+    /// Disconnects `sender`, whose events overflowed `target`'s outgoing queue (if its session
+    /// is on another node, that node's rate limits are what hold it back); what it still sends
+    /// to a socket that is behind is dropped. In a task of its own: the target's link is locked
+    /// here, and two peers may flood each other.
+    fn cut_off_flooder(&self, sender: PeerId, target: &SocketRef) {
+        let target = target.id;
+        if self
+            .flooders
+            .insert(sender.clone(), Instant::now())
+            .is_some()
+        {
+            return;
+        }
+        let Some(session) = self.session(&sender) else {
+            return tracing::warn!(%target, %sender, "a remote peer's events overflowed a socket's queue; dropped");
+        };
+        let io = self.io.clone();
+        tokio::spawn(async move {
+            let socket = session.link().socket;
+            tracing::warn!(
+                sid = ?socket,
+                peer = %session.peer,
+                user = %session.identity.user_id,
+                %target,
+                "its events overflowed a peer's outgoing queue; disconnecting the sender"
+            );
+            metrics::get().flood_disconnects.inc();
+            if let Some(socket) = socket.and_then(|sid| io.get_socket(sid)) {
+                let _ = socket.disconnect();
+            }
+        });
     }
 
     /// Answers an event of `session` with `error`.
@@ -335,13 +444,61 @@ impl Delivery {
             resume: credential.as_str(),
             recovered,
         };
-        write(socket, p::SESSION, &greeting);
+        self.write(socket, p::SESSION, &greeting);
         for kept in missed {
-            write(socket, kept.event, &*kept.data);
+            self.write(socket, kept.event, &*kept.data);
         }
         link.socket = Some(socket.id);
         link.away_from = None;
+        link.backlog.clear();
         true
+    }
+}
+
+/// Most events a socket whose queue is full may have waiting behind it.
+const BACKLOG_EVENTS: usize = 1024;
+
+/// How long a socket may take to work off its backlog.
+const BACKLOG_FOR: Duration = Duration::from_secs(10);
+
+/// How often a backlog is offered to its socket again. socketioxide does not say when a queue
+/// has room, so a backlogged socket (and only one) is polled.
+const BACKLOG_RETRY: Duration = Duration::from_millis(10);
+
+/// Moves `session`'s backlog into socket `sid`'s queue as it drains, in order; disconnects the
+/// socket if it does not catch up within [`BACKLOG_FOR`].
+async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(BACKLOG_RETRY).await;
+        let socket = io.get_socket(sid);
+        let mut link = session.link();
+        let Some(socket) = socket.filter(|_| link.socket == Some(sid)) else {
+            link.backlog.clear();
+            return;
+        };
+        while let Some((event, data)) = link.backlog.front() {
+            match socket.emit(*event, &**data) {
+                Ok(()) => {
+                    link.backlog.pop_front();
+                }
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => break,
+                Err(_) => {
+                    link.backlog.clear();
+                    return;
+                }
+            }
+        }
+        if link.backlog.is_empty() {
+            return;
+        }
+        if started.elapsed() > BACKLOG_FOR {
+            link.backlog.clear();
+            drop(link);
+            tracing::warn!(%sid, "did not catch up with its events; disconnecting the socket");
+            let _ = socket.disconnect();
+            return;
+        }
     }
 }
 
@@ -359,19 +516,5 @@ pub fn serialize<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Arc<Raw
             tracing::error!(event, cause = %e, "event not serializable");
             None
         }
-    }
-}
-
-/// Writes to one socket of this node. A socket whose outgoing queue is full is too far behind
-/// to trust its view of the room any more: it is disconnected, so its client reconnects and
-/// rejoins with a fresh roster instead of silently missing events.
-fn write<T: Serialize + ?Sized>(socket: &SocketRef, event: &str, data: &T) {
-    match socket.emit(event, data) {
-        Ok(()) => {}
-        Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-            tracing::warn!(sid = %socket.id, event, "outgoing queue full; disconnecting the socket");
-            let _ = socket.clone().disconnect();
-        }
-        Err(e) => tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed"),
     }
 }

@@ -165,10 +165,7 @@ async fn rooms_are_listed_shown_closed_and_peers_kicked() {
     // Closing: every member is kicked, and the room is gone.
     let (status, closed) = admin(server.addr, "DELETE", "/admin/rooms/standup").await;
     assert_eq!((status, &closed["kicked"]), (200, &json!(1)));
-    assert_eq!(
-        kicked(&mut alice).await["reason"],
-        "the room was closed"
-    );
+    assert_eq!(kicked(&mut alice).await["reason"], "the room was closed");
     alice.expect_closed().await;
     assert_eq!(
         admin(server.addr, "DELETE", "/admin/rooms/standup").await.0,
@@ -211,10 +208,7 @@ async fn kicks_and_closings_reach_peers_on_other_nodes() {
     let path = format!("/admin/peers/{}/kick", bob.id());
     let (status, _) = admin(one.addr, "POST", &path).await;
     assert_eq!(status, 200);
-    assert_eq!(
-        kicked(&mut bob).await["reason"],
-        "removed by an operator"
-    );
+    assert_eq!(kicked(&mut bob).await["reason"], "removed by an operator");
     bob.expect_closed().await;
     for peer in [&mut alice, &mut carol] {
         let gone = peer.until("user-disconnected").await;

@@ -171,3 +171,61 @@ async fn a_flooder_pays_for_its_flood_and_its_victim_does_not() {
     victim.expect("#rtcio:init-offer").await;
     victim.assert_nothing_before_probe(&carol).await;
 }
+
+/// With the rate limits lifted, a member whose relays fill a stalled peer's outgoing queue is
+/// the one disconnected; the peer it flooded stays, and gets what its queue held.
+#[tokio::test]
+async fn an_overflowed_queue_costs_the_sender_not_its_target() {
+    let log = std::env::temp_dir().join(format!("rtcio-overflow-{}.log", std::process::id()));
+    let server = Server::start_logging_to(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("RELAY_RATE", "1000000"),
+            ("RELAY_BURST", "1000000"),
+        ],
+        std::fs::File::create(&log).expect("log file").into(),
+    )
+    .await;
+    let (mut victim, mut mallory) = support::pair(&server, &server, "call").await;
+    let (mut carol, _) = server.joined("carol", "call").await;
+    victim.until("#rtcio:init-offer").await;
+    mallory.until("#rtcio:init-offer").await;
+    let mallory_id = mallory.id().to_string();
+    victim.client.sender().read(false);
+    // 4 KiB each: the kernel's socket buffers fill first, then the server's queue of 4,096.
+    let blob = "x".repeat(4096);
+    let mut sent = 0;
+    let cut_off = loop {
+        for _ in 0..500 {
+            mallory.relay(victim.id(), json!({ "blob": blob }));
+        }
+        sent += 500;
+        match tokio::time::timeout(Duration::from_millis(100), mallory.client.next_event()).await {
+            Ok(None) => break true,
+            Ok(Some(_)) | Err(_) => {}
+        }
+        if sent >= 40_000 {
+            break false;
+        }
+    };
+    assert!(cut_off, "the sender was never disconnected ({sent} relays)");
+    // Carol hears mallory leave, not the victim.
+    let gone = carol.until("user-disconnected").await;
+    assert_eq!(
+        gone.last().expect("departure").data["id"],
+        json!(mallory_id)
+    );
+    // The victim drains what was queued, still connected and in the room.
+    victim.client.sender().read(true);
+    let seen = victim.until("user-disconnected").await;
+    assert!(seen.iter().filter(|e| e.name == "#rtcio:message").count() > 1000);
+    victim.emit("check-room", json!({ "roomId": "call" }));
+    victim.until("room-check-ok").await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("overflowed a peer's outgoing queue; disconnecting the sender"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+}

@@ -12,10 +12,12 @@
 pub mod outbox;
 mod serial;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 
 use crate::auth::Identity;
@@ -59,6 +61,9 @@ pub struct Link {
     pub moving: bool,
     /// The node the session moved to, if it ended by moving (cluster mode).
     pub moved_to: Option<NodeId>,
+    /// Events for the socket that found its outgoing queue full, in order, waiting for room
+    /// (see `delivery`).
+    pub backlog: VecDeque<(&'static str, Arc<RawValue>)>,
 }
 
 impl Drop for Session {
@@ -93,6 +98,7 @@ impl Session {
                 ended: false,
                 moving: false,
                 moved_to: None,
+                backlog: VecDeque::new(),
             }),
             serial: Arc::new(Serial::default()),
         }

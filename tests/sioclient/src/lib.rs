@@ -105,12 +105,19 @@ impl Sender {
     pub fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Close);
     }
+
+    /// Stops (false) or resumes (true) reading from the socket, as a client on a stalled
+    /// network would: what the server sends meanwhile waits in buffers and queues.
+    pub fn read(&self, reading: bool) {
+        let _ = self.outgoing.send(Outgoing::Read(reading));
+    }
 }
 
 enum Outgoing {
     Text(String),
     Close,
     Abort,
+    Read(bool),
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -261,6 +268,7 @@ async fn pump(
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     events: mpsc::UnboundedSender<(Event, Instant)>,
 ) {
+    let mut reading = true;
     loop {
         tokio::select! {
             out = outgoing.recv() => match out {
@@ -274,8 +282,9 @@ async fn pump(
                     break;
                 }
                 Some(Outgoing::Abort) => break,
+                Some(Outgoing::Read(resume)) => reading = resume,
             },
-            frame = ws.next() => match frame {
+            frame = ws.next(), if reading => match frame {
                 Some(Ok(Message::Text(text))) => {
                     let text = text.as_str();
                     if text == "2" {
