@@ -229,3 +229,25 @@ async fn an_overflowed_queue_costs_the_sender_not_its_target() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+/// A client that goes silent (a half-open connection: nothing read, no pong) is dropped once a
+/// ping goes unanswered for PING_INTERVAL_MS + PING_TIMEOUT_MS; its peers hear it leave.
+#[tokio::test]
+async fn a_half_open_connection_is_dropped_within_the_ping_settings() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("PING_INTERVAL_MS", "300"),
+            ("PING_TIMEOUT_MS", "300"),
+            ("RECOVERY_WINDOW_MS", "0"),
+        ],
+    )
+    .await;
+    let (mut alice, silent) = support::pair(&server, &server, "call").await;
+    let silent_id = silent.id().to_string();
+    silent.client.sender().read(false);
+    // Within the test's wait (10 s); with the default settings it would take 85 s.
+    let gone = alice.until("user-disconnected").await;
+    assert_eq!(gone.last().expect("departure").data["id"], json!(silent_id));
+}
