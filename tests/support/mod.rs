@@ -438,7 +438,7 @@ impl Peer {
     }
 }
 
-fn unix_now_nanos() -> u128 {
+pub fn unix_now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
