@@ -10,6 +10,7 @@
 //! - [`store`]: room state, in memory or in Redis; [`turns`]: the order of changes in a room.
 //! - [`cluster`]: connecting to Redis, node heartbeats and reaping, the pub/sub transport.
 //! - [`limits`]: limits on attempts in a span of time (wrong passwords).
+//! - [`turn`]: the ICE servers clients are handed, with short-lived TURN credentials.
 //! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
@@ -32,4 +33,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod turn;
 pub mod turns;

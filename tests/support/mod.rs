@@ -236,6 +236,16 @@ pub fn unix_now() -> u64 {
 /// A tiny HTTP/1.1 GET over a raw socket, with extra request headers; returns the whole
 /// response, status line and headers included.
 pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+    http_request_raw(addr, "GET", path, headers).await
+}
+
+/// [`http_get_raw`] with any bodiless method (`OPTIONS` for a CORS preflight).
+pub async fn http_request_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -245,7 +255,7 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
     let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
