@@ -1,5 +1,6 @@
-//! Who may connect: verifies the JWT a client puts in its Socket.IO CONNECT auth payload and
-//! turns its claims into an [`Identity`]. One algorithm is accepted per server (HS256 with a
+//! Who may connect: verifies the JWT a client puts in its Socket.IO CONNECT auth payload (or,
+//! for `GET /client-config` with TURN, its `Authorization: Bearer` header) and turns its
+//! claims into an [`Identity`]. One algorithm is accepted per server (HS256 with a
 //! shared secret, or RS256/ES256 with a PEM public key), which is what keeps `alg: none` and
 //! HS/RS key confusion out.
 
@@ -95,10 +96,10 @@ impl Verifier {
             (Some(_), Some(_)) => Err(KeyError(
                 "set either JWT_SECRET or JWT_PUBLIC_KEY_FILE, not both".into(),
             )),
-            (Some(secret), None) if secret.len() < 16 => {
+            (Some(secret), None) if secret.expose().len() < 16 => {
                 Err(KeyError("JWT_SECRET must be at least 16 bytes long".into()))
             }
-            (Some(secret), None) => Ok(Verifier::hs256(secret.as_bytes(), config)),
+            (Some(secret), None) => Ok(Verifier::hs256(secret.expose().as_bytes(), config)),
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {
                     KeyError(format!(
@@ -158,9 +159,13 @@ impl Verifier {
 
     /// Verifies the `token` field of a CONNECT auth payload.
     pub fn verify(&self, auth: Option<&serde_json::Value>) -> Result<Identity, AuthError> {
-        let token = auth
-            .and_then(|a| a.get("token"))
-            .and_then(|t| t.as_str())
+        self.verify_token(auth.and_then(|a| a.get("token")).and_then(|t| t.as_str()))
+    }
+
+    /// Verifies a token however it came (CONNECT auth payload, HTTP bearer); none or an empty
+    /// one is a missing token.
+    pub fn verify_token(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        let token = token
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(

@@ -116,7 +116,7 @@ pub struct Config {
 
     /// HS256 secret for verifying client tokens.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// PEM public key (RSA for RS256, EC P-256 for ES256) for verifying client tokens.
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
@@ -143,6 +143,35 @@ pub struct Config {
     /// RTCIceServer objects.
     #[arg(long, env = "ICE_SERVERS", default_value = "[]")]
     pub ice_servers: String,
+
+    /// Shared secret of a TURN server running coturn's REST API scheme (`use-auth-secret`,
+    /// `static-auth-secret`). With `TURN_URLS`, authenticated clients get short-lived
+    /// credentials for it from `GET /client-config` and `ask-ice`.
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<Secret>,
+
+    /// The TURN server's URLs, comma-separated (`turn:` or `turns:`).
+    #[arg(long, env = "TURN_URLS")]
+    pub turn_urls: Option<String>,
+
+    /// How long a TURN credential is valid, in seconds.
+    #[arg(
+        long,
+        env = "TURN_TTL_SECS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub turn_ttl_secs: u64,
+
+    /// TURN credentials one user may be issued per minute, by the route and the event
+    /// together (per node in cluster mode).
+    #[arg(
+        long,
+        env = "TURN_CREDENTIALS_PER_MINUTE",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub turn_credentials_per_minute: u32,
 
     /// Redis URL for cluster mode; without it the server keeps all state in memory.
     /// `rediss://` connects over TLS; `redis[s]://user:password@host` logs in as an ACL user.
@@ -177,6 +206,28 @@ pub struct Config {
     /// without it the metrics are on the main port.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// A setting that must never reach a log: its `Debug` prints a placeholder.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Config {

@@ -11,6 +11,7 @@
 //! - [`cluster`]: connecting to Redis, node heartbeats and reaping, the pub/sub transport.
 //! - [`limits`]: caps and rates (connections, events, wrong passwords).
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`turn`]: the ICE servers clients are handed, with short-lived TURN credentials.
 //! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
@@ -34,4 +35,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod turn;
 pub mod turns;

@@ -9,7 +9,8 @@
 //! [`FixedWindow`] counts attempts: the first counted attempt opens a window, and once `limit`
 //! attempts have been counted in it, further ones are refused until it closes. It is used for
 //! wrong room passwords, per socket (in the session) and per room (in the store; in Redis in
-//! cluster mode, with the same rule as a key that expires with the window).
+//! cluster mode, with the same rule as a key that expires with the window). [`KeyedWindows`]
+//! holds one per key in memory (TURN credentials per user) and forgets closed ones.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -145,6 +146,49 @@ impl FixedWindow {
     pub fn expired(&self, now: Instant, limit: WindowLimit) -> bool {
         self.opened
             .is_none_or(|opened| now >= opened + limit.window)
+    }
+}
+
+/// One [`FixedWindow`] per key, such as a user id. Closed windows are forgotten once the map
+/// has doubled since it was last swept, so it holds at most about twice the keys active within
+/// one window (or [`KeyedWindows::SWEEP_FLOOR`]), and a sweep costs amortized O(1) per attempt.
+pub struct KeyedWindows {
+    limit: WindowLimit,
+    windows: DashMap<Arc<str>, FixedWindow>,
+    sweep_at: AtomicUsize,
+}
+
+impl KeyedWindows {
+    /// Below this many keys the map is not swept at all.
+    pub const SWEEP_FLOOR: usize = 1024;
+
+    pub fn new(limit: WindowLimit) -> KeyedWindows {
+        KeyedWindows {
+            limit,
+            windows: DashMap::new(),
+            sweep_at: AtomicUsize::new(Self::SWEEP_FLOOR),
+        }
+    }
+
+    /// Counts one attempt for `key`, or says how long until its window lets one in.
+    pub fn take(&self, key: &Arc<str>, now: Instant) -> Result<(), Duration> {
+        self.forget_closed(now);
+        let mut window = self.windows.entry(Arc::clone(key)).or_default();
+        if let Some(wait) = window.blocked_for(now, self.limit) {
+            return Err(wait);
+        }
+        window.record(now, self.limit);
+        Ok(())
+    }
+
+    fn forget_closed(&self, now: Instant) {
+        if self.windows.len() < self.sweep_at.load(Ordering::Relaxed) {
+            return;
+        }
+        self.windows
+            .retain(|_, window| !window.expired(now, self.limit));
+        let next = (self.windows.len() * 2).max(Self::SWEEP_FLOOR);
+        self.sweep_at.store(next, Ordering::Relaxed);
     }
 }
 
@@ -377,6 +421,52 @@ mod tests {
             window.blocked_for(closed, limit),
             None,
             "a new window counts from 1"
+        );
+    }
+
+    #[test]
+    fn keyed_windows_limit_each_key_and_forget_closed_ones() {
+        let limit = WindowLimit {
+            limit: 2,
+            window: Duration::from_secs(60),
+        };
+        let limiter = KeyedWindows::new(limit);
+        let t0 = Instant::now();
+        let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
+        assert_eq!(limiter.take(&alice, t0), Ok(()));
+        assert_eq!(limiter.take(&alice, t0), Ok(()));
+        assert_eq!(limiter.take(&alice, t0), Err(Duration::from_secs(60)));
+        assert_eq!(
+            limiter.take(&bob, t0),
+            Ok(()),
+            "each key has its own window"
+        );
+
+        // Many users once each: the map is swept when it reaches its threshold, keeping only
+        // windows still open.
+        let later = t0 + Duration::from_secs(61);
+        for i in 0..KeyedWindows::SWEEP_FLOOR * 3 {
+            let user: Arc<str> = format!("user-{i}").into();
+            limiter.take(&user, later).expect("a fresh user");
+        }
+        assert!(
+            limiter.windows.len() <= KeyedWindows::SWEEP_FLOOR * 3,
+            "{} keys",
+            limiter.windows.len()
+        );
+        let much_later = later + Duration::from_secs(61);
+        let last: Arc<str> = "last".into();
+        // Reaching the threshold again sweeps every closed window.
+        while limiter.windows.len() < limiter.sweep_at.load(Ordering::Relaxed) {
+            let user: Arc<str> = format!("filler-{}", limiter.windows.len()).into();
+            limiter.take(&user, later).expect("a fresh user");
+        }
+        limiter.take(&last, much_later).expect("a fresh user");
+        assert_eq!(limiter.windows.len(), 1, "only the newest window is open");
+        assert_eq!(
+            limiter.take(&alice, much_later),
+            Ok(()),
+            "alice's window closed"
         );
     }
 

@@ -50,7 +50,7 @@ pub struct Metrics {
 }
 
 /// The events with a counter of their own.
-const KNOWN_EVENTS: [&str; 7] = [
+const KNOWN_EVENTS: [&str; 8] = [
     p::JOIN_ROOM,
     p::CHECK_ROOM,
     p::LEAVE_ROOM,
@@ -58,6 +58,7 @@ const KNOWN_EVENTS: [&str; 7] = [
     p::STOP_SCREEN_SHARE,
     p::CHAT_MESSAGE,
     p::RELAY,
+    p::ASK_ICE,
 ];
 
 /// What the hub reports at a scrape.

@@ -20,6 +20,7 @@ use crate::hub::{Hub, Limits};
 use crate::limits::{EventRates, Rate};
 use crate::session::outbox::KeepLimits;
 use crate::store::{MemoryRooms, RoomStore};
+use crate::turn::IceServers;
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -55,11 +56,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let verifier = Arc::new(Verifier::from_config(&config)?);
-    let ice_servers: serde_json::Value = serde_json::from_str(&config.ice_servers)
-        .map_err(|e| StartError(format!("ICE_SERVERS is not valid JSON: {e}")))?;
-    if !ice_servers.is_array() {
-        return Err(StartError("ICE_SERVERS must be a JSON array".into()));
-    }
+    let ice = Arc::new(IceServers::from_config(&config)?);
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
         .map_err(|e| {
@@ -73,13 +70,15 @@ pub async fn run(
     let Some(redis_url) = config.redis_url.clone() else {
         let (layer, io) = socket_io_builder(&config).build_layer();
         let store = RoomStore::Memory(MemoryRooms::default());
-        let hub = Hub::new(io.clone(), store, Arc::clone(&verifier), limits);
+        let hub = Hub::new(
+            io.clone(),
+            store,
+            Arc::clone(&verifier),
+            Arc::clone(&ice),
+            limits,
+        );
         hub.attach();
-        let http = Http {
-            hub,
-            verifier,
-            ice_servers,
-        };
+        let http = Http { hub, verifier, ice };
         return serve(config, listener, layer, io, http, shutdown)
             .await
             .map(drop);
@@ -96,6 +95,7 @@ pub async fn run(
         io.clone(),
         RoomStore::Redis(Box::new(rooms)),
         Arc::clone(&verifier),
+        Arc::clone(&ice),
         limits,
     );
     hub.attach();
@@ -110,7 +110,7 @@ pub async fn run(
     let http = Http {
         hub: Arc::clone(&hub),
         verifier,
-        ice_servers,
+        ice,
     };
     let stopped = serve(config, listener, layer, io, http, shutdown).await?;
     // The heartbeat runs until this node's sockets have left their rooms (or their sessions

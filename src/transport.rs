@@ -7,8 +7,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{Data, SocketRef};
-use socketioxide::handler::{MessageHandler, Value};
+use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::handler::{FromMessageParts, MessageHandler, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 
 use crate::auth::AuthError;
@@ -82,9 +82,15 @@ impl Hub {
 }
 
 impl Hub {
-    /// Counts the event against its class's rate. Over it, the client is told and the event
-    /// dropped; a socket that keeps flooding is disconnected. False if the event is dropped.
-    fn within_rate(&self, session: &Arc<Session>, frame: &Frame) -> bool {
+    /// Counts the event against its class's rate. Over it, the client is told (an `ask-ice`
+    /// in its acknowledgement, taken from `ack`) and the event dropped; a socket that keeps
+    /// flooding is disconnected. False if the event is dropped.
+    fn within_rate(
+        &self,
+        session: &Arc<Session>,
+        frame: &Frame,
+        ack: &mut Option<AckSender>,
+    ) -> bool {
         let event = &*frame.event;
         let class = match event {
             p::RELAY => EventClass::Relay,
@@ -116,7 +122,11 @@ impl Hub {
         let refusal = Refusal::RateLimited {
             retry_after_ms: retry_after_ms(wait),
         };
-        if class == EventClass::Room && event != p::LEAVE_ROOM {
+        if event == p::ASK_ICE
+            && let Some(ack) = ack.take()
+        {
+            self.answer_ask_ice(session, ack, Err(refusal));
+        } else if class == EventClass::Room && event != p::LEAVE_ROOM {
             let room = frame
                 .payload
                 .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
@@ -175,7 +185,14 @@ pub struct Dispatcher {
 pub struct InOrder;
 
 impl MessageHandler<LocalAdapter, InOrder> for Dispatcher {
-    fn call(&self, _socket: Arc<Socket<LocalAdapter>>, value: Value, _ack: Option<i64>) {
+    fn call(&self, socket: Arc<Socket<LocalAdapter>>, mut value: Value, ack: Option<i64>) {
+        // Only `ask-ice` answers through the acknowledgement; its absence matters there.
+        let ack = ack.map(
+            |_| match AckSender::from_message_parts(&socket, &mut value, &ack) {
+                Ok(sender) => sender,
+                Err(never) => match never {},
+            },
+        );
         let Value::Str(text, None) = value else {
             return self
                 .hub
@@ -190,14 +207,19 @@ impl MessageHandler<LocalAdapter, InOrder> for Dispatcher {
                 .delivery
                 .refuse(&self.session, event, Refusal::PayloadTooLarge);
         }
-        self.hub.dispatch(&self.session, text);
+        self.hub.dispatch(&self.session, text, ack);
     }
 }
 
 impl Hub {
-    /// Queues one event of `session`'s client, `["name", payload]`, behind its earlier ones.
-    pub(crate) fn dispatch<F>(self: &Arc<Self>, session: &Arc<Session>, frame: F)
-    where
+    /// Queues one event of `session`'s client, `["name", payload]`, behind its earlier ones;
+    /// `ack` answers its acknowledgement callback, if the client gave one.
+    pub(crate) fn dispatch<F>(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        frame: F,
+        ack: Option<AckSender>,
+    ) where
         F: Deref<Target = str> + Send + 'static,
     {
         let (hub, job_session) = (Arc::clone(self), Arc::clone(session));
@@ -218,7 +240,8 @@ impl Hub {
                 return hub.delivery.refuse(session, "", Refusal::InvalidPayload);
             };
             metrics::get().event(&frame.event).inc();
-            if !hub.within_rate(session, &frame) {
+            let mut ack = ack;
+            if !hub.within_rate(session, &frame, &mut ack) {
                 return;
             }
             let payload = frame.payload;
@@ -230,6 +253,7 @@ impl Hub {
                 p::STOP_SCREEN_SHARE => hub.pass_on(session, p::STOP_SCREEN_SHARE, payload).await,
                 p::CHAT_MESSAGE => hub.pass_on(session, p::CHAT_MESSAGE, payload).await,
                 p::RELAY => hub.relay(session, payload).await,
+                p::ASK_ICE => hub.ask_ice(session, payload, ack),
                 other => hub.delivery.refuse(session, other, Refusal::UnknownEvent),
             }
         });

@@ -80,13 +80,6 @@ async function join({ roomId, name, token, password }) {
   try {
     ui.setJoining(true);
 
-    let iceServers = [];
-    try {
-      ({ iceServers } = await fetchClientConfig());
-    } catch (err) {
-      ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
-    }
-
     // Every dev token is a new user (a random `sub`), and a session is only
     // recovered for the same user: keep one dev token for as long as it is
     // valid, and fetch another only when it is about to expire.
@@ -100,6 +93,15 @@ async function join({ roomId, name, token, password }) {
           devToken = fresh;
           return fresh;
         };
+
+    // The token first: with TURN, /client-config hands out credentials only to
+    // a token holder (and keeps the dev token for the socket's connect).
+    let iceServers = [];
+    try {
+      ({ iceServers } = await fetchClientConfig(await getToken()));
+    } catch (err) {
+      ui.showError(`${describeError(err)}; continuing without STUN/TURN servers.`);
+    }
 
     signaling = new Signaling({
       getToken,

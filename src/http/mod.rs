@@ -17,19 +17,20 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::routing::get;
 use socketioxide::layer::SocketIoLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 use tower_http::services::ServeDir;
 
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::server::StartError;
+use crate::turn::IceServers;
 
 /// What the HTTP routes need.
 pub struct Http {
     pub hub: Arc<Hub>,
     pub verifier: Arc<Verifier>,
-    pub ice_servers: serde_json::Value,
+    pub ice: Arc<IceServers>,
 }
 
 /// Every route, with the Socket.IO layer and CORS in front.
@@ -98,7 +99,11 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
 }
 
 fn cors(allowed: &str) -> Result<CorsLayer, StartError> {
-    let layer = CorsLayer::new().allow_methods(Any).allow_headers(Any);
+    // Mirrored rather than `*`: browsers never let a wildcard cover `Authorization`, which
+    // `GET /client-config` takes with TURN.
+    let layer = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(AllowHeaders::mirror_request());
     if allowed.trim() == "*" {
         return Ok(layer.allow_origin(Any));
     }

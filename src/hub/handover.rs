@@ -359,7 +359,9 @@ impl Hub {
                 else {
                     return tracing::debug!(peer, "an event for a session that is not here");
                 };
-                self.dispatch(&session, frame);
+                // `ask-ice`, the one event answered through an acknowledgement, is never
+                // forwarded (see `act_elsewhere`).
+                self.dispatch(&session, frame, None);
             }
         }
     }
@@ -643,6 +645,11 @@ impl Hub {
     /// `unavailable` instead, through the new node: the client tries again.
     pub(crate) async fn act_elsewhere(&self, session: &Session, node: &NodeId, frame: &str) {
         let parsed = p::Frame::parse(frame);
+        if parsed.as_ref().is_some_and(|f| f.event == p::ASK_ICE) {
+            // Answered only through an acknowledgement, which belonged to a connection of
+            // this node that is gone: nobody could receive the answer.
+            return;
+        }
         if let Some(request) = parsed.filter(|f| matches!(&*f.event, p::JOIN_ROOM | p::CHECK_ROOM))
         {
             let room = request

@@ -5,6 +5,7 @@
 //! - `leave`: `leave-room`, disconnects, and announcing departures.
 //! - `echo`: `media-state`, `stopScreenShare` and `chat-message`, echoed to the sender's room.
 //! - `relay`: `#rtcio:message`, to one peer.
+//! - `ice`: `ask-ice`, the client's ICE servers (with a TURN credential) in an acknowledgement.
 //! - `lifecycle`: a session opened or taken up again, greeted, kept away after a drop, ended.
 //! - `handover`: (cluster mode) a session taken up on another node than the one holding it.
 //! - `admin`: an operator's kicks and room closings.
@@ -12,6 +13,7 @@
 mod admin;
 mod echo;
 mod handover;
+mod ice;
 mod join;
 mod leave;
 mod lifecycle;
@@ -37,6 +39,7 @@ use crate::ids::{NodeId, PeerId};
 use crate::limits::{ConnectionCaps, EventRates, GuessLimits};
 use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
+use crate::turn::IceServers;
 use crate::turns::RoomTurns;
 
 /// Limits that shape what clients may send.
@@ -65,6 +68,8 @@ pub struct Hub {
     pub(crate) rooms: RoomStore,
     pub(crate) turns: RoomTurns,
     pub(crate) verifier: Arc<Verifier>,
+    /// What `ask-ice` answers with.
+    pub(crate) ice: Arc<IceServers>,
     pub(crate) limits: Limits,
     /// Connections held, in all and per client address.
     pub(crate) caps: Arc<ConnectionCaps>,
@@ -100,6 +105,7 @@ impl Hub {
         io: SocketIo,
         rooms: RoomStore,
         verifier: Arc<Verifier>,
+        ice: Arc<IceServers>,
         limits: Limits,
     ) -> Arc<Self> {
         let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
@@ -111,6 +117,7 @@ impl Hub {
             rooms,
             turns: RoomTurns::default(),
             verifier,
+            ice,
             limits,
             caps: ConnectionCaps::new(limits.max_connections, limits.max_connections_per_address),
             delivery,

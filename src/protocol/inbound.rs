@@ -186,6 +186,15 @@ pub struct MediaState {
     pub cam: bool,
 }
 
+/// `ask-ice`: no payload, `null` or an object (whose fields are ignored).
+pub fn parse_ask_ice(payload: Option<&RawValue>) -> Result<(), Refusal> {
+    type AnyObject = Option<std::collections::HashMap<String, serde::de::IgnoredAny>>;
+    match payload.map(|raw| serde_json::from_str::<AnyObject>(raw.get())) {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(_)) => Err(Refusal::InvalidPayload),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

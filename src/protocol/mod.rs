@@ -16,6 +16,8 @@ pub const MEDIA_STATE: &str = "media-state";
 pub const STOP_SCREEN_SHARE: &str = "stopScreenShare";
 pub const CHAT_MESSAGE: &str = "chat-message";
 pub const RELAY: &str = "#rtcio:message";
+/// Answered through the client's acknowledgement callback, not with an event.
+pub const ASK_ICE: &str = "ask-ice";
 
 // Server -> client (besides the echoes of `media-state`, `stopScreenShare`, `chat-message` and
 // the relay).
@@ -78,6 +80,8 @@ pub enum Refusal {
     UnknownEvent,
     Busy,
     Unavailable,
+    /// An event answered only through an acknowledgement was sent without a callback.
+    AckRequired,
 }
 
 impl Refusal {
@@ -99,6 +103,7 @@ impl Refusal {
             Refusal::UnknownEvent => "unknown-event",
             Refusal::Busy => "busy",
             Refusal::Unavailable => "unavailable",
+            Refusal::AckRequired => "ack-required",
         }
     }
 
@@ -124,6 +129,9 @@ impl Refusal {
             Refusal::UnknownEvent => "the server does not handle this event",
             Refusal::Busy => "too many events are waiting; slow down",
             Refusal::Unavailable => "room state is unreachable right now; try again",
+            Refusal::AckRequired => {
+                "this event is answered through an acknowledgement: emit it with a callback"
+            }
         }
     }
 

@@ -4,6 +4,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::Refusal;
+
 #[derive(Serialize)]
 pub struct Relayed<'a> {
     pub source: &'a str,
@@ -83,6 +85,56 @@ pub struct ErrorReply<'a> {
     pub message: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+}
+
+/// What `GET /client-config` and the `ask-ice` acknowledgement carry: the configured ICE
+/// servers and, with TURN configured, a fresh credential (`ttl`: its lifetime in seconds).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceConfig<'a> {
+    pub ice_servers: Vec<IceServer<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum IceServer<'a> {
+    /// An `ICE_SERVERS` entry, as configured.
+    Configured(&'a Value),
+    /// A TURN server with a credential in coturn's REST API scheme.
+    Turn {
+        urls: &'a [String],
+        username: String,
+        credential: String,
+    },
+}
+
+/// An acknowledgement refusing its event: `{ error: { code, message, retryAfterMs? } }`.
+#[derive(Serialize)]
+pub struct AckRefusal {
+    pub error: AckError,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AckError {
+    pub code: &'static str,
+    pub message: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl From<Refusal> for AckRefusal {
+    fn from(refusal: Refusal) -> Self {
+        AckRefusal {
+            error: AckError {
+                code: refusal.code(),
+                message: refusal.message(),
+                retry_after_ms: refusal.retry_after_ms(),
+            },
+        }
+    }
 }
 
 /// Sets the server-stamped `id` on an echoed object.

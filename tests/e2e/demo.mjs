@@ -472,7 +472,17 @@ async function main() {
   });
 
   await check(TWO, async () => {
-    await joinViaForm(A, roomId, 'Alice');
+    // With TURN configured (run-in-netns.sh), the page sends its token as a bearer token
+    // and gets a TURN credential minted for its user.
+    const [config] = await Promise.all([
+      A.page.waitForResponse((r) => new URL(r.url()).pathname === '/client-config'),
+      joinViaForm(A, roomId, 'Alice'),
+    ]);
+    const auth = await config.request().headerValue('authorization');
+    if (!/^Bearer \S+/.test(auth ?? '')) fail(`/client-config was fetched without a bearer token (${auth})`);
+    if (config.status() !== 200) fail(`/client-config answered HTTP ${config.status()}`);
+    const turn = (await config.json()).iceServers?.find((s) => s.credential);
+    if (!/^\d+:dev-/.test(turn?.username ?? '')) fail(`no TURN credential for the dev user: ${JSON.stringify(turn)}`);
     const url = A.page.url();
     if (!url.includes(`room=${roomId}`)) fail(`A's URL ${url} lacks ?room=${roomId}`);
     const invite = await A.page.locator(tid('invite-link')).inputValue();

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the browser e2e test (tests/e2e/demo.mjs) against the real server binary
 # inside a fresh network namespace that has only `lo`: proves the demo works
-# with no internet, no STUN/TURN, nothing but the server on 127.0.0.1.
+# with no internet, no STUN/TURN, nothing but the server on 127.0.0.1. The
+# server mints TURN credentials (TURN_SECRET, TURN_URLS) for a TURN server that
+# is not there: the page must get them with its token and still connect over lo.
 #
 #   tests/e2e/run-in-netns.sh [SERVER_BINARY]     (default target/debug/rtcio-signal)
 #
@@ -16,7 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,13p' "$0"
+  sed -n '2,15p' "$0"
   exit 0
 fi
 
@@ -34,6 +36,7 @@ mkdir -p artifacts/e2e
 export SERVER_BIN ROOT
 export E2E_PORT="${E2E_PORT:-0}"
 export E2E_SERVER_ARGS="${E2E_SERVER_ARGS:-}"
+export TURN_SECRET="${TURN_SECRET:-e2e-turn-secret}" TURN_URLS="${TURN_URLS:-turn:127.0.0.1:3478}"
 
 # Everything below runs inside the new namespace; the server dies with it.
 exec unshare --net -- bash -c '

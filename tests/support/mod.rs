@@ -239,6 +239,16 @@ pub async fn http_get_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)]
     http_raw(addr, "GET", path, headers, "").await
 }
 
+/// [`http_get_raw`] with any method and no body (`OPTIONS` for a CORS preflight).
+pub async fn http_request_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> String {
+    http_raw(addr, method, path, headers, "").await
+}
+
 /// Any request, as status and body.
 pub async fn http_request(
     addr: SocketAddr,

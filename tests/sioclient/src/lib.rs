@@ -5,6 +5,8 @@
 //! connection, which answers pings itself and hands events to the owner through a channel.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,6 +23,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub struct Event {
     pub name: String,
     pub data: Value,
+}
+
+/// The server's answer to an event emitted with [`Client::emit_with_ack`]: `43<id>[args...]`.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: u64,
+    pub args: Vec<Value>,
 }
 
 /// Why a connection did not come up.
@@ -73,6 +82,7 @@ pub struct Client {
     pub sid: String,
     sender: Sender,
     events: mpsc::UnboundedReceiver<(Event, Instant)>,
+    acks: mpsc::UnboundedReceiver<Ack>,
 }
 
 /// A cloneable handle that can send on a connection while another task owns the [`Client`]
@@ -80,6 +90,7 @@ pub struct Client {
 #[derive(Clone)]
 pub struct Sender {
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    ack_ids: Arc<AtomicU64>,
 }
 
 impl Sender {
@@ -89,6 +100,17 @@ impl Sender {
         if let Ok(packet) = packet {
             let _ = self.outgoing.send(Outgoing::Text(packet));
         }
+    }
+
+    /// Emits `event` with one argument, asking for an acknowledgement; returns its id, which
+    /// the server's [`Ack`] carries.
+    pub fn emit_with_ack<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> u64 {
+        let id = self.ack_ids.fetch_add(1, Ordering::Relaxed);
+        let packet = serde_json::to_string(&(event, data)).map(|body| format!("42{id}{body}"));
+        if let Ok(packet) = packet {
+            let _ = self.outgoing.send(Outgoing::Text(packet));
+        }
+        id
     }
 
     /// Sends one Engine.IO text frame exactly as given.
@@ -190,17 +212,35 @@ impl Client {
 
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        tokio::spawn(pump(ws, out_rx, ev_tx));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        tokio::spawn(pump(ws, out_rx, ev_tx, ack_tx));
         Ok(Client {
             sid,
-            sender: Sender { outgoing: out_tx },
+            sender: Sender {
+                outgoing: out_tx,
+                ack_ids: Arc::default(),
+            },
             events: ev_rx,
+            acks: ack_rx,
         })
     }
 
     /// Emits `event` with one argument.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) {
         self.sender.emit(event, data);
+    }
+
+    /// [`Sender::emit_with_ack`].
+    pub fn emit_with_ack<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> u64 {
+        self.sender.emit_with_ack(event, data)
+    }
+
+    /// The next acknowledgement if one arrives within `wait`.
+    pub async fn next_ack_within(&mut self, wait: Duration) -> Option<Ack> {
+        tokio::time::timeout(wait, self.acks.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// A handle that sends on this connection from another task.
@@ -267,6 +307,7 @@ async fn pump(
     mut ws: Ws,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     events: mpsc::UnboundedSender<(Event, Instant)>,
+    acks: mpsc::UnboundedSender<Ack>,
 ) {
     let mut reading = true;
     loop {
@@ -295,6 +336,10 @@ async fn pump(
                         if let Some(event) = decode_event(body) {
                             let _ = events.send((event, Instant::now()));
                         }
+                    } else if let Some(body) = text.strip_prefix("43") {
+                        if let Some(ack) = decode_ack(body) {
+                            let _ = acks.send(ack);
+                        }
                     } else if text.starts_with('1') || text.starts_with("41") {
                         break;
                     }
@@ -320,4 +365,13 @@ fn decode_event(body: &str) -> Option<Event> {
         parts.remove(0)
     };
     Some(Event { name, data })
+}
+
+fn decode_ack(body: &str) -> Option<Ack> {
+    let digits = body.find(|c: char| !c.is_ascii_digit())?;
+    let (id, args) = body.split_at(digits);
+    Some(Ack {
+        id: id.parse().ok()?,
+        args: serde_json::from_str(args).ok()?,
+    })
 }
