@@ -160,9 +160,52 @@ pub struct Config {
     #[arg(long, env = "FLY_MACHINE_ID")]
     pub fly_machine_id: Option<String>,
 
+    /// Where membership events (`room_started`, `room_finished`, `participant_joined`,
+    /// `participant_left`) are POSTed as signed JSON; without it no webhooks are sent.
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The key webhooks are signed with (HMAC-SHA256), at least 16 bytes; required with
+    /// `WEBHOOK_URL`.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    /// Most webhook events waiting to be delivered; beyond it the oldest are dropped (and
+    /// counted).
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
+
+    /// How long one webhook delivery may take before it counts as failed, in milliseconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
     /// How long a shutdown may take before the process exits anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+}
+
+/// A setting that must never reach a log line: `Debug` prints `***`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Config {

@@ -15,6 +15,7 @@ use dashmap::mapref::entry::Entry;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 
@@ -71,6 +72,13 @@ impl Delivery {
         &self.io
     }
 
+    /// This node's socket `sid`, if it is still connected. Once the server has closed there is
+    /// no namespace left (and `SocketIo::get_socket` would panic), yet sessions still end and
+    /// announce their departures: their webhook events are flushed then.
+    pub fn socket(&self, sid: Sid) -> Option<SocketRef> {
+        self.io.of("/")?.get_socket(sid)
+    }
+
     pub fn register(&self, session: Arc<Session>) {
         self.sessions.insert(session.peer.clone(), session);
     }
@@ -115,7 +123,7 @@ impl Delivery {
             return link.moved_to.clone();
         }
         if let (Some(sid), false) = (link.socket, self.recoverable) {
-            if let Some(socket) = self.io.get_socket(sid) {
+            if let Some(socket) = self.socket(sid) {
                 write(&socket, event, &**data);
             }
             return None;
@@ -124,7 +132,7 @@ impl Delivery {
             .outbox
             .push(event, Arc::clone(data), Instant::now(), self.keep);
         if let Some(sid) = link.socket {
-            if let Some(socket) = self.io.get_socket(sid) {
+            if let Some(socket) = self.socket(sid) {
                 write(&socket, event, &**data);
             }
         } else if !within

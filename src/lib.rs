@@ -11,6 +11,8 @@
 //! - [`cluster`]: connecting to Redis, node heartbeats and reaping, the pub/sub transport.
 //! - [`limits`]: limits on attempts in a span of time (wrong passwords).
 //! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
+//! - [`webhooks`]: signed POSTs of rooms starting and finishing and participants joining and
+//!   leaving, once each and in order per room, in memory or across a cluster.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
 pub mod auth;
@@ -33,3 +35,4 @@ pub mod session;
 pub mod store;
 pub mod transport;
 pub mod turns;
+pub mod webhooks;
