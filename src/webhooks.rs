@@ -48,8 +48,8 @@ const DROP_CHECK_EVERY: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(200);
 /// (Cluster mode) the delivery lease's lifetime, and how often its holder renews it (or any
 /// node tries to take it): a sender that dies is replaced within the lifetime.
-const LEASE_FOR: Duration = Duration::from_secs(6);
-const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
+const LEASE_FOR: Duration = Duration::from_secs(5);
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(1);
 
 /// What an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -328,7 +328,7 @@ async fn a_cluster_sends_each_event_once_in_order() {
     let redis = Redis::start().await;
     let env = hook_env(&receiver);
     let settings: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (a, mut b) = (
+    let (mut a, mut b) = (
         redis.node_with(&settings).await,
         redis.node_with(&settings).await,
     );
@@ -363,25 +363,98 @@ async fn a_cluster_sends_each_event_once_in_order() {
         .await;
     assert_eq!(receiver.duplicates(), 0);
 
-    // A node killed with bob in the room: the survivor reaps him and, should the dead node
-    // have held the lease, takes the sending over. (A node killed between a POST and its
-    // removal from the list may send that one event again; the receiver dedupes it by id.)
-    b.child.start_kill().expect("kill -9");
-    b.child.wait().await.expect("reaped");
+    // The sending node is killed with its member in the room: the other node reaps that
+    // member and takes the sending over once the lease lapses. (A node killed between a POST
+    // and its removal from the list may send that one event again; the receiver dedupes it
+    // by id.)
+    let mut conn = redis.connection().await.expect("redis");
+    let sender: String = redis::cmd("GET")
+        .arg("rtcio:webhooks:sender")
+        .query_async(&mut conn)
+        .await
+        .expect("a node holds the lease");
+    // A resume credential is `<peer>.<node>.<secret>`.
+    let node_of = |peer: &support::Peer| {
+        let resume = peer.session["resume"].as_str().expect("resume");
+        resume.split('.').nth(1).expect("node").to_string()
+    };
+    let (killed, (gone, staying), survivor) = if sender == node_of(&alice) {
+        (&mut a, (&alice, &bob), &b)
+    } else {
+        assert_eq!(sender, node_of(&bob), "the lease names a node");
+        (&mut b, (&bob, &alice), &a)
+    };
+    killed.child.start_kill().expect("kill -9");
+    killed.child.wait().await.expect("reaped");
     receiver
-        .expect("participant_left", "c", Some(bob.id()))
+        .expect("participant_left", "c", Some(gone.id()))
         .await;
-    alice.emit("leave-room", json!({ "roomId": "c" }));
+    staying.emit("leave-room", json!({ "roomId": "c" }));
     receiver
-        .expect("participant_left", "c", Some(alice.id()))
+        .expect("participant_left", "c", Some(staying.id()))
         .await;
     receiver.expect("room_finished", "c", None).await;
 
-    let (marker, _) = a.joined("marker", "marker-room").await;
+    let (marker, _) = survivor.joined("marker", "marker-room").await;
     receiver.expect("room_started", "marker-room", None).await;
     receiver
         .expect("participant_joined", "marker-room", Some(marker.id()))
         .await;
+}
+
+/// A receiver that keeps failing while more events come than `WEBHOOK_QUEUE` allows: the
+/// list in Redis keeps the newest, counts the dropped, and delivers what it kept in order.
+#[tokio::test]
+async fn a_full_list_in_redis_drops_its_oldest_and_counts_them() {
+    let mut receiver = Receiver::start(usize::MAX).await;
+    let redis = Redis::start().await;
+    let env = hook_env(&receiver);
+    let mut settings: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    settings.push(("WEBHOOK_QUEUE", "2"));
+    let node = redis.node_with(&settings).await;
+
+    let (mut alice, _) = node.joined("alice", "q").await;
+    let (bob, _) = node.joined("bob", "q").await;
+    bob.emit("leave-room", json!({ "roomId": "q" }));
+    alice.until("#rtcio:peer-left").await;
+
+    let mut conn = redis.connection().await.expect("redis");
+    let kept: Vec<String> = redis::cmd("LRANGE")
+        .arg("rtcio:webhooks")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("LRANGE");
+    let kept: Vec<Value> = kept
+        .iter()
+        .map(|body| serde_json::from_str(body).expect("JSON"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0]["event"], json!("participant_joined"));
+    assert_eq!(kept[0]["participant"]["id"], json!(bob.id()));
+    assert_eq!(kept[1]["event"], json!("participant_left"));
+    let dropped: u64 = redis::cmd("GET")
+        .arg("rtcio:webhooks:dropped")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(dropped, 2);
+
+    // The receiver recovers. The event the sender was retrying (the room's first, if it had
+    // started before the list filled) goes out, then what the list kept, in order.
+    receiver.shared.failing.store(0, Ordering::SeqCst);
+    let mut first = receiver.next().await;
+    if first.event["event"] == json!("room_started") {
+        first = receiver.next().await;
+    }
+    assert_eq!(first.event, kept[0]);
+    assert_eq!(receiver.next().await.event, kept[1]);
+    alice.emit("leave-room", json!({ "roomId": "q" }));
+    receiver
+        .expect("participant_left", "q", Some(alice.id()))
+        .await;
+    receiver.expect("room_finished", "q", None).await;
 }
 
 #[tokio::test]
