@@ -81,6 +81,17 @@ struct Receiver {
 impl Receiver {
     /// Answers the first `failing` deliveries with 500.
     async fn start(failing: usize) -> Receiver {
+        let (mut receiver, app) = Receiver::new(failing);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        receiver.url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    /// A receiver not listening yet, and its routes.
+    fn new(failing: usize) -> (Receiver, axum::Router) {
         let (tx, deliveries) = mpsc::unbounded_channel();
         let shared = Shared {
             deliveries: tx,
@@ -92,16 +103,12 @@ impl Receiver {
         let app = axum::Router::new()
             .route("/hooks", axum::routing::post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hooks", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver {
-            url,
+        let receiver = Receiver {
+            url: String::new(),
             deliveries,
             shared,
-        }
+        };
+        (receiver, app)
     }
 
     /// The next new event.
@@ -127,6 +134,48 @@ impl Receiver {
             None => assert_eq!(event.get("participant"), None, "{event}"),
         }
         delivery
+    }
+
+    /// [`Receiver::start`] over TLS, with a certificate for 127.0.0.1 from a private CA made
+    /// in `dir`; returns the receiver and the CA's file.
+    async fn start_tls(dir: &std::path::Path) -> (Receiver, std::path::PathBuf) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let ca = support::redis::make_certificates(dir);
+        let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+            .expect("server.pem")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let (mut receiver, app) = Receiver::new(0);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        receiver.url = format!("https://{}/hooks", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (receiver, ca)
     }
 
     fn duplicates(&self) -> usize {
@@ -259,6 +308,22 @@ async fn a_call_is_told_in_order_and_signed() {
     receiver.expect("room_finished", "w", None).await;
 
     nothing_else_pending(&server, &mut receiver).await;
+}
+
+/// An https:// receiver whose certificate the system's roots (here `SSL_CERT_FILE`) trust.
+#[tokio::test]
+async fn webhooks_go_over_https() {
+    let dir = std::env::temp_dir().join(format!("rtcio-hooks-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (mut receiver, ca) = Receiver::start_tls(&dir).await;
+    let ca = ca.display().to_string();
+    let server = single_node(&receiver, &[("SSL_CERT_FILE", &ca)]).await;
+    let (alice, _) = server.joined("alice", "t").await;
+    receiver.expect("room_started", "t", None).await;
+    receiver
+        .expect("participant_joined", "t", Some(alice.id()))
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
