@@ -393,20 +393,20 @@ impl Webhooks {
         self.queue.dropped().await
     }
 
-    /// (Memory mode) waits until every waiting event is delivered or `deadline` passes; false
-    /// if some were left undelivered.
-    pub async fn flush(&self, deadline: tokio::time::Instant) -> bool {
+    /// (Memory mode) waits until every waiting event is delivered or `deadline` passes (then
+    /// logs how many were left).
+    pub async fn flush(&self, deadline: tokio::time::Instant) {
         let Queue::Local(queue) = &self.queue else {
-            return true;
+            return;
         };
         loop {
             let left = queue.len();
             if left == 0 {
-                return true;
+                return;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(left, "shutting down with webhook events undelivered");
-                return false;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

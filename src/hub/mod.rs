@@ -183,8 +183,8 @@ impl Hub {
     /// (Memory mode) waits until every room has emptied, up to `within`: every member's leave
     /// is recorded, though an ended session may still be referenced (a recovery window's
     /// timer holds it).
-    pub async fn emptied(&self, within: std::time::Duration) -> bool {
-        until(within, || self.local_rooms() == 0).await
+    pub async fn emptied(&self, within: std::time::Duration) {
+        until(within, || self.local_rooms() == 0).await;
     }
 }
 
