@@ -189,6 +189,25 @@ pub struct Config {
     #[arg(long, env = "FLY_MACHINE_ID")]
     pub fly_machine_id: Option<String>,
 
+    /// Where membership events (`room_started`, `room_finished`, `participant_joined`,
+    /// `participant_left`) are POSTed as signed JSON; without it no webhooks are sent.
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The key webhooks are signed with (HMAC-SHA256), at least 16 bytes; required with
+    /// `WEBHOOK_URL`.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    /// Most webhook events waiting to be delivered; beyond it the oldest are dropped (and
+    /// counted).
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
+
+    /// How long one webhook delivery may take before it counts as failed, in milliseconds.
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+
     /// How long a shutdown may take before the process exits anyway, in milliseconds.
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -200,7 +219,7 @@ pub struct Config {
 
     /// Bearer token of the admin API (`/admin/…`); without it the API is off.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// A separate address (`host:port`) for `GET /metrics`, so it need not face the internet;
     /// without it the metrics are on the main port.
@@ -221,6 +240,14 @@ impl Secret {
 impl From<String> for Secret {
     fn from(value: String) -> Self {
         Secret(value)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_string()))
     }
 }
 

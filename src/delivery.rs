@@ -77,6 +77,13 @@ impl Delivery {
         &self.io
     }
 
+    /// This node's socket `sid`, if it is still connected. Once the server has closed there is
+    /// no namespace left (and `SocketIo::get_socket` would panic), yet sessions still end and
+    /// announce their departures: their webhook events are flushed then.
+    pub fn socket(&self, sid: Sid) -> Option<SocketRef> {
+        socket_of(&self.io, sid)
+    }
+
     pub fn register(&self, session: Arc<Session>) {
         self.sessions.insert(session.peer.clone(), session);
     }
@@ -314,7 +321,7 @@ impl Delivery {
         event: &'static str,
         data: &Arc<RawValue>,
     ) {
-        let Some(socket) = self.io.get_socket(sid) else {
+        let Some(socket) = self.socket(sid) else {
             return;
         };
         if link.backlog.is_empty() {
@@ -388,7 +395,7 @@ impl Delivery {
                 "its events overflowed a peer's outgoing queue; disconnecting the sender"
             );
             metrics::get().flood_disconnects.inc();
-            if let Some(socket) = socket.and_then(|sid| io.get_socket(sid)) {
+            if let Some(socket) = socket.and_then(|sid| socket_of(&io, sid)) {
                 let _ = socket.disconnect();
             }
         });
@@ -455,6 +462,11 @@ impl Delivery {
     }
 }
 
+/// See [`Delivery::socket`].
+fn socket_of(io: &SocketIo, sid: Sid) -> Option<SocketRef> {
+    io.of("/")?.get_socket(sid)
+}
+
 /// Most events a socket whose queue is full may have waiting behind it.
 const BACKLOG_EVENTS: usize = 1024;
 
@@ -471,7 +483,7 @@ async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
     let started = Instant::now();
     loop {
         tokio::time::sleep(BACKLOG_RETRY).await;
-        let socket = io.get_socket(sid);
+        let socket = socket_of(&io, sid);
         let mut link = session.link();
         let Some(socket) = socket.filter(|_| link.socket == Some(sid)) else {
             link.backlog.clear();

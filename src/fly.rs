@@ -62,7 +62,7 @@ impl Pinning {
         }
         sid.parse()
             .ok()
-            .is_some_and(|sid| self.hub.delivery.io().get_socket(sid).is_some())
+            .is_some_and(|sid| self.hub.delivery.socket(sid).is_some())
     }
 
     /// Records a session opened here, for the other machines to find.

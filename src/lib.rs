@@ -13,6 +13,8 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`turn`]: the ICE servers clients are handed, with short-lived TURN credentials.
 //! - [`http`]: the HTTP routes; [`server`]: assembly and shutdown; [`config`]: every setting.
+//! - [`webhooks`]: signed POSTs of rooms starting and finishing and participants joining and
+//!   leaving, once each and in order per room, in memory or across a cluster.
 //! - `heap_census` (feature `heap-census` only): live heap by allocation size, for the benchmarks.
 
 pub mod auth;
@@ -37,3 +39,4 @@ pub mod store;
 pub mod transport;
 pub mod turn;
 pub mod turns;
+pub mod webhooks;

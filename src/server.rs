@@ -1,6 +1,8 @@
 //! Assembly: builds the pieces for the chosen mode (in memory, or a cluster node on Redis)
 //! once, serves them, and shuts down in order: stop accepting, disconnect every client, and
-//! (cluster mode) deregister the node once its sockets have left their rooms.
+//! (cluster mode) deregister the node once its sockets have left their rooms; in memory mode
+//! the webhook events those departures made are flushed within what is left of the grace
+//! period.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use crate::limits::{EventRates, Rate};
 use crate::session::outbox::KeepLimits;
 use crate::store::{MemoryRooms, RoomStore};
 use crate::turn::IceServers;
+use crate::webhooks::{self, LocalQueue, Webhooks};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -66,30 +69,69 @@ pub async fn run(
             ))
         })?;
     let limits = limits(&config);
+    let hooks = webhooks::Settings::from_config(&config)?;
+    let grace = config.shutdown_grace();
 
     let Some(redis_url) = config.redis_url.clone() else {
         let (layer, io) = socket_io_builder(&config).build_layer();
-        let store = RoomStore::Memory(MemoryRooms::default());
+        let (rooms, sender) = match hooks {
+            Some(hooks) => {
+                let queue = Arc::new(LocalQueue::new(hooks.queue));
+                let sender = Webhooks::start(hooks, webhooks::Queue::Local(Arc::clone(&queue)));
+                (MemoryRooms::with_webhooks(queue), Some(sender))
+            }
+            None => (MemoryRooms::default(), None),
+        };
         let hub = Hub::new(
             io.clone(),
-            store,
+            RoomStore::Memory(rooms),
             Arc::clone(&verifier),
             Arc::clone(&ice),
             limits,
         );
         hub.attach();
-        let http = Http { hub, verifier, ice };
-        return serve(config, listener, layer, io, http, shutdown)
-            .await
-            .map(drop);
+        let http = Http {
+            hub: Arc::clone(&hub),
+            verifier,
+            ice,
+        };
+        // When the shutdown began: the webhook flush gets what is left of the grace period.
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let shutdown = {
+            let signalled = Arc::clone(&signalled);
+            async move {
+                shutdown.await;
+                let _ = signalled.set(tokio::time::Instant::now());
+            }
+        };
+        serve(config, listener, layer, io, http, shutdown).await?;
+        if let Some(sender) = sender {
+            // The departures' events are recorded as the sessions end, after serving stops;
+            // sessions away after a drop would otherwise never leave.
+            let began = signalled
+                .get()
+                .copied()
+                .unwrap_or_else(tokio::time::Instant::now);
+            let deadline = began + grace;
+            hub.end_all();
+            hub.emptied(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await;
+            sender.flush(deadline).await;
+        }
+        return Ok(());
     };
 
     let cluster::Connected {
         pubsub,
-        rooms,
+        mut rooms,
         inbox,
     } = cluster::connect(&redis_url, config.redis_ca_file.as_deref()).await?;
     tracing::info!(node = %rooms.node(), "cluster mode: room state in Redis");
+    // In cluster mode the waiting events stay in Redis for whichever node sends next.
+    let sender = hooks.map(|hooks| {
+        let list = rooms.record_webhooks(hooks.queue);
+        Webhooks::start(hooks, webhooks::Queue::Redis(list))
+    });
     let (layer, io) = socket_io_builder(&config).build_layer();
     let hub = Hub::new(
         io.clone(),
@@ -106,7 +148,6 @@ pub async fn run(
         io.clone(),
         pubsub,
     ));
-    let grace = config.shutdown_grace();
     let http = Http {
         hub: Arc::clone(&hub),
         verifier,
@@ -120,6 +161,9 @@ pub async fn run(
     heartbeat.abort();
     if drained && let Err(e) = hub.deregister_node().await {
         tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");
+    }
+    if let Some(sender) = sender {
+        sender.release().await;
     }
     Ok(())
 }

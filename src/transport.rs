@@ -113,7 +113,7 @@ impl Hub {
                     event,
                     "kept flooding over its rate limit; disconnecting the socket"
                 );
-                if let Some(socket) = socket.and_then(|sid| self.delivery.io().get_socket(sid)) {
+                if let Some(socket) = socket.and_then(|sid| self.delivery.socket(sid)) {
                     let _ = socket.disconnect();
                 }
                 return false;

@@ -55,7 +55,9 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         app
     };
     let app = match &config.admin_token {
-        Some(token) => app.merge(admin::routes(Arc::new(admin::AdminToken::new(token)))),
+        Some(token) => app.merge(admin::routes(Arc::new(admin::AdminToken::new(
+            token.expose(),
+        )))),
         None => app,
     };
     let pinning = config

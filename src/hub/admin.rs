@@ -91,7 +91,7 @@ impl Hub {
         self.delivery
             .send(&session, p::KICKED, &out::Kicked { reason });
         // The disconnect goes out behind `kicked`; the session ends at once either way.
-        if let Some(socket) = socket.and_then(|sid| self.delivery.io().get_socket(sid)) {
+        if let Some(socket) = socket.and_then(|sid| self.delivery.socket(sid)) {
             let _ = socket.disconnect();
         }
         self.end(&session, None);

@@ -169,7 +169,7 @@ impl Hub {
     /// Closes a socket of this node that no longer serves its session (nothing is announced:
     /// its disconnect finds the session's link pointing elsewhere).
     pub(super) fn close(&self, socket: Option<Sid>) {
-        if let Some(socket) = socket.and_then(|sid| self.delivery.io().get_socket(sid)) {
+        if let Some(socket) = socket.and_then(|sid| self.delivery.socket(sid)) {
             let _ = socket.disconnect();
         }
     }
@@ -275,6 +275,14 @@ impl Hub {
         session.run_always(async move {
             hub.end_now(&job_session, generation).await;
         });
+    }
+
+    /// Ends every session of this node, those away too: on a single node shutting down, none
+    /// can be taken up again, and their departures are what the webhooks still have to tell.
+    pub fn end_all(self: &Arc<Self>) {
+        for session in self.delivery.sessions() {
+            self.end(&session, None);
+        }
     }
 
     async fn end_now(&self, session: &Session, generation: Option<u64>) {

@@ -230,15 +230,27 @@ impl Hub {
 
     /// Waits until every session has ended (their leaves are recorded), up to `within`.
     pub async fn drained(&self, within: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.connections() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        true
+        until(within, || self.connections() == 0).await
     }
+
+    /// (Memory mode) waits until every room has emptied, up to `within`: every member's leave
+    /// is recorded, though an ended session may still be referenced (a recovery window's
+    /// timer holds it).
+    pub async fn emptied(&self, within: std::time::Duration) {
+        until(within, || self.local_rooms() == 0).await;
+    }
+}
+
+/// Polls `done` until it holds, up to `within`; whether it did.
+async fn until(within: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Ends the sessions that kept more than their bounds while away: they cannot be recovered.

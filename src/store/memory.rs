@@ -4,7 +4,11 @@
 //! call. A room whose last member leaves is removed, and its lock with it: an empty room leaves
 //! nothing behind. Wrong-password counters live in a second map and are swept once they
 //! outnumber [`GUESS_SWEEP_AT`], so a flood of guesses cannot grow it without bound.
+//!
+//! With webhooks on, each join and leave records its events while it holds the room's entry,
+//! so the queue has them in the order of the changes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -15,6 +19,7 @@ use crate::ids::PeerId;
 use crate::limits::{FixedWindow, WindowLimit};
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
+use crate::webhooks::{Batch, Kind, LocalQueue};
 
 /// Counters kept before expired ones are swept.
 const GUESS_SWEEP_AT: usize = 4096;
@@ -32,9 +37,29 @@ struct Room {
 pub struct MemoryRooms {
     rooms: DashMap<String, Room>,
     guesses: DashMap<String, FixedWindow>,
+    /// Where webhook events go, when they are on.
+    webhooks: Option<Arc<LocalQueue>>,
 }
 
 impl MemoryRooms {
+    /// Rooms whose joins and leaves are recorded as webhook events on `queue`.
+    pub fn with_webhooks(queue: Arc<LocalQueue>) -> MemoryRooms {
+        MemoryRooms {
+            webhooks: Some(queue),
+            ..MemoryRooms::default()
+        }
+    }
+
+    /// Records the events of one change of `room`, in this order.
+    fn record(&self, room: &str, events: &[(Kind, Option<&Member>)]) {
+        if let Some(queue) = &self.webhooks {
+            let mut batch = Batch::new();
+            for (kind, participant) in events {
+                queue.push(batch.event(*kind, room, *participant));
+            }
+        }
+    }
+
     pub fn peek(&self, room: &str, peer: &PeerId) -> RoomView {
         match self.rooms.get(room) {
             Some(found) => RoomView {
@@ -68,6 +93,7 @@ impl MemoryRooms {
                 } else if !expect.matches_lock(found.lock.as_ref()) {
                     JoinOutcome::LockChanged
                 } else {
+                    self.record(room, &[(Kind::ParticipantJoined, Some(&member))]);
                     let before = found.members.clone();
                     found.members.push(member);
                     JoinOutcome::Joined(before)
@@ -80,6 +106,13 @@ impl MemoryRooms {
                 let Expect::Empty { seal } = expect else {
                     return JoinOutcome::LockChanged;
                 };
+                self.record(
+                    room,
+                    &[
+                        (Kind::RoomStarted, None),
+                        (Kind::ParticipantJoined, Some(&member)),
+                    ],
+                );
                 entry.insert(Room {
                     members: vec![member],
                     lock: seal.clone(),
@@ -124,10 +157,14 @@ impl MemoryRooms {
         };
         let members = &mut entry.get_mut().members;
         let position = members.iter().position(|m| m.peer == *peer)?;
-        members.remove(position);
+        let gone = members.remove(position);
         let remaining: Vec<PeerId> = members.iter().map(|m| m.peer.clone()).collect();
+        let left = (Kind::ParticipantLeft, Some(&gone));
         if remaining.is_empty() {
+            self.record(room, &[left, (Kind::RoomFinished, None)]);
             entry.remove();
+        } else {
+            self.record(room, &[left]);
         }
         Some(remaining)
     }

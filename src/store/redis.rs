@@ -19,6 +19,10 @@
 //! - `rtcio:nodes` set of node ids; `rtcio:seq` join counter
 //! - `rtcio:eio:{sid}` the Fly machine holding an Engine.IO session opened over polling
 //!   (`fly`), expiring an hour after it was last asked for
+//! - `rtcio:webhooks` list of webhook event bodies waiting to be sent, oldest first, pushed
+//!   by the join, leave and reap scripts themselves (so its order is the order of the
+//!   changes), trimmed to `WEBHOOK_QUEUE`; `rtcio:webhooks:dropped` counts those trimmed;
+//!   `rtcio:webhooks:sender` the node holding the delivery lease (`webhooks`)
 //!
 //! Events for peers on other nodes are published to those nodes' inboxes (`cluster::inbox`);
 //! the relay script does so itself, in the step that checks the two peers share a room.
@@ -67,6 +71,36 @@ end
     };
 }
 
+/// Lua: `webhooks(list, dropped, cap, base, at)` returns a function recording one webhook
+/// event (`kind`, room, and for a participant its peer id and room entry
+/// "seq|node|{name,user}") onto the list, trimmed to `cap` (0: webhooks off, nothing recorded)
+/// with the trimmed counted. Ids are `base-1`, `base-2`, … as `webhooks::Batch` numbers them.
+macro_rules! webhooks_fn {
+    () => {
+        r#"
+local function webhooks(list, dropped, cap, base, at)
+  local n = 0
+  cap, at = tonumber(cap), tonumber(at)
+  return function(kind, room, sid, value)
+    if cap <= 0 then return end
+    n = n + 1
+    local event = {id = base .. '-' .. n, event = kind, roomId = room, createdAt = at}
+    if sid then
+      local ok, who = pcall(cjson.decode, string.match(value, '^[^|]*|[^|]*|(.*)$') or '')
+      if not ok or type(who) ~= 'table' then who = {} end
+      event.participant = {id = sid, name = who.name, userId = who.user}
+    end
+    local length = redis.call('RPUSH', list, cjson.encode(event))
+    if length > cap then
+      redis.call('LTRIM', list, length - cap, -1)
+      redis.call('INCRBY', dropped, length - cap)
+    end
+  end
+end
+"#
+    };
+}
+
 /// The room as a joiner finds it: member count, membership and lock.
 const PEEK: &str = r#"
 local room, lock = KEYS[1], KEYS[2]
@@ -79,11 +113,16 @@ return {
 
 /// Joins if the room's lock is what the joiner expected (`expect` is `empty`, `open` or
 /// `locked` with the seal in ARGV[6]); the joiner of an empty room sets its seal (ARGV[7],
-/// empty for an open room).
-const JOIN: &str = r#"
+/// empty for an open room). ARGV[9] is the room's name; KEYS[6] its birth time. Webhooks:
+/// KEYS[7..8], ARGV[10..12].
+const JOIN: &str = concat!(
+    webhooks_fn!(),
+    r#"
 local room, media, mine, seqkey, lock, born = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local sid, record, max, entry = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local expect, expected, seal, node = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local room_id = ARGV[9]
+local hook = webhooks(KEYS[7], KEYS[8], ARGV[10], ARGV[11], ARGV[12])
 if redis.call('HEXISTS', room, sid) == 1 then return {'already', {}, {}} end
 local count = redis.call('HLEN', room)
 if count >= max then return {'full', {}, {}} end
@@ -102,21 +141,34 @@ end
 local members = redis.call('HGETALL', room)
 local states = redis.call('HGETALL', media)
 local seq = redis.call('INCR', seqkey)
-redis.call('HSET', room, sid, seq .. '|' .. node .. '|' .. record)
+local value = seq .. '|' .. node .. '|' .. record
+redis.call('HSET', room, sid, value)
 redis.call('SADD', mine, entry)
+if count == 0 then hook('room_started', room_id) end
+hook('participant_joined', room_id, sid, value)
 return {'joined', members, states}
-"#;
+"#
+);
 
+/// ARGV[3] is the room's name; KEYS[5] its birth time. Webhooks: KEYS[6..7], ARGV[4..6].
 const LEAVE: &str = concat!(
     placed_fn!(),
+    webhooks_fn!(),
     r#"
 local room, media, mine, lock, born = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local sid, entry = ARGV[1], ARGV[2]
+local sid, entry, room_id = ARGV[1], ARGV[2], ARGV[3]
+local hook = webhooks(KEYS[6], KEYS[7], ARGV[4], ARGV[5], ARGV[6])
 redis.call('SREM', mine, entry)
-if redis.call('HDEL', room, sid) == 0 then return {0, {}} end
+local value = redis.call('HGET', room, sid)
+if not value then return {0, {}} end
+redis.call('HDEL', room, sid)
 redis.call('HDEL', media, sid)
 local remaining = placed(room)
-if #remaining == 0 then redis.call('DEL', lock, born) end
+hook('participant_left', room_id, sid, value)
+if #remaining == 0 then
+  redis.call('DEL', lock, born)
+  hook('room_finished', room_id)
+end
 return {1, remaining}
 "#
 );
@@ -163,12 +215,15 @@ return 0
 
 /// Removes a dead node's entries; returns a flat list of room, peer, remaining peers and their
 /// nodes (`peer node peer node …`) per departure. Runs only if the node is still registered and its heartbeat is
-/// gone, so two survivors cannot both announce the same departures.
+/// gone, so two survivors cannot both announce the same departures. Webhooks: KEYS[4..5],
+/// ARGV[3..5].
 const REAP: &str = concat!(
     placed_fn!(),
+    webhooks_fn!(),
     r#"
 local nodes, mine, alive = KEYS[1], KEYS[2], KEYS[3]
 local node, prefix = ARGV[1], ARGV[2]
+local hook = webhooks(KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5])
 if redis.call('EXISTS', alive) == 1 then return {} end
 if redis.call('SREM', nodes, node) == 0 then return {} end
 local out = {}
@@ -176,10 +231,16 @@ for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
   local cut = string.find(entry, '\n', 1, true)
   local room, sid = string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1)
   local roomkey = prefix .. 'room:' .. room
-  if redis.call('HDEL', roomkey, sid) == 1 then
+  local value = redis.call('HGET', roomkey, sid)
+  if value then
+    redis.call('HDEL', roomkey, sid)
     redis.call('HDEL', prefix .. 'media:' .. room, sid)
     local remaining = placed(roomkey)
-    if #remaining == 0 then redis.call('DEL', prefix .. 'lock:' .. room, prefix .. 'born:' .. room) end
+    hook('participant_left', room, sid, value)
+    if #remaining == 0 then
+      redis.call('DEL', prefix .. 'lock:' .. room, prefix .. 'born:' .. room)
+      hook('room_finished', room)
+    end
     table.insert(out, room)
     table.insert(out, sid)
     table.insert(out, table.concat(remaining, ' '))
@@ -247,6 +308,31 @@ end
 return false
 "#;
 
+/// Takes the webhook delivery lease (KEYS[1]) for node ARGV[1] if it is free, or renews it if
+/// that node holds it, for ARGV[2] ms; 1 if the node holds it now.
+const CLAIM_WEBHOOKS: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Removes the delivered event ARGV[2] from the head of the list (KEYS[1]), if node ARGV[1]
+/// still holds the lease (KEYS[2]) and the event is still the head (a full list may have
+/// trimmed it meanwhile).
+const POP_WEBHOOK: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[2] then return 0 end
+redis.call('LPOP', KEYS[1])
+return 1
+"#;
+
+/// Gives the lease (KEYS[1]) up if node ARGV[1] holds it.
+const RELEASE_WEBHOOKS: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 #[derive(Serialize, Deserialize)]
 struct Record {
     name: String,
@@ -263,6 +349,8 @@ pub struct Departure {
 pub struct RedisRooms {
     conn: ConnectionManager,
     node: NodeId,
+    /// Most webhook events the list holds; 0 while webhooks are off.
+    webhooks: usize,
     peek: Script,
     join: Script,
     leave: Script,
@@ -323,6 +411,73 @@ impl Postbox {
     }
 }
 
+/// (Cluster mode) the webhook list and its delivery lease, for the node sending webhooks.
+#[derive(Clone)]
+pub struct WebhookList {
+    conn: ConnectionManager,
+    node: NodeId,
+    claim: Script,
+    pop: Script,
+    release: Script,
+}
+
+impl WebhookList {
+    /// The oldest event waiting, if any.
+    pub async fn head(&self) -> Result<Option<String>, StoreError> {
+        redis::cmd("LINDEX")
+            .arg(webhooks_key())
+            .arg(0)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    /// Removes `body`, delivered, if it is still the head and this node still holds the lease.
+    pub async fn pop(&self, body: &str) -> Result<(), StoreError> {
+        self.pop
+            .key(webhooks_key())
+            .key(webhook_sender_key())
+            .arg(self.node.as_str())
+            .arg(body)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Takes the delivery lease if it is free, or renews it if this node holds it, for `ttl`;
+    /// whether this node holds it now.
+    pub async fn claim(&self, ttl: Duration) -> Result<bool, StoreError> {
+        self.claim
+            .key(webhook_sender_key())
+            .arg(self.node.as_str())
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)
+    }
+
+    pub async fn release(&self) -> Result<(), StoreError> {
+        self.release
+            .key(webhook_sender_key())
+            .arg(self.node.as_str())
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Events the list has dropped, full, since it was created.
+    pub async fn dropped(&self) -> Result<u64, StoreError> {
+        let count: Option<u64> = redis::cmd("GET")
+            .arg(webhooks_dropped_key())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(count.unwrap_or(0))
+    }
+}
+
 /// A call of `script` with a session's rooms as its keys.
 fn keyed_by_rooms<'a>(script: &'a Script, rooms: &[Arc<str>]) -> redis::ScriptInvocation<'a> {
     let mut call = script.prepare_invoke();
@@ -380,6 +535,18 @@ fn heir_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:heir")
 }
 
+fn webhooks_key() -> String {
+    format!("{PREFIX}webhooks")
+}
+
+fn webhooks_dropped_key() -> String {
+    format!("{PREFIX}webhooks:dropped")
+}
+
+fn webhook_sender_key() -> String {
+    format!("{PREFIX}webhooks:sender")
+}
+
 fn nodes_key() -> String {
     format!("{PREFIX}nodes")
 }
@@ -423,6 +590,7 @@ impl RedisRooms {
         let rooms = RedisRooms {
             conn,
             node,
+            webhooks: 0,
             peek: Script::new(PEEK),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -441,6 +609,29 @@ impl RedisRooms {
 
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Makes the membership scripts record webhook events, at most `cap` waiting, and returns
+    /// the list they go to.
+    pub fn record_webhooks(&mut self, cap: usize) -> WebhookList {
+        self.webhooks = cap;
+        WebhookList {
+            conn: self.conn.clone(),
+            node: self.node.clone(),
+            claim: Script::new(CLAIM_WEBHOOKS),
+            pop: Script::new(POP_WEBHOOK),
+            release: Script::new(RELEASE_WEBHOOKS),
+        }
+    }
+
+    /// Appends the webhook keys and arguments every membership script takes last.
+    fn with_webhooks(&self, call: &mut redis::ScriptInvocation<'_>) {
+        let batch = (self.webhooks > 0).then(crate::webhooks::Batch::new);
+        call.key(webhooks_key())
+            .key(webhooks_dropped_key())
+            .arg(self.webhooks)
+            .arg(batch.as_ref().map_or("", |b| b.id_base()))
+            .arg(batch.as_ref().map_or(0, |b| b.created_at()));
     }
 
     /// Posts letters to other nodes, in order, on the connection the scripts use.
@@ -521,9 +712,8 @@ impl RedisRooms {
             user: member.user_id.to_string(),
         })
         .map_err(|e| StoreError(e.to_string()))?;
-        let (status, flat_members, flat_media): (String, Vec<String>, Vec<String>) = self
-            .join
-            .key(room_key(room))
+        let mut call = self.join.prepare_invoke();
+        call.key(room_key(room))
             .key(media_key(room))
             .key(members_key(self.node.as_str()))
             .key(format!("{PREFIX}seq"))
@@ -537,6 +727,9 @@ impl RedisRooms {
             .arg(expected)
             .arg(seal)
             .arg(self.node.as_str())
+            .arg(room);
+        self.with_webhooks(&mut call);
+        let (status, flat_members, flat_media): (String, Vec<String>, Vec<String>) = call
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -685,15 +878,17 @@ impl RedisRooms {
         room: &str,
         peer: &PeerId,
     ) -> Result<Option<Vec<Recipient>>, StoreError> {
-        let (was_member, remaining): (bool, Vec<String>) = self
-            .leave
-            .key(room_key(room))
+        let mut call = self.leave.prepare_invoke();
+        call.key(room_key(room))
             .key(media_key(room))
             .key(members_key(self.node.as_str()))
             .key(lock_key(room))
             .key(born_key(room))
             .arg(peer.as_str())
             .arg(entry(room, peer))
+            .arg(room);
+        self.with_webhooks(&mut call);
+        let (was_member, remaining): (bool, Vec<String>) = call
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -892,16 +1087,14 @@ impl RedisRooms {
             .map_err(store_error)?;
         let mut departures = Vec::new();
         for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
-            let flat: Vec<String> = self
-                .reap
-                .key(nodes_key())
+            let mut call = self.reap.prepare_invoke();
+            call.key(nodes_key())
                 .key(members_key(node))
                 .key(alive_key(node))
                 .arg(node)
-                .arg(PREFIX)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(store_error)?;
+                .arg(PREFIX);
+            self.with_webhooks(&mut call);
+            let flat: Vec<String> = call.invoke_async(&mut conn).await.map_err(store_error)?;
             if !flat.is_empty() {
                 crate::metrics::get().reaped_nodes.inc();
                 tracing::warn!(

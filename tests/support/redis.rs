@@ -180,7 +180,7 @@ fn fresh_dir(port: u16) -> PathBuf {
 
 /// Makes a CA and a certificate it signs for `localhost` and 127.0.0.1 in `dir`
 /// (`ca.pem`, `server.pem`, `server.key`); returns the CA's file.
-fn make_certificates(dir: &std::path::Path) -> PathBuf {
+pub fn make_certificates(dir: &std::path::Path) -> PathBuf {
     let openssl = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
             .args(args)
