@@ -26,22 +26,38 @@ const TLS_PASSWORD: &str = "tls-test-password-0f3a";
 
 impl Redis {
     pub async fn start() -> Redis {
-        let port = free_port();
-        Redis::start_on(port).await
+        Redis::on_a_free_port(|port| (fresh_dir(port), None)).await
     }
 
     /// A new, empty Redis on `port`.
     pub async fn start_on(port: u16) -> Redis {
-        Redis::start_in(port, fresh_dir(port), None).await
+        Redis::start_in(port, fresh_dir(port), None)
+            .await
+            .unwrap_or_else(|| panic!("port {port} is taken"))
+    }
+
+    /// Another test may take a free port between our look and redis-server's bind (its
+    /// `redis-server` would then answer for ours): try again on another.
+    async fn on_a_free_port(setup: impl Fn(u16) -> (PathBuf, Option<PathBuf>)) -> Redis {
+        for _ in 0..10 {
+            let port = free_port();
+            let (dir, ca) = setup(port);
+            if let Some(redis) = Redis::start_in(port, dir, ca).await {
+                return redis;
+            }
+        }
+        panic!("no free port for redis-server in 10 tries");
     }
 
     /// A new, empty Redis that speaks only TLS, with a certificate from a private CA (made
     /// with the `openssl` command line) and only an ACL user.
     pub async fn start_tls() -> Redis {
-        let port = free_port();
-        let dir = fresh_dir(port);
-        let ca = make_certificates(&dir);
-        Redis::start_in(port, dir, Some(ca)).await
+        Redis::on_a_free_port(|port| {
+            let dir = fresh_dir(port);
+            let ca = make_certificates(&dir);
+            (dir, Some(ca))
+        })
+        .await
     }
 
     /// A CA that did not sign this Redis's certificate (TLS only).
@@ -64,10 +80,13 @@ impl Redis {
 
     /// The server [`Redis::shut_down_saving`] stopped, with its data, on the same port.
     pub async fn start_again((port, dir): (u16, PathBuf)) -> Redis {
-        Redis::start_in(port, dir, None).await
+        Redis::start_in(port, dir, None)
+            .await
+            .unwrap_or_else(|| panic!("port {port} was taken meanwhile"))
     }
 
-    async fn start_in(port: u16, dir: PathBuf, ca: Option<PathBuf>) -> Redis {
+    /// `None` if another process answers on `port`.
+    async fn start_in(port: u16, dir: PathBuf, ca: Option<PathBuf>) -> Option<Redis> {
         let mut command = Command::new("redis-server");
         match &ca {
             None => command.args(["--port", &port.to_string()]),
@@ -100,18 +119,31 @@ impl Redis {
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed (run scripts/setup)");
-        let redis = Redis {
+        let mut redis = Redis {
             port,
             dir: Some(dir),
             child,
             ca,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.connection().await.is_err() {
+        let mut conn = loop {
+            if let Ok(conn) = redis.connection().await {
+                break conn;
+            }
+            if let Ok(Some(_)) = redis.child.try_wait() {
+                return None; // it could not bind the port
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await; // waiting for a process to listen
-        }
-        redis
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        let ours = redis.child.id().map(|pid| format!("process_id:{pid}"));
+        ours.is_some_and(|ours| info.lines().any(|l| l.trim() == ours))
+            .then_some(redis)
     }
 
     /// A server node of a cluster on this Redis, with default settings.
