@@ -120,6 +120,23 @@ impl Receiver {
     }
 
     /// The next new event, which must be `kind` in `room` (about `participant`, if given).
+    /// `participant_joined` for each of `peers` (with its user) in `room`, in order; returns
+    /// the events' ids.
+    async fn expect_joined(&mut self, room: &str, peers: &[(&support::Peer, &str)]) -> Vec<Value> {
+        let mut ids = Vec::new();
+        for (peer, user) in peers {
+            let joined = self
+                .expect("participant_joined", room, Some(peer.id()))
+                .await;
+            assert_eq!(
+                joined.event["participant"],
+                json!({ "id": peer.id(), "name": user, "userId": user })
+            );
+            ids.push(joined.event["id"].clone());
+        }
+        ids
+    }
+
     async fn expect(&mut self, kind: &str, room: &str, participant: Option<&str>) -> Delivery {
         let delivery = self.next().await;
         let event = &delivery.event;
@@ -257,21 +274,18 @@ async fn a_call_is_told_in_order_and_signed() {
 
     let started = receiver.expect("room_started", "w", None).await;
     let mut ids = vec![started.event["id"].clone()];
-    for (peer, user) in [
-        (&alice, "alice"),
-        (&bob, "bob"),
-        (&carol, "carol"),
-        (&dave, "dave"),
-    ] {
-        let joined = receiver
-            .expect("participant_joined", "w", Some(peer.id()))
-            .await;
-        assert_eq!(
-            joined.event["participant"],
-            json!({ "id": peer.id(), "name": user, "userId": user })
-        );
-        ids.push(joined.event["id"].clone());
-    }
+    let joined = receiver
+        .expect_joined(
+            "w",
+            &[
+                (&alice, "alice"),
+                (&bob, "bob"),
+                (&carol, "carol"),
+                (&dave, "dave"),
+            ],
+        )
+        .await;
+    ids.extend(joined);
     let distinct: HashSet<String> = ids.iter().map(|id| id.to_string()).collect();
     assert_eq!(distinct.len(), ids.len(), "ids are unique: {ids:?}");
 
@@ -405,20 +419,17 @@ async fn a_cluster_sends_each_event_once_in_order() {
     let (dave, _) = b.joined("dave", "c").await;
     carol.emit("leave-room", json!({ "roomId": "c" }));
     receiver.expect("room_started", "c", None).await;
-    for (peer, user) in [
-        (&alice, "alice"),
-        (&bob, "bob"),
-        (&carol, "carol"),
-        (&dave, "dave"),
-    ] {
-        let joined = receiver
-            .expect("participant_joined", "c", Some(peer.id()))
-            .await;
-        assert_eq!(
-            joined.event["participant"],
-            json!({ "id": peer.id(), "name": user, "userId": user })
-        );
-    }
+    receiver
+        .expect_joined(
+            "c",
+            &[
+                (&alice, "alice"),
+                (&bob, "bob"),
+                (&carol, "carol"),
+                (&dave, "dave"),
+            ],
+        )
+        .await;
     receiver
         .expect("participant_left", "c", Some(carol.id()))
         .await;

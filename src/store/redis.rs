@@ -841,16 +841,25 @@ impl RedisRooms {
         Ok(summaries)
     }
 
+    /// The ids in the cluster's node set other than this node's, alive or not.
+    async fn other_registered(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(nodes_key())
+            .query_async(conn)
+            .await
+            .map_err(store_error)?;
+        nodes.retain(|n| n.as_str() != self.node.as_str());
+        Ok(nodes)
+    }
+
     /// The other nodes of the cluster whose heartbeat is alive.
     pub async fn other_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
         let mut conn = self.conn.clone();
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(nodes_key())
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
         let mut alive = Vec::new();
-        for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
+        for node in &self.other_registered(&mut conn).await? {
             let up: bool = redis::cmd("EXISTS")
                 .arg(alive_key(node))
                 .query_async(&mut conn)
@@ -952,11 +961,7 @@ impl RedisRooms {
     /// is one.
     pub async fn heir(&self) -> Result<Option<NodeId>, StoreError> {
         let mut conn = self.conn.clone();
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(nodes_key())
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+        let nodes = self.other_registered(&mut conn).await?;
         // Marked first, so no node leaves its sessions to this one from now on.
         redis::cmd("SET")
             .arg(draining_key(self.node.as_str()))
@@ -966,7 +971,7 @@ impl RedisRooms {
             .query_async::<()>(&mut conn)
             .await
             .map_err(store_error)?;
-        for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
+        for node in &nodes {
             let (alive, draining): (bool, bool) = redis::pipe()
                 .cmd("EXISTS")
                 .arg(alive_key(node))
@@ -1080,13 +1085,9 @@ impl RedisRooms {
     /// Finds nodes whose heartbeat lapsed and removes their members.
     pub async fn reap_dead_nodes(&self) -> Result<Vec<Departure>, StoreError> {
         let mut conn = self.conn.clone();
-        let nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(nodes_key())
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
         let mut departures = Vec::new();
-        for node in nodes.iter().filter(|n| n.as_str() != self.node.as_str()) {
+        for node in self.other_registered(&mut conn).await? {
+            let node = node.as_str();
             let mut call = self.reap.prepare_invoke();
             call.key(nodes_key())
                 .key(members_key(node))
