@@ -320,6 +320,26 @@ pub fn retry_after_ms(wait: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_window_reopens_when_it_closes_and_limits_again() {
+        let limit = WindowLimit {
+            limit: 1,
+            window: Duration::from_secs(10),
+        };
+        let start = Instant::now();
+        let mut window = FixedWindow::default();
+        window.record(start, limit);
+        assert_eq!(window.blocked_for(start, limit), Some(limit.window));
+        // The attempt at the very instant the window closes opens the next one.
+        let next = start + limit.window;
+        assert_eq!(window.blocked_for(next, limit), None);
+        window.record(next, limit);
+        assert_eq!(window.blocked_for(next, limit), Some(limit.window));
+        let later = next + limit.window + Duration::from_secs(1);
+        window.record(later, limit);
+        assert_eq!(window.blocked_for(later, limit), Some(limit.window));
+    }
+
     const RATES: EventRates = EventRates {
         relay: Rate {
             per_second: 10.0,
