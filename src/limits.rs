@@ -321,6 +321,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_window_expires_only_once_it_has_closed() {
+        let limit = WindowLimit {
+            limit: 3,
+            window: Duration::from_secs(10),
+        };
+        let start = Instant::now();
+        let mut window = FixedWindow::default();
+        assert!(window.expired(start, limit), "nothing counted yet");
+        window.record(start, limit);
+        assert!(!window.expired(start, limit));
+        assert!(!window.expired(start + Duration::from_secs(9), limit));
+        assert!(window.expired(start + limit.window, limit));
+    }
+
+    #[test]
     fn a_window_reopens_when_it_closes_and_limits_again() {
         let limit = WindowLimit {
             limit: 1,
