@@ -321,6 +321,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_says_exactly_how_long_until_the_next_token() {
+        let rate = Rate {
+            per_second: 10.0,
+            burst: 1,
+        };
+        let start = Instant::now();
+        let mut bucket = TokenBucket::default();
+        assert_eq!(bucket.take(start, rate), Ok(()));
+        // Half a token has come back after 50 ms: the other half takes 50 ms more.
+        let wait = bucket.take(start + Duration::from_millis(50), rate);
+        let wait = wait.expect_err("no whole token yet").as_secs_f64();
+        assert!((wait - 0.05).abs() < 1e-6, "{wait}");
+    }
+
+    #[test]
     fn a_window_expires_only_once_it_has_closed() {
         let limit = WindowLimit {
             limit: 3,
