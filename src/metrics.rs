@@ -11,6 +11,7 @@
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -76,37 +77,37 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let counter = IntCounter::new(name, help).expect("a valid metric name");
+/// Registers `metric`, whose name and help are constants of this module (so neither its
+/// definition nor its registration can fail at run time; a unit test builds them all).
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric definitions are constants");
     registry
-        .register(Box::new(counter.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric names are unique");
-    counter
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
 }
 
 fn counters(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let counters = IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric");
-    registry
-        .register(Box::new(counters.clone()))
-        .expect("metric names are unique");
-    counters
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let gauge = IntGauge::new(name, help).expect("a valid metric name");
-    registry
-        .register(Box::new(gauge.clone()))
-        .expect("metric names are unique");
-    gauge
+    register(registry, IntGauge::new(name, help))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let histogram = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-        .expect("a valid histogram");
-    registry
-        .register(Box::new(histogram.clone()))
-        .expect("metric names are unique");
-    histogram
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, Histogram::with_opts(opts))
 }
 
 /// Seconds, from 10 µs (a relay within one node) to 5 s (a join waiting on a slow Redis).
