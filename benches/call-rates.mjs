@@ -42,6 +42,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { CHROMIUM_ARGS as E2E_CHROMIUM_ARGS } from '../tests/e2e/chromium-args.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SERVER_URL = (process.env.SERVER_URL || '').replace(/\/+$/, '');
@@ -73,22 +74,9 @@ const VIEWPORT = { width: vw, height: vh };
 // on a loaded machine one click can take seconds).
 const STORM_CLICKS = process.env.STORM_CLICKS === 'playwright' ? 'playwright' : 'page';
 
-// The flags of tests/e2e/demo.mjs, plus --disable-audio-output (and EXTRA_CHROMIUM_ARGS).
+// The e2e test's flags, plus --disable-audio-output (and EXTRA_CHROMIUM_ARGS).
 const CHROMIUM_ARGS = [
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--auto-select-desktop-capture-source=Entire screen',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--allow-loopback-in-peer-connection',
-  '--disable-background-timer-throttling',
-  '--disable-renderer-backgrounding',
-  '--disable-backgrounding-occluded-windows',
+  ...E2E_CHROMIUM_ARGS,
   // Not in the e2e: with thirty remote audio players on a 2-core machine the sixth
   // page's videos mostly never started; nobody listens here anyway.
   '--disable-audio-output',

@@ -22,6 +22,7 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { CHROMIUM_ARGS } from './chromium-args.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const ARTIFACTS = path.resolve(ROOT, process.env.E2E_ARTIFACTS || 'artifacts/e2e');
@@ -30,25 +31,6 @@ const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SERVER_LOG = process.env.E2E_SERVER_LOG || '';
 const OVERALL_TIMEOUT_MS = 240_000;
 
-const CHROMIUM_ARGS = [
-  '--use-fake-device-for-media-stream', // synthetic camera (moving pattern) + mic (beeps)
-  '--use-fake-ui-for-media-stream', // auto-accept camera/mic and screen-capture prompts
-  '--auto-select-desktop-capture-source=Entire screen', // getDisplayMedia picks the screen
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  // WebRTC ignores loopback interfaces by default; in a network namespace with
-  // only `lo` (run-in-netns.sh) there would be no ICE candidates at all.
-  '--allow-loopback-in-peer-connection',
-  // Hidden/occluded pages must keep decoding video and running timers.
-  '--disable-background-timer-throttling',
-  '--disable-renderer-backgrounding',
-  '--disable-backgrounding-occluded-windows',
-];
 
 const started = Date.now();
 const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)}s`;
