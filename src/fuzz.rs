@@ -136,7 +136,12 @@ proptest! {
 
     #[test]
     fn the_inbox_takes_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = Mail::read(bytes);
+        let _ = Mail::read(bytes.clone());
+        let mut bundle = b"*".to_vec();
+        bundle.extend_from_slice(&bytes);
+        for part in inbox::unbundle(bundle).into_iter().flatten() {
+            let _ = Mail::read(part);
+        }
     }
 
     #[test]

@@ -528,3 +528,62 @@ async fn no_relay_gets_past_a_leave_across_nodes() {
     }
     alice.assert_nothing_before_probe(&bob).await;
 }
+
+/// Many senders relaying at once across nodes: each target gets its sender's relays exactly
+/// once and in order, and the sending node routes them in batches, so Redis publishes fewer
+/// messages than there are relays (a bundle per node per batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_relays_cross_in_batches_in_order() {
+    const PAIRS: usize = 10;
+    const RELAYS: usize = 100;
+    let redis = Redis::start().await;
+    let settings = [
+        ("RELAY_BURST", "100000"),
+        ("MAX_CONNECTIONS_PER_ADDRESS", "400"),
+    ];
+    let (a, b) = (
+        redis.node_with(&settings).await,
+        redis.node_with(&settings).await,
+    );
+    let mut pairs = Vec::new();
+    for k in 0..PAIRS {
+        pairs.push(support::pair(&b, &a, &format!("batch-{k}")).await);
+    }
+    let publishes_before = publish_calls(&redis).await;
+    for (target, sender) in &pairs {
+        for i in 0..RELAYS {
+            sender.relay(target.id(), json!({ "i": i }));
+        }
+    }
+    for (target, sender) in &mut pairs {
+        for i in 0..RELAYS {
+            let got = target.expect("#rtcio:message").await;
+            assert_eq!(
+                (got["source"].clone(), got["data"]["i"].clone()),
+                (json!(sender.id()), json!(i))
+            );
+        }
+        target.assert_nothing_before_probe(sender).await;
+    }
+    let publishes = publish_calls(&redis).await - publishes_before;
+    assert!(
+        publishes < (PAIRS * RELAYS) as u64,
+        "{publishes} publishes for {} relays: none were batched",
+        PAIRS * RELAYS
+    );
+}
+
+/// How many PUBLISH commands Redis has run (inside scripts too).
+async fn publish_calls(redis: &Redis) -> u64 {
+    let mut conn = redis.connection().await.expect("redis");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}

@@ -5,7 +5,8 @@
 //! A letter is one event for some peers of the node, as one binary blob (the payload's bytes
 //! as they are, nothing re-encoded): `peer peer …\nevent\ndata`. Peer ids and event names
 //! never contain a newline or a space; the data runs to the end. A letter with no recipients,
-//! `\n{json}`, is a note between nodes about moving a session (`hub::handover`).
+//! `\n{json}`, is a note between nodes about moving a session (`hub::handover`). Relays
+//! routed in one batch travel to each node as one bundle of letters ([`unbundle`]).
 
 use std::sync::{Arc, Weak};
 
@@ -107,16 +108,42 @@ impl Letter {
 /// them (with an error logged) rather than grow without bound.
 pub const INBOX_DEPTH: usize = 65_536;
 
+/// The mail in one message of the inbox, in order. A bundle, `*` and then `<length>:<mail>`
+/// for each, holds several (the relay batch script writes them); anything else is one.
+/// `None` for a bundle this server did not write.
+pub fn unbundle(message: Vec<u8>) -> Option<Vec<Vec<u8>>> {
+    let Some(mut rest) = message.strip_prefix(b"*") else {
+        return Some(vec![message]);
+    };
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let colon = rest.iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        let end = (colon + 1).checked_add(len)?;
+        parts.push(rest.get(colon + 1..end)?.to_vec());
+        rest = &rest[end..];
+    }
+    Some(parts)
+}
+
 /// Delivers the letters of this node's inbox to its sessions and reads its notes, in the
 /// order they came.
 pub async fn read_inbox(hub: Weak<Hub>, mut inbox: mpsc::Receiver<Vec<u8>>) {
-    while let Some(bytes) = inbox.recv().await {
+    while let Some(message) = inbox.recv().await {
         let Some(hub) = hub.upgrade() else { return };
-        crate::metrics::get().letters_received.inc();
-        match Mail::read(bytes) {
-            Some(Mail::Letter(letter)) => hub.delivery.deliver_letter(letter).await,
-            Some(Mail::Note(json)) => hub.read_note(&json).await,
-            None => tracing::warn!("unreadable letter in this node's inbox; dropped"),
+        let Some(mail) = unbundle(message) else {
+            tracing::warn!("unreadable bundle in this node's inbox; dropped");
+            continue;
+        };
+        crate::metrics::get()
+            .letters_received
+            .inc_by(mail.len() as u64);
+        for bytes in mail {
+            match Mail::read(bytes) {
+                Some(Mail::Letter(letter)) => hub.delivery.deliver_letter(letter).await,
+                Some(Mail::Note(json)) => hub.read_note(&json).await,
+                None => tracing::warn!("unreadable letter in this node's inbox; dropped"),
+            }
         }
     }
 }
@@ -139,6 +166,23 @@ mod tests {
         assert_eq!(read.peers, vec![a, b]);
         assert_eq!(read.event, p::RELAY);
         assert_eq!(read.data.get(), data.get());
+    }
+
+    #[test]
+    fn a_bundle_opens_into_its_letters_in_order() {
+        let data = RawValue::from_string("{\"a\":\"x:1*\\n\"}".into()).expect("json");
+        let one = letter(&[&peer("a")], &body(p::RELAY, &data));
+        let two = letter(&[&peer("b")], &body(p::CHAT_MESSAGE, &data));
+        let mut bundle = b"*".to_vec();
+        for part in [&one, &two] {
+            bundle.extend_from_slice(format!("{}:", part.len()).as_bytes());
+            bundle.extend_from_slice(part);
+        }
+        assert_eq!(unbundle(bundle), Some(vec![one.clone(), two]));
+        assert_eq!(unbundle(one.clone()), Some(vec![one]));
+        for bad in [&b"*3:ab"[..], b"*x:abc", b"*3abc", b"*99999999999999999999999:a", b"*2:ab1"] {
+            assert_eq!(unbundle(bad.to_vec()), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub enum RoomStore {
 }
 
 /// Room state could not be read or written (cluster mode only: Redis unreachable).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoreError(pub String);
 
 impl std::fmt::Display for StoreError {
@@ -228,7 +228,7 @@ impl RoomStore {
             } else {
                 RelayRoute::Unshared
             }),
-            RoomStore::Redis(redis) => redis.route_relay(&session.rooms(), target, body()).await,
+            RoomStore::Redis(redis) => redis.route_relay(session.rooms(), target, body()).await,
         }
     }
 
