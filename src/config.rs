@@ -88,6 +88,24 @@ pub struct Config {
     #[arg(long, env = "ECHO_BURST", default_value_t = 140)]
     pub echo_burst: u32,
 
+    /// Bytes of relays and echoes one socket may send per second, sustained, and in a burst
+    /// above that (each event costs its payload's size). Over it: `error` `rate-limited`, as
+    /// for the event rates. A newcomer to a full room of 50 relays some 250 KB of offers; a
+    /// flooder at this rate cannot fill a peer's [`Config::max_queued_bytes`] on its own.
+    #[arg(long, env = "SEND_BYTES_RATE", default_value_t = 32_768.0)]
+    pub send_bytes_rate: f64,
+    #[arg(long, env = "SEND_BYTES_BURST", default_value_t = 1_048_576)]
+    pub send_bytes_burst: u32,
+
+    /// Most bytes of relays and echoes waiting to be written to one socket. socketioxide does
+    /// not say how full its queue is, so what is counted is what the socket was given within
+    /// the longest time a client that stops reading stays connected (`PING_INTERVAL_MS` +
+    /// `PING_TIMEOUT_MS`): at most half of this at once, and half again over that time. The
+    /// sender whose event would go over it is disconnected, never the socket it floods. At
+    /// least 4 times `MAX_PAYLOAD_BYTES`.
+    #[arg(long, env = "MAX_QUEUED_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_queued_bytes: u32,
+
     /// A socket that keeps going over a rate this long (no pause of a second) is disconnected.
     #[arg(long, env = "FLOOD_DISCONNECT_MS", default_value_t = 10_000)]
     pub flood_disconnect_ms: u64,

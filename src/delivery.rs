@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::cluster::inbox::{self, Letter};
 use crate::ids::{Credential, NodeId, PeerId};
+use crate::limits::Rate;
 use crate::metrics;
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::outbox::KeepLimits;
@@ -38,6 +39,8 @@ pub struct Delivery {
     /// The sessions of this node, connected or away.
     sessions: DashMap<PeerId, Arc<Session>>,
     keep: KeepLimits,
+    /// Bytes of relays and echoes a socket may be given (see `write_in_order`).
+    queue_budget: Rate,
     /// Sessions on their way here from another node: the events that came first, held until
     /// the session itself arrives.
     arriving: DashMap<PeerId, Arrival>,
@@ -57,6 +60,7 @@ impl Delivery {
         io: SocketIo,
         postbox: Option<Postbox>,
         keep: KeepLimits,
+        queue_budget: Rate,
         recoverable: bool,
         overflow: mpsc::UnboundedSender<Overflow>,
     ) -> Delivery {
@@ -68,6 +72,7 @@ impl Delivery {
             forwards: DashMap::new(),
             flooders: DashMap::new(),
             keep,
+            queue_budget,
             recoverable,
             overflow,
         }
@@ -309,10 +314,11 @@ impl Delivery {
     }
 
     /// Writes to the socket serving `session`, behind any backlog it has. A full outgoing
-    /// queue (thousands of events behind) is blamed on whoever filled it: a peer whose relays
-    /// or echoes overflow it is disconnected, and that event dropped. Anything else waits in
-    /// the session's backlog (bounded) for the queue to drain, in order, so the client's view of
-    /// the room stays whole; a socket that does not catch up in time is disconnected.
+    /// queue (thousands of events behind), or a relay or echo over the bytes the socket may be
+    /// given, is blamed on whoever sent it: that peer is disconnected, and the event dropped.
+    /// Anything else waits in the session's backlog (bounded) for the queue to drain, in order,
+    /// so the client's view of the room stays whole; a socket that does not catch up in time is
+    /// disconnected.
     fn write_in_order(
         &self,
         session: &Arc<Session>,
@@ -324,6 +330,15 @@ impl Delivery {
         let Some(socket) = self.socket(sid) else {
             return;
         };
+        let size = u32::try_from(data.get().len()).unwrap_or(u32::MAX);
+        if link
+            .room_to_queue
+            .take_many(Instant::now(), self.queue_budget, size)
+            .is_err()
+            && let Some(sender) = self.sender_of(event, data)
+        {
+            return self.cut_off_flooder(sender, &socket);
+        }
         if link.backlog.is_empty() {
             match socket.emit(event, &**data) {
                 Ok(()) => return,

@@ -216,12 +216,15 @@ pub struct EventRates {
     pub relay: Rate,
     pub room: Rate,
     pub echo: Rate,
+    /// Bytes of relays and echoes (each event costs its payload's size).
+    pub bytes: Rate,
     /// A socket still going over a rate after this long (with no pause of a second) is
     /// disconnected.
     pub flood_for: Duration,
 }
 
-/// A token bucket: `burst` tokens, refilled at `per_second`; each event takes one.
+/// A token bucket: `burst` tokens, refilled at `per_second`; each event takes one (or, for a
+/// budget of bytes, its size).
 #[derive(Debug, Clone, Copy)]
 pub struct TokenBucket {
     tokens: f64,
@@ -231,7 +234,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// Takes a token, or says how long until one is there.
     pub fn take(&mut self, now: Instant, rate: Rate) -> Result<(), Duration> {
-        let burst = f64::from(rate.burst);
+        self.take_many(now, rate, 1)
+    }
+
+    /// Takes `cost` tokens, or (taking none) says how long until they are there.
+    pub fn take_many(&mut self, now: Instant, rate: Rate, cost: u32) -> Result<(), Duration> {
+        let (burst, cost) = (f64::from(rate.burst), f64::from(cost));
         let tokens = match self.updated {
             None => burst,
             Some(then) => {
@@ -240,13 +248,13 @@ impl TokenBucket {
             }
         };
         self.updated = Some(now);
-        if tokens >= 1.0 {
-            self.tokens = tokens - 1.0;
+        if tokens >= cost {
+            self.tokens = tokens - cost;
             return Ok(());
         }
         self.tokens = tokens;
         let wait = if rate.per_second > 0.0 {
-            (1.0 - tokens) / rate.per_second
+            (cost - tokens) / rate.per_second
         } else {
             f64::from(u32::MAX)
         };
@@ -260,6 +268,7 @@ pub struct SocketRates {
     relay: TokenBucket,
     room: TokenBucket,
     echo: TokenBucket,
+    bytes: TokenBucket,
     /// Since when it has been refused with no pause of a second, and its last refusal.
     flooding: Option<(Instant, Instant)>,
 }
@@ -287,13 +296,30 @@ pub enum Verdict {
 const FLOOD_PAUSE: Duration = Duration::from_secs(1);
 
 impl SocketRates {
-    pub fn check(&mut self, class: EventClass, now: Instant, rates: &EventRates) -> Verdict {
+    /// Counts one event of `class` whose payload is `size` bytes.
+    pub fn check(
+        &mut self,
+        class: EventClass,
+        size: usize,
+        now: Instant,
+        rates: &EventRates,
+    ) -> Verdict {
         let (bucket, rate) = match class {
             EventClass::Relay => (&mut self.relay, rates.relay),
             EventClass::Room => (&mut self.room, rates.room),
             EventClass::Echo => (&mut self.echo, rates.echo),
         };
-        let Err(wait) = bucket.take(now, rate) else {
+        let taken = bucket.take(now, rate).and_then(|()| match class {
+            EventClass::Room => Ok(()),
+            EventClass::Relay | EventClass::Echo => {
+                let size = u32::try_from(size).unwrap_or(u32::MAX);
+                // A refused event costs nothing: its token is given back.
+                self.bytes
+                    .take_many(now, rates.bytes, size)
+                    .inspect_err(|_| bucket.tokens += 1.0)
+            }
+        });
+        let Err(wait) = taken else {
             return Verdict::Allowed;
         };
         let since = match self.flooding {
@@ -319,6 +345,26 @@ pub fn retry_after_ms(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relays_and_echoes_also_spend_their_bytes_and_room_events_do_not() {
+        let mut rates = SocketRates::default();
+        let t0 = Instant::now();
+        assert_eq!(rates.check(EventClass::Relay, 60, t0, &RATES), Verdict::Allowed);
+        // 40 bytes left: a 41-byte echo waits for one more byte, a millisecond at 1000/s.
+        assert_eq!(
+            rates.check(EventClass::Echo, 41, t0, &RATES),
+            Verdict::Refused(Duration::from_millis(1))
+        );
+        assert_eq!(rates.check(EventClass::Room, 500, t0, &RATES), Verdict::Allowed);
+        assert_eq!(rates.check(EventClass::Relay, 40, t0, &RATES), Verdict::Allowed);
+        let t1 = t0 + Duration::from_millis(30);
+        assert!(matches!(
+            rates.check(EventClass::Relay, 31, t1, &RATES),
+            Verdict::Refused(_)
+        ));
+        assert_eq!(rates.check(EventClass::Relay, 30, t1, &RATES), Verdict::Allowed);
+    }
 
     #[test]
     fn a_refusal_says_exactly_how_long_until_the_next_token() {
@@ -383,6 +429,10 @@ mod tests {
             per_second: 1.0,
             burst: 1,
         },
+        bytes: Rate {
+            per_second: 1000.0,
+            burst: 100,
+        },
         flood_for: Duration::from_secs(5),
     };
 
@@ -391,18 +441,18 @@ mod tests {
         let mut rates = SocketRates::default();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert_eq!(rates.check(EventClass::Relay, t0, &RATES), Verdict::Allowed);
+            assert_eq!(rates.check(EventClass::Relay, 1, t0, &RATES), Verdict::Allowed);
         }
-        let Verdict::Refused(wait) = rates.check(EventClass::Relay, t0, &RATES) else {
+        let Verdict::Refused(wait) = rates.check(EventClass::Relay, 1, t0, &RATES) else {
             panic!("over the burst");
         };
         assert_eq!(wait, Duration::from_millis(100));
         // Each class has its own bucket.
-        assert_eq!(rates.check(EventClass::Room, t0, &RATES), Verdict::Allowed);
+        assert_eq!(rates.check(EventClass::Room, 1, t0, &RATES), Verdict::Allowed);
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(rates.check(EventClass::Relay, t1, &RATES), Verdict::Allowed);
+        assert_eq!(rates.check(EventClass::Relay, 1, t1, &RATES), Verdict::Allowed);
         assert!(matches!(
-            rates.check(EventClass::Relay, t1, &RATES),
+            rates.check(EventClass::Relay, 1, t1, &RATES),
             Verdict::Refused(_)
         ));
     }
@@ -415,16 +465,16 @@ mod tests {
         // Refused every 500 ms for 5 s: a flood.
         for step in 0..=10 {
             let now = t0 + Duration::from_millis(500 * step);
-            while rates.check(EventClass::Echo, now, &RATES) == Verdict::Allowed {}
-            verdict = rates.check(EventClass::Echo, now, &RATES);
+            while rates.check(EventClass::Echo, 1, now, &RATES) == Verdict::Allowed {}
+            verdict = rates.check(EventClass::Echo, 1, now, &RATES);
         }
         assert_eq!(verdict, Verdict::Flooding);
         // A pause of a second starts over.
         let mut rates = SocketRates::default();
         for step in 0..=10 {
             let now = t0 + Duration::from_millis(1500 * step);
-            while rates.check(EventClass::Echo, now, &RATES) == Verdict::Allowed {}
-            verdict = rates.check(EventClass::Echo, now, &RATES);
+            while rates.check(EventClass::Echo, 1, now, &RATES) == Verdict::Allowed {}
+            verdict = rates.check(EventClass::Echo, 1, now, &RATES);
         }
         assert!(matches!(verdict, Verdict::Refused(_)));
     }

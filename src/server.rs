@@ -58,6 +58,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    if (config.max_queued_bytes as usize) < config.max_payload_bytes.saturating_mul(4) {
+        return Err(StartError(
+            "MAX_QUEUED_BYTES must be at least 4 times MAX_PAYLOAD_BYTES".into(),
+        ));
+    }
     let verifier = Arc::new(Verifier::from_config(&config)?);
     let ice = Arc::new(IceServers::from_config(&config)?);
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
@@ -214,17 +219,34 @@ fn limits(config: &Config) -> Limits {
                 per_second: config.echo_rate,
                 burst: config.echo_burst,
             },
+            bytes: Rate {
+                per_second: config.send_bytes_rate,
+                burst: config.send_bytes_burst,
+            },
             flood_for: Duration::from_millis(config.flood_disconnect_ms),
         },
         guesses: config.guess_limits(),
         recovery_window: (config.recovery_window_ms > 0)
             .then(|| Duration::from_millis(config.recovery_window_ms)),
+        queue_budget: queue_budget(config),
         keep: KeepLimits {
             events: KEPT_EVENTS,
             bytes: KEPT_BYTES,
             // A client notices a dead connection once a ping is this late.
             age: config.ping_interval() + config.ping_timeout(),
         },
+    }
+}
+
+/// Half of `MAX_QUEUED_BYTES` at once and half again over the longest a client that stops
+/// reading stays connected (its next ping goes unanswered), so what may still wait for it never
+/// exceeds the whole.
+fn queue_budget(config: &Config) -> Rate {
+    let unread_for = config.ping_interval() + config.ping_timeout();
+    let half = config.max_queued_bytes / 2;
+    Rate {
+        per_second: f64::from(half) / unread_for.as_secs_f64().max(0.001),
+        burst: half,
     }
 }
 

@@ -97,7 +97,8 @@ impl Hub {
             p::JOIN_ROOM | p::CHECK_ROOM | p::LEAVE_ROOM => EventClass::Room,
             _ => EventClass::Echo,
         };
-        let wait = match session.check_rate(class, &self.limits.rates) {
+        let size = frame.payload.map_or(0, |payload| payload.get().len());
+        let wait = match session.check_rate(class, size, &self.limits.rates) {
             Verdict::Allowed => return true,
             Verdict::Refused(wait) => {
                 metrics::get().rate_limited(class);

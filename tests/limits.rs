@@ -183,6 +183,9 @@ async fn an_overflowed_queue_costs_the_sender_not_its_target() {
             ("JWT_SECRET", SECRET),
             ("RELAY_RATE", "1000000"),
             ("RELAY_BURST", "1000000"),
+            ("SEND_BYTES_RATE", "1000000000"),
+            ("SEND_BYTES_BURST", "1000000000"),
+            ("MAX_QUEUED_BYTES", "4000000000"),
         ],
         std::fs::File::create(&log).expect("log file").into(),
     )
@@ -228,6 +231,96 @@ async fn an_overflowed_queue_costs_the_sender_not_its_target() {
         "{text}"
     );
     let _ = std::fs::remove_file(&log);
+}
+
+/// Relays and echoes also spend their bytes: big ones run out before the event count does.
+#[tokio::test]
+async fn big_relays_are_limited_by_their_bytes() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("SEND_BYTES_BURST", "100000"),
+            ("SEND_BYTES_RATE", "1"),
+        ],
+    )
+    .await;
+    let (mut victim, mut mallory) = support::pair(&server, &server, "call").await;
+    let blob = "x".repeat(40_000);
+    for n in 0..3 {
+        mallory.relay(victim.id(), json!({ "n": n, "blob": blob }));
+    }
+    mallory.expect_error("rate-limited").await;
+    // A small relay still fits in what is left.
+    mallory.relay(victim.id(), json!({ "n": 3 }));
+    for n in [0, 1, 3] {
+        assert_eq!(victim.expect("#rtcio:message").await["data"]["n"], json!(n));
+    }
+    victim.assert_nothing_before_probe(&mallory).await;
+}
+
+/// A member that sends a stalled peer more bytes than may wait for it (`MAX_QUEUED_BYTES`)
+/// is disconnected long before the queue's event count fills; the stalled peer stays, and
+/// gets what was let through.
+#[tokio::test]
+async fn the_bytes_waiting_for_a_socket_are_capped_at_the_senders_cost() {
+    let log = std::env::temp_dir().join(format!("rtcio-queued-{}.log", std::process::id()));
+    let server = Server::start_logging_to(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("RELAY_RATE", "1000000"),
+            ("RELAY_BURST", "1000000"),
+            ("SEND_BYTES_RATE", "1000000000"),
+            ("SEND_BYTES_BURST", "1000000000"),
+            ("MAX_QUEUED_BYTES", "1048576"),
+        ],
+        std::fs::File::create(&log).expect("log file").into(),
+    )
+    .await;
+    let (mut victim, mut mallory) = support::pair(&server, &server, "call").await;
+    let (mut carol, _) = server.joined("carol", "call").await;
+    victim.until("#rtcio:init-offer").await;
+    mallory.until("#rtcio:init-offer").await;
+    let mallory_id = mallory.id().to_string();
+    victim.client.sender().read(false);
+    let blob = "x".repeat(40_000);
+    // Half a MiB may wait at once: 13 of these; the 14th costs mallory its connection.
+    for n in 0..40 {
+        mallory.relay(victim.id(), json!({ "n": n, "blob": blob }));
+    }
+    mallory.expect_closed().await;
+    let gone = carol.until("user-disconnected").await;
+    assert_eq!(
+        gone.last().expect("departure").data["id"],
+        json!(mallory_id)
+    );
+    victim.client.sender().read(true);
+    let seen = victim.until("user-disconnected").await;
+    let relays = seen.iter().filter(|e| e.name == "#rtcio:message").count();
+    assert!((13..=15).contains(&relays), "{relays} relays let through");
+    victim.emit("check-room", json!({ "roomId": "call" }));
+    victim.until("room-check-ok").await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("overflowed a peer's outgoing queue; disconnecting the sender"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test]
+async fn a_queue_cap_below_four_events_is_refused_at_start() {
+    let stderr = support::refused_start(&[
+        ("JWT_SECRET", SECRET),
+        ("MAX_PAYLOAD_BYTES", "65536"),
+        ("MAX_QUEUED_BYTES", "200000"),
+    ])
+    .await;
+    assert!(
+        stderr.contains("MAX_QUEUED_BYTES must be at least 4 times MAX_PAYLOAD_BYTES"),
+        "{stderr}"
+    );
 }
 
 /// A client that goes silent (a half-open connection: nothing read, no pong) is dropped once a

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use crate::auth::Verifier;
 use crate::delivery::{Delivery, Overflow};
 use crate::ids::{NodeId, PeerId};
-use crate::limits::{ConnectionCaps, EventRates, GuessLimits};
+use crate::limits::{ConnectionCaps, EventRates, GuessLimits, Rate};
 use crate::session::outbox::KeepLimits;
 use crate::store::{RoomStore, StoreError};
 use crate::turn::IceServers;
@@ -55,6 +55,8 @@ pub struct Limits {
     pub recovery_window: Option<Duration>,
     /// What a session keeps for replay.
     pub keep: KeepLimits,
+    /// Bytes of relays and echoes one socket may be given (`MAX_QUEUED_BYTES`).
+    pub queue_budget: Rate,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
     /// How fast one socket may send each class of event.
@@ -110,7 +112,14 @@ impl Hub {
     ) -> Arc<Self> {
         let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
         let recoverable = limits.recovery_window.is_some();
-        let delivery = Delivery::new(io, rooms.postbox(), limits.keep, recoverable, overflow_tx);
+        let delivery = Delivery::new(
+            io,
+            rooms.postbox(),
+            limits.keep,
+            limits.queue_budget,
+            recoverable,
+            overflow_tx,
+        );
         let node = rooms.node().cloned().unwrap_or_else(NodeId::random);
         let hub = Arc::new(Hub {
             node,

@@ -22,7 +22,9 @@ use socketioxide::socket::Sid;
 
 use crate::auth::Identity;
 use crate::ids::{CredentialDigest, NodeId, PeerId};
-use crate::limits::{EventClass, EventRates, FixedWindow, SocketRates, Verdict, WindowLimit};
+use crate::limits::{
+    EventClass, EventRates, FixedWindow, SocketRates, TokenBucket, Verdict, WindowLimit,
+};
 use outbox::Outbox;
 use serial::Serial;
 
@@ -64,6 +66,8 @@ pub struct Link {
     /// Events for the socket that found its outgoing queue full, in order, waiting for room
     /// (see `delivery`).
     pub backlog: VecDeque<(&'static str, Arc<RawValue>)>,
+    /// Bytes of relays and echoes the socket may still be given now (see `delivery`).
+    pub room_to_queue: TokenBucket,
 }
 
 impl Drop for Session {
@@ -99,6 +103,7 @@ impl Session {
                 moving: false,
                 moved_to: None,
                 backlog: VecDeque::new(),
+                room_to_queue: TokenBucket::default(),
             }),
             serial: Arc::new(Serial::default()),
         }
@@ -142,9 +147,9 @@ impl Session {
         lock(&self.wrong_passwords).blocked_for(std::time::Instant::now(), limit)
     }
 
-    /// Counts one event of `class` against its rate.
-    pub fn check_rate(&self, class: EventClass, rates: &EventRates) -> Verdict {
-        lock(&self.rates).check(class, std::time::Instant::now(), rates)
+    /// Counts one event of `class`, with a payload of `size` bytes, against its rates.
+    pub fn check_rate(&self, class: EventClass, size: usize, rates: &EventRates) -> Verdict {
+        lock(&self.rates).check(class, size, std::time::Instant::now(), rates)
     }
 
     pub fn record_wrong_guess(&self, limit: WindowLimit) {
