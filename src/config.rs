@@ -100,9 +100,9 @@ pub struct Config {
     /// Most bytes of relays and echoes waiting to be written to one socket. socketioxide does
     /// not say how full its queue is, so what is counted is what the socket was given within
     /// the longest time a client that stops reading stays connected (`PING_INTERVAL_MS` +
-    /// `PING_TIMEOUT_MS`): at most half of this at once, and half again over that time. The
-    /// sender whose event would go over it is disconnected, never the socket it floods. At
-    /// least 4 times `MAX_PAYLOAD_BYTES`.
+    /// `PING_TIMEOUT_MS`): at most half of this at once, and half again over that time. An
+    /// event that would go over it is dropped and its sender told to wait (`rate-limited`);
+    /// the socket it floods stays. At least 4 times `MAX_PAYLOAD_BYTES`.
     #[arg(long, env = "MAX_QUEUED_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_queued_bytes: u32,
 

@@ -132,6 +132,13 @@ impl Delivery {
         if link.ended {
             return link.moved_to.clone();
         }
+        if link.socket.is_some()
+            && let Some(over) = self.over_budget(&mut link, event, data)
+        {
+            drop(link);
+            self.refuse_for_target(over, event);
+            return None;
+        }
         if let (Some(sid), false) = (link.socket, self.recoverable) {
             self.write_in_order(session, &mut link, sid, event, data);
             return None;
@@ -151,6 +158,24 @@ impl Delivery {
             let _ = self.overflow.send((Arc::clone(session), link.generation));
         }
         None
+    }
+
+    /// Counts a relay or echo against the bytes its target's socket may be given (see
+    /// `MAX_QUEUED_BYTES`); one over them is dropped (neither kept nor written), and its sender
+    /// and the wait are returned, so the sender can be told. What the server itself sends
+    /// always goes through.
+    fn over_budget(
+        &self,
+        link: &mut Link,
+        event: &str,
+        data: &RawValue,
+    ) -> Option<(PeerId, Duration)> {
+        let size = u32::try_from(data.get().len()).unwrap_or(u32::MAX);
+        let wait = link
+            .room_to_queue
+            .take_many(Instant::now(), self.queue_budget, size)
+            .err()?;
+        Some((self.sender_of(event, data)?, wait))
     }
 
     /// Sends to exactly these members of `room`, wherever they are: into their sessions on this
@@ -313,10 +338,9 @@ impl Delivery {
         }
     }
 
-    /// Writes to the socket serving `session`, behind any backlog it has. A full outgoing
-    /// queue (thousands of events behind), or a relay or echo over the bytes the socket may be
-    /// given, is blamed on whoever sent it: that peer is disconnected, and the event dropped.
-    /// Anything else waits in the session's backlog (bounded) for the queue to drain, in order,
+    /// Writes to the socket serving `session`, behind any backlog it has. A full outgoing queue (thousands of events behind) is blamed on
+    /// whoever filled it: a peer whose relay or echo finds it full is disconnected, and that
+    /// event dropped. Anything else waits in the session's backlog (bounded) for the queue to drain, in order,
     /// so the client's view of the room stays whole; a socket that does not catch up in time is
     /// disconnected.
     fn write_in_order(
@@ -330,28 +354,21 @@ impl Delivery {
         let Some(socket) = self.socket(sid) else {
             return;
         };
-        let size = u32::try_from(data.get().len()).unwrap_or(u32::MAX);
-        if link
-            .room_to_queue
-            .take_many(Instant::now(), self.queue_budget, size)
-            .is_err()
-            && let Some(sender) = self.sender_of(event, data)
-        {
-            return self.cut_off_flooder(sender, &socket);
-        }
         if link.backlog.is_empty() {
             match socket.emit(event, &**data) {
                 Ok(()) => return,
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
                 Err(e) => {
-                    return tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed");
+                    tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed");
+                    return;
                 }
             }
         }
         if let Some(sender) = self.sender_of(event, data)
             && (link.backlog.is_empty() || self.flooders.contains_key(&sender))
         {
-            return self.cut_off_flooder(sender, &socket);
+            self.cut_off_flooder(sender, &socket);
+            return;
         }
         if link.backlog.len() >= BACKLOG_EVENTS {
             tracing::warn!(sid = %socket.id, event, "too far behind its events; disconnecting the socket");
@@ -414,6 +431,19 @@ impl Delivery {
                 let _ = socket.disconnect();
             }
         });
+    }
+
+    /// Tells the sender of an event dropped for going over its target's queued bytes (if its
+    /// session is on this node) to wait (`rate-limited`). Called with no link locked: two peers
+    /// may be sending to each other.
+    fn refuse_for_target(&self, (sender, wait): (PeerId, Duration), event: &'static str) {
+        let Some(session) = self.session(&sender) else {
+            return tracing::debug!(%sender, event, "a remote peer's event went over its target's queued bytes; dropped");
+        };
+        let refusal = Refusal::RateLimited {
+            retry_after_ms: crate::limits::retry_after_ms(wait),
+        };
+        self.refuse(&session, event, refusal);
     }
 
     /// Answers an event of `session` with `error`.
