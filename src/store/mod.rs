@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod redis;
+mod relays;
 
 use std::sync::Arc;
 

@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use tokio::sync::{mpsc, oneshot};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +47,7 @@ use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
+use super::relays::{Relay, RelayRouter};
 
 const PREFIX: &str = "rtcio:";
 /// A node whose heartbeat is this old is presumed dead.
@@ -198,52 +198,6 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 "#;
 
-/// Routes a batch of relays, in order. ARGV[1] is this node, ARGV[2] the inbox prefix, then
-/// three per relay: how many rooms its sender is in (their keys come next in KEYS), the
-/// target, and the letter's body. Each relay's route comes back: 0 if the target is in none
-/// of those rooms, 1 if its session is on this node, else 2 and the letter is published to
-/// the target's node. A node is sent one message per batch: a lone letter as it is, several
-/// as a bundle (`cluster::inbox`), so a busy node wakes once for many letters.
-const RELAY_BATCH: &str = r#"
-local here, prefix = ARGV[1], ARGV[2]
-local routes, bundles, order = {}, {}, {}
-local key = 1
-for arg = 3, #ARGV, 3 do
-  local rooms, target = tonumber(ARGV[arg]), ARGV[arg + 1]
-  local route = 0
-  for i = key, key + rooms - 1 do
-    local value = redis.call('HGET', KEYS[i], target)
-    if value then
-      local node = string.match(value, '^[^|]*|([^|]*)|') or ''
-      if node == here then
-        route = 1
-      else
-        if not bundles[node] then bundles[node] = {}; table.insert(order, node) end
-        table.insert(bundles[node], target .. '\n' .. ARGV[arg + 2])
-        route = 2
-      end
-      break
-    end
-  end
-  table.insert(routes, route)
-  key = key + rooms
-end
-for _, node in ipairs(order) do
-  local letters, message = bundles[node], nil
-  if #letters == 1 then
-    message = letters[1]
-  else
-    local parts = {'*'}
-    for _, letter in ipairs(letters) do
-      table.insert(parts, #letter .. ':' .. letter)
-    end
-    message = table.concat(parts)
-  end
-  redis.call('PUBLISH', prefix .. node, message)
-end
-return routes
-"#;
-
 /// Removes a dead node's entries; returns a flat list of room, peer, remaining peers and their
 /// nodes (`peer node peer node …`) per departure. Runs only if the node is still registered and its heartbeat is
 /// gone, so two survivors cannot both announce the same departures. Webhooks: KEYS[4..5],
@@ -389,8 +343,7 @@ pub struct RedisRooms {
     take_guess: Script,
     forgive_guess: Script,
     set_media: Script,
-    /// Relays waiting for the batch that routes them (see [`route_relays`]).
-    relays: mpsc::Sender<RelayJob>,
+    relays: Arc<RelayRouter>,
     moves: Script,
     holder: Script,
     reap: Script,
@@ -519,70 +472,12 @@ fn keyed_by_rooms<'a>(script: &'a Script, rooms: &[Arc<str>]) -> redis::ScriptIn
     call
 }
 
-/// A relay on its way to [`RELAY_BATCH`], and where its route is reported.
-struct RelayJob {
-    rooms: Vec<Arc<str>>,
-    target: PeerId,
-    body: Vec<u8>,
-    routed: oneshot::Sender<Result<RelayRoute, StoreError>>,
-}
-
-/// Most relays routed in one script call.
-const RELAY_BATCH_MOST: usize = 256;
-
-/// Starts the task that routes this node's relays, and returns its queue. One batch is in
-/// flight at a time and the next holds whatever queued meanwhile, so a quiet node sends each
-/// relay at once and a busy one pays one round trip, and its peers' nodes one wake-up, for
-/// many. Relays keep their order: a sender waits for its relay's route before its next event.
-fn route_relays(mut conn: ConnectionManager, here: NodeId) -> mpsc::Sender<RelayJob> {
-    let (jobs, mut queue) = mpsc::channel::<RelayJob>(RELAY_BATCH_MOST * 4);
-    tokio::spawn(async move {
-        let script = Script::new(RELAY_BATCH);
-        let mut batch = Vec::with_capacity(RELAY_BATCH_MOST);
-        while queue.recv_many(&mut batch, RELAY_BATCH_MOST).await > 0 {
-            let mut call = script.prepare_invoke();
-            call.arg(here.as_str()).arg(INBOX_PREFIX);
-            for job in &batch {
-                for room in &job.rooms {
-                    call.key(room_key(room));
-                }
-                call.arg(job.rooms.len())
-                    .arg(job.target.as_str())
-                    .arg(job.body.as_slice());
-            }
-            let routes: Result<Vec<u8>, StoreError> =
-                call.invoke_async(&mut conn).await.map_err(store_error);
-            match routes {
-                Ok(routes) if routes.len() == batch.len() => {
-                    for (job, route) in batch.drain(..).zip(routes) {
-                        let route = match route {
-                            0 => RelayRoute::Unshared,
-                            1 => RelayRoute::Here,
-                            _ => RelayRoute::Posted,
-                        };
-                        let _ = job.routed.send(Ok(route));
-                    }
-                }
-                routes => {
-                    let e = routes.err().unwrap_or_else(|| {
-                        StoreError("relay batch: not one route per relay".into())
-                    });
-                    for job in batch.drain(..) {
-                        let _ = job.routed.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    });
-    jobs
-}
-
-fn store_error(e: redis::RedisError) -> StoreError {
+pub(super) fn store_error(e: redis::RedisError) -> StoreError {
     crate::metrics::get().redis_errors.inc();
     StoreError(format!("redis: {e}"))
 }
 
-fn room_key(room: &str) -> String {
+pub(super) fn room_key(room: &str) -> String {
     format!("{PREFIX}room:{room}")
 }
 
@@ -677,7 +572,7 @@ impl RedisRooms {
             .await
             .map_err(store_error)?;
         let node = NodeId::random();
-        let relays = route_relays(conn.clone(), node.clone());
+        let relays = Arc::new(RelayRouter::new(conn.clone(), node.clone()));
         let rooms = RedisRooms {
             conn,
             node,
@@ -1020,16 +915,12 @@ impl RedisRooms {
         if rooms.is_empty() {
             return Ok(RelayRoute::Unshared);
         }
-        let (routed, route) = oneshot::channel();
-        let job = RelayJob {
+        let relay = Relay {
             rooms,
             target: target.clone(),
             body,
-            routed,
         };
-        let gone = || StoreError("relay routing stopped".into());
-        self.relays.send(job).await.map_err(|_| gone())?;
-        route.await.map_err(|_| gone())?
+        self.relays.route(relay).await
     }
 
     /// The live node holding the sessions `node` held: `node` itself while it lives, else the
