@@ -132,8 +132,9 @@ impl Delivery {
         if link.ended {
             return link.moved_to.clone();
         }
+        let now = Instant::now();
         if link.socket.is_some()
-            && let Some(over) = self.over_budget(&mut link, event, data)
+            && let Some(over) = self.over_budget(&mut link, now, event, data)
         {
             drop(link);
             self.refuse_for_target(over, event);
@@ -143,9 +144,7 @@ impl Delivery {
             self.write_in_order(session, &mut link, sid, event, data);
             return None;
         }
-        let within = link
-            .outbox
-            .push(event, Arc::clone(data), Instant::now(), self.keep);
+        let within = link.outbox.push(event, Arc::clone(data), now, self.keep);
         if let Some(sid) = link.socket {
             self.write_in_order(session, &mut link, sid, event, data);
         } else if !within
@@ -167,13 +166,14 @@ impl Delivery {
     fn over_budget(
         &self,
         link: &mut Link,
+        now: Instant,
         event: &str,
         data: &RawValue,
     ) -> Option<(PeerId, Duration)> {
         let size = u32::try_from(data.get().len()).unwrap_or(u32::MAX);
         let wait = link
             .room_to_queue
-            .take_many(Instant::now(), self.queue_budget, size)
+            .take_many(now, self.queue_budget, size)
             .err()?;
         Some((self.sender_of(event, data)?, wait))
     }

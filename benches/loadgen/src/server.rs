@@ -176,6 +176,9 @@ impl Server {
                         ("ROOM_EVENT_BURST", "1000000"),
                         ("ECHO_RATE", "1000000"),
                         ("ECHO_BURST", "1000000"),
+                        ("SEND_BYTES_RATE", "1000000000000"),
+                        ("SEND_BYTES_BURST", "4000000000"),
+                        ("MAX_QUEUED_BYTES", "4000000000"),
                     ])
                     // No per-event logging in either server (the Node reference logs nothing).
                     .env(
