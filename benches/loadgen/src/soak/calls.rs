@@ -152,7 +152,7 @@ struct Call<'a> {
     /// Each member's next echo number, per kind.
     echo_seq: HashMap<(usize, Kind), u64>,
     /// Events the current step must bring: (member, event, the peer it names) -> count.
-    expect: BTreeMap<(usize, &'static str, String), u32>,
+    expect: BTreeMap<(usize, String, String), u32>,
     /// Peers not of the call seen in the room (only with `open_door`).
     outsiders: BTreeSet<String>,
     events: mpsc::UnboundedReceiver<Incoming>,
@@ -306,16 +306,16 @@ impl Call<'_> {
         self.ctx.stats.with(|c| c.lost += lost + outstanding);
     }
 
-    fn expect_one(&mut self, member: usize, event: &'static str, about: &str) {
+    fn expect_one(&mut self, member: usize, event: &str, about: &str) {
         *self
             .expect
-            .entry((member, event, about.to_string()))
+            .entry((member, event.to_string(), about.to_string()))
             .or_default() += 1;
     }
 
     /// Takes one expected event; false if it was not expected.
-    fn expected(&mut self, member: usize, event: &'static str, about: &str) -> bool {
-        let key = (member, event, about.to_string());
+    fn expected(&mut self, member: usize, event: &str, about: &str) -> bool {
+        let key = (member, event.to_string(), about.to_string());
         match self.expect.get_mut(&key) {
             Some(n) if *n > 1 => *n -= 1,
             Some(_) => {
@@ -431,13 +431,8 @@ impl Call<'_> {
                 self.members[i].roster.insert(about, peer_name);
             }
             "join-ok" => self.on_join_ok(i, &ev.data),
-            "user-connected" | "#rtcio:init-offer" | "#rtcio:peer-left" | "user-disconnected" => {
-                let event = match ev.name.as_str() {
-                    "user-connected" => "user-connected",
-                    "#rtcio:init-offer" => "#rtcio:init-offer",
-                    "#rtcio:peer-left" => "#rtcio:peer-left",
-                    _ => "user-disconnected",
-                };
+            event @ ("user-connected" | "#rtcio:init-offer" | "#rtcio:peer-left"
+            | "user-disconnected") => {
                 if self.expected(i, event, &about) {
                     if event == "#rtcio:init-offer"
                         && let Some(j) = self.members.iter().position(|m| m.id == about)
@@ -493,7 +488,9 @@ impl Call<'_> {
         }
         for id in media.keys() {
             if !roster.contains_key(id) {
-                self.violation(format!("{name} got a media-state of {id}, not in its roster"));
+                self.violation(format!(
+                    "{name} got a media-state of {id}, not in its roster"
+                ));
             }
         }
         // Echo streams to the newcomer start at each sender's next number.
@@ -561,7 +558,9 @@ impl Call<'_> {
             Receipt::InOrder | Receipt::Late => {}
             Receipt::Early => {
                 self.ctx.stats.with(|c| c.out_of_order += 1);
-                self.violation(format!("{kind:?} {n} from {a} to {b} overtook an earlier one"));
+                self.violation(format!(
+                    "{kind:?} {n} from {a} to {b} overtook an earlier one"
+                ));
             }
             Receipt::Duplicate => {
                 self.ctx.stats.with(|c| c.duplicated += 1);

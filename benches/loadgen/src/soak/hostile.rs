@@ -259,9 +259,21 @@ const GARBAGE: [(&str, &str, Expect); 9] = [
     ("not a packet", "hello", Expect::Close),
     ("unknown engine.io type", "9{}", Expect::Close),
     ("bad socket.io type", "4z[]", Expect::Close),
-    ("truncated JSON", r#"42["join-room",{"roomId":"#, Expect::Close),
-    ("event name not a string", r#"42[5,{"roomId":"r"}]"#, Expect::Close),
-    ("join-room with a number", r#"42["join-room",5]"#, Expect::Refusal),
+    (
+        "truncated JSON",
+        r#"42["join-room",{"roomId":"#,
+        Expect::Close,
+    ),
+    (
+        "event name not a string",
+        r#"42[5,{"roomId":"r"}]"#,
+        Expect::Close,
+    ),
+    (
+        "join-room with a number",
+        r#"42["join-room",5]"#,
+        Expect::Refusal,
+    ),
     (
         "relay with wrong types",
         r##"42["#rtcio:message",{"source":1,"target":[],"data":null}]"##,
@@ -272,7 +284,11 @@ const GARBAGE: [(&str, &str, Expect); 9] = [
         r#"42["media-state",{"roomId":7,"mic":"yes"}]"#,
         Expect::Refusal,
     ),
-    ("unknown event", r#"42["no-such-event",{}]"#, Expect::Refusal),
+    (
+        "unknown event",
+        r#"42["no-such-event",{}]"#,
+        Expect::Refusal,
+    ),
 ];
 
 /// (3) Garbage frames, each on a fresh connection: refused or the connection closed, as the
@@ -389,7 +405,10 @@ pub async fn conn_spam(ctx: &Ctx) {
             let (addr, secret) = (ctx.nodes[node], ctx.secret.clone());
             let sub = format!("conn-spam-{}", ctx.unique());
             set.spawn(async move {
-                let header = [(limits::CLIENT_IP_HEADER.to_string(), limits::SPAMMER.to_string())];
+                let header = [(
+                    limits::CLIENT_IP_HEADER.to_string(),
+                    limits::SPAMMER.to_string(),
+                )];
                 crate::fleet::connect_from(addr, &secret, &sub, &header).await
             });
         }

@@ -56,11 +56,17 @@ pub mod limits {
             ("ROOM_EVENT_BURST", "50".to_string()),
             ("ECHO_RATE", "60".to_string()),
             ("ECHO_BURST", "140".to_string()),
+            ("SEND_BYTES_RATE", "32768".to_string()),
+            ("SEND_BYTES_BURST", "1048576".to_string()),
+            ("MAX_QUEUED_BYTES", "8388608".to_string()),
             ("FLOOD_DISCONNECT_MS", FLOOD_DISCONNECT_MS.to_string()),
             ("MAX_ROOMS_PER_SOCKET", MAX_ROOMS_PER_SOCKET.to_string()),
             ("WRONG_PASSWORDS_PER_SOCKET", WRONG_PASSWORDS.to_string()),
             ("WRONG_PASSWORDS_PER_ROOM", WRONG_PASSWORDS.to_string()),
-            ("WRONG_PASSWORD_WINDOW_MS", WRONG_PASSWORD_WINDOW_MS.to_string()),
+            (
+                "WRONG_PASSWORD_WINDOW_MS",
+                WRONG_PASSWORD_WINDOW_MS.to_string(),
+            ),
             ("RECOVERY_WINDOW_MS", "30000".to_string()),
         ]
     }
@@ -206,7 +212,9 @@ async fn soak(procs: &mut Processes, cfg: &ServerConfig, plan: &Plan, label: &st
         stats: Stats::default(),
         epoch: started,
         deadline: started + Duration::from_secs(plan.soak_minutes * 60),
-        answer: bodies.offer.replacen(r#""type":"offer""#, r#""type":"answer""#, 1),
+        answer: bodies
+            .offer
+            .replacen(r#""type":"offer""#, r#""type":"answer""#, 1),
         bodies,
         flood_rate: plan.soak_flood_rate,
         next: AtomicU64::new(0),
@@ -336,11 +344,7 @@ async fn print_minute(what: &str, mut c: Counts, procs: &Processes) -> Vec<Optio
         rss_line.join(", "),
         conns.join(", ")
     );
-    let hostile: Vec<String> = c
-        .outcomes
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
+    let hostile: Vec<String> = c.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("    hostile: {}", hostile.join("; "));
     sizes
 }
@@ -387,7 +391,10 @@ fn summary(
     let mut rss_ok = true;
     let base = (rss.len() > RSS_BASE_MINUTE).then_some(RSS_BASE_MINUTE - 1);
     for (p, name) in names.iter().enumerate() {
-        let series: Vec<u64> = rss.iter().filter_map(|m| m.get(p).copied().flatten()).collect();
+        let series: Vec<u64> = rss
+            .iter()
+            .filter_map(|m| m.get(p).copied().flatten())
+            .collect();
         let (first, last) = (series.first().copied(), series.last().copied());
         let peak = series.iter().max().copied();
         let mut line = format!(
@@ -396,8 +403,7 @@ fn summary(
             fmt_mib(last),
             fmt_mib(peak)
         );
-        if let (Some(b), Some(last)) = (base.and_then(|b| rss[b].get(p).copied().flatten()), last)
-        {
+        if let (Some(b), Some(last)) = (base.and_then(|b| rss[b].get(p).copied().flatten()), last) {
             let growth = last as f64 / b as f64;
             line.push_str(&format!(", last/minute {RSS_BASE_MINUTE} {growth:.2}"));
             rss_ok &= growth <= RSS_GROWTH_LIMIT;
@@ -410,8 +416,7 @@ fn summary(
     // each flood may last (FLOOD_DISCONNECT_MS, a second's grace).
     let floods = t.outcome_count(FLOODS);
     let allowed = floods
-        * (limits::RELAY_BURST
-            + limits::RELAY_RATE * (limits::FLOOD_DISCONNECT_MS / 1000 + 1));
+        * (limits::RELAY_BURST + limits::RELAY_RATE * (limits::FLOOD_DISCONNECT_MS / 1000 + 1));
     let reached = t.outcome_count(FLOOD_REACHED);
     if reached > allowed {
         ctx.stats.violation(format!(
@@ -445,7 +450,10 @@ fn summary(
     }
     match p99 {
         Some(p) if p < P99_LIMIT_US => {}
-        _ => fails.push(format!("honest p99 {} us, not under {P99_LIMIT_US} us", fmt_us(p99))),
+        _ => fails.push(format!(
+            "honest p99 {} us, not under {P99_LIMIT_US} us",
+            fmt_us(p99)
+        )),
     }
     if t.lost + t.duplicated + t.out_of_order > 0 || t.relays_delivered == 0 {
         fails.push(format!(
