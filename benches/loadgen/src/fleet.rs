@@ -64,6 +64,17 @@ pub async fn connect_one(
     secret: &str,
     sub: &str,
 ) -> Result<Client, ConnectError> {
+    connect_from(addr, secret, sub, &[]).await
+}
+
+/// `connect_one` with extra headers on the upgrade request (the soak gives each client its
+/// own address in the server's trusted client-address header).
+pub async fn connect_from(
+    addr: SocketAddr,
+    secret: &str,
+    sub: &str,
+    headers: &[(String, String)],
+) -> Result<Client, ConnectError> {
     const ATTEMPTS: u64 = 3;
     let tok = token(secret, sub, sub);
     let mut attempt = 1;
@@ -73,6 +84,7 @@ pub async fn connect_one(
             auth: Some(json!({ "token": tok })),
             bind: Some(next_bind_ip()),
             timeout: Duration::from_secs(20),
+            headers: headers.to_vec(),
         };
         let err = match Client::connect(opts).await {
             Ok(c) => return Ok(c),

@@ -6,7 +6,7 @@
 //! All traffic goes to 127.0.0.1 from 127.x.y.z source addresses; every loop is bounded in
 //! count and time.
 //!
-//!     loadgen --server ours|node|both --scenario idle|relay|relay-cluster|storm|churn|all [--quick]
+//!     loadgen --server ours|node|both --scenario idle|relay|relay-cluster|storm|churn|soak|all [--quick]
 //!
 //! `--storm-passwords on` locks every storm room with a password; `both` runs each storm
 //! without and then with passwords, each on a fresh server, and prints the two side by side.
@@ -15,6 +15,9 @@
 //! our servers, then on 2, 3 and 4 of them sharing a redis-server (a fresh one per size), with
 //! every pair split across two nodes. It prints a table per size next to the single-node run,
 //! with Redis's commands per message, and a summary of the CPU per message by node count.
+//!
+//! `soak` (ours only; not part of `all`) runs honest calls beside hostile clients for
+//! `--soak-minutes` on one node and on a two-node cluster, minute by minute (see `soak`).
 
 mod census;
 mod churn;
@@ -24,6 +27,7 @@ mod machine;
 mod relay;
 mod report;
 mod server;
+mod soak;
 mod storm;
 
 use std::path::PathBuf;
@@ -50,7 +54,19 @@ enum Scenario {
     RelayCluster,
     Storm,
     Churn,
+    /// Honest calls beside hostile clients for `--soak-minutes`, on one node and a two-node
+    /// cluster (ours only; not part of `all`: it is long).
+    Soak,
     All,
+}
+
+/// What the soak runs against.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SoakTarget {
+    Single,
+    Cluster,
+    /// One node, then a two-node cluster.
+    Both,
 }
 
 /// Whether the storm's rooms have passwords.
@@ -120,6 +136,18 @@ struct Args {
     /// Churn: join/leave cycles.
     #[arg(long)]
     churn_cycles: Option<u64>,
+    /// Soak: minutes per target.
+    #[arg(long, default_value_t = 30)]
+    soak_minutes: u64,
+    /// Soak: one node, a two-node cluster on a redis-server, or both in turn.
+    #[arg(long, value_enum, default_value = "both")]
+    soak_target: SoakTarget,
+    /// Soak: honest calls going on at once (2 to 6 peers each, a new one when one ends).
+    #[arg(long, default_value_t = 30)]
+    soak_calls: usize,
+    /// Soak: relays per second the flooder sends (the server allows 100 a second).
+    #[arg(long, default_value_t = 2_000)]
+    soak_flood_rate: u64,
     /// Before each run, wait up to this many seconds for every core to be under 15 % busy
     /// (other processes skew the numbers); 0 skips the wait.
     #[arg(long)]
@@ -141,6 +169,11 @@ pub struct Plan {
     pub churn_pool: usize,
     pub churn_rooms: usize,
     pub loadgen_core: usize,
+    pub soak_minutes: u64,
+    /// Soak: the node counts to run against, in this order.
+    pub soak_nodes: Vec<usize>,
+    pub soak_calls: usize,
+    pub soak_flood_rate: u64,
     /// Bound on the wait for idle cores before a run (zero: no wait).
     pub quiet_wait: Duration,
 }
@@ -272,6 +305,14 @@ async fn run(args: Args, nofile: u64) -> i32 {
         churn_pool: if q { 100 } else { 1_000 },
         churn_rooms: if q { 25 } else { 250 },
         loadgen_core: args.loadgen_core,
+        soak_minutes: args.soak_minutes,
+        soak_nodes: match args.soak_target {
+            SoakTarget::Single => vec![1],
+            SoakTarget::Cluster => vec![2],
+            SoakTarget::Both => vec![1, 2],
+        },
+        soak_calls: args.soak_calls,
+        soak_flood_rate: args.soak_flood_rate,
         quiet_wait: quiet_max,
     };
     let kinds: Vec<Kind> = match args.server {
@@ -383,6 +424,18 @@ async fn run(args: Args, nofile: u64) -> i32 {
                 churn::run(k, &cfg, &plan, r).await
             })
             .await;
+        }
+    }
+    // Not part of `all`: it runs for `--soak-minutes` per target.
+    if args.scenario.contains(&Scenario::Soak) {
+        if kinds.contains(&Kind::Ours) {
+            if let Some(note) = busy_note("soak", quiet_max).await {
+                println!("  NOTE {note}");
+            }
+            failed |= soak::run(&cfg, &plan).await;
+        } else {
+            eprintln!("--scenario soak needs --server ours (or both); skipped");
+            failed = true;
         }
     }
     if !report.is_empty() {

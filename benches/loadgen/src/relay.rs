@@ -67,13 +67,13 @@ impl Shared {
     }
 }
 
-/// Pre-built payload bodies (the part of `data` after t/n/p).
-struct Bodies {
-    candidate: String,
-    offer: String,
+/// Pre-built payload bodies (the part of `data` after t/n/p); the soak sends them too.
+pub struct Bodies {
+    pub candidate: String,
+    pub offer: String,
 }
 
-fn bodies() -> Bodies {
+pub fn bodies() -> Bodies {
     // ~250-byte data object with a trickled ICE candidate.
     let mut cand = String::from(
         "candidate:1467250027 1 udp 2122260223 192.168.1.42 54321 typ host generation 0 ufrag Xs9v network-id 1 network-cost 10",
@@ -481,7 +481,7 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     /// (label, pid) of each measured process.
-    fn parts(&self) -> Vec<(String, u32)> {
+    pub fn parts(&self) -> Vec<(String, u32)> {
         let mut parts: Vec<(String, u32)> = self
             .servers
             .iter()
@@ -502,7 +502,7 @@ impl Target<'_> {
     }
 
     /// Why the system is no longer usable, if a process died.
-    fn dead(&mut self) -> Option<String> {
+    pub fn dead(&mut self) -> Option<String> {
         for (i, s) in self.servers.iter_mut().enumerate() {
             if !s.alive() {
                 return Some(format!("server {} died: {}", i + 1, s.log_tail()));
@@ -999,19 +999,7 @@ async fn bench_cluster(
     opts: &RunOpts,
     report: &mut Report,
 ) -> Result<(), String> {
-    let mut redis = Redis::start(cfg.server_core).await?;
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let mut servers = Vec::new();
-    for _ in 0..nodes {
-        match Server::start_with_env(Kind::Ours, cfg, &env).await {
-            Ok(s) => servers.push(s),
-            Err(e) => {
-                stop_cluster(servers, redis).await;
-                return Err(e);
-            }
-        }
-    }
+    let (mut servers, mut redis) = start_cluster(cfg, nodes, &[]).await?;
     let result = bench(
         &mut Target {
             servers: &mut servers,
@@ -1030,7 +1018,31 @@ async fn bench_cluster(
     result
 }
 
-async fn stop_cluster(servers: Vec<Server>, redis: Redis) {
+/// `nodes` of our servers, with `env` added to their environment, sharing a fresh
+/// redis-server.
+pub async fn start_cluster(
+    cfg: &ServerConfig,
+    nodes: usize,
+    env: &[(&str, &str)],
+) -> Result<(Vec<Server>, Redis), String> {
+    let redis = Redis::start(cfg.server_core).await?;
+    let url = redis.url();
+    let mut env = env.to_vec();
+    env.push(("REDIS_URL", url.as_str()));
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        match Server::start_with_env(Kind::Ours, cfg, &env).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                stop_cluster(servers, redis).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok((servers, redis))
+}
+
+pub async fn stop_cluster(servers: Vec<Server>, redis: Redis) {
     for s in servers {
         s.stop().await;
     }

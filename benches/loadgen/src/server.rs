@@ -306,14 +306,18 @@ impl Server {
 
     /// Lines of the server's log (stderr) at WARN or ERROR level: (count, first few).
     pub fn log_warnings(&self) -> (usize, Vec<String>) {
+        let hits = self.warning_lines();
+        (hits.len(), hits.into_iter().take(3).collect())
+    }
+
+    /// Every line of the server's log (stderr) at WARN or ERROR level, and panics.
+    pub fn warning_lines(&self) -> Vec<String> {
         let log = std::fs::read_to_string(&self.proc.log_path).unwrap_or_default();
         // tracing colours the level even into a file: match on the plain text.
-        let hits: Vec<String> = log
-            .lines()
+        log.lines()
             .map(strip_ansi)
             .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
-            .collect();
-        (hits.len(), hits.into_iter().take(3).collect())
+            .collect()
     }
 }
 

@@ -15,6 +15,8 @@ use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -63,6 +65,8 @@ pub struct Options {
     pub bind: Option<IpAddr>,
     /// Give up on the handshake after this long.
     pub timeout: Duration,
+    /// Extra headers on the WebSocket upgrade request (e.g. a proxy's client-address header).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Options {
@@ -72,6 +76,7 @@ impl Options {
             auth,
             bind: None,
             timeout: Duration::from_secs(10),
+            headers: Vec::new(),
         }
     }
 }
@@ -165,12 +170,18 @@ impl Client {
         let stream = socket.connect(opts.addr).await.map_err(|e| io(&e))?;
         stream.set_nodelay(true).map_err(|e| io(&e))?;
         let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", opts.addr);
+        let mut request = url.into_client_request().map_err(|e| io(&e))?;
+        for (name, value) in &opts.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| io(&e))?;
+            let value = HeaderValue::from_str(value).map_err(|e| io(&e))?;
+            request.headers_mut().insert(name, value);
+        }
         // tungstenite's default 128 KiB read buffer is zero-filled before every read, which
         // costs the load generator CPU and memory per connection; 4 KiB (engineioxide's own
         // default) holds any signaling frame but large SDP in one or two reads.
         let config = WebSocketConfig::default().read_buffer_size(4096);
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            url,
+            request,
             MaybeTlsStream::Plain(stream),
             Some(config),
         )
