@@ -271,6 +271,8 @@ pub struct SocketRates {
     bytes: TokenBucket,
     /// Since when it has been refused with no pause of a second, and its last refusal.
     flooding: Option<(Instant, Instant)>,
+    /// It has been found flooding for too long: it is being disconnected.
+    cut_off: bool,
 }
 
 impl Default for TokenBucket {
@@ -290,6 +292,8 @@ pub enum Verdict {
     Refused(Duration),
     /// Dropped, and the socket has kept going over its rates for too long.
     Flooding,
+    /// Dropped: the socket was found flooding already, and is being disconnected.
+    CutOff,
 }
 
 /// How long without a refusal ends a flood.
@@ -304,6 +308,9 @@ impl SocketRates {
         now: Instant,
         rates: &EventRates,
     ) -> Verdict {
+        if self.cut_off {
+            return Verdict::CutOff;
+        }
         let (bucket, rate) = match class {
             EventClass::Relay => (&mut self.relay, rates.relay),
             EventClass::Room => (&mut self.room, rates.room),
@@ -328,6 +335,7 @@ impl SocketRates {
         };
         self.flooding = Some((since, now));
         if now.saturating_duration_since(since) >= rates.flood_for {
+            self.cut_off = true;
             Verdict::Flooding
         } else {
             Verdict::Refused(wait)
@@ -462,13 +470,18 @@ mod tests {
         let mut rates = SocketRates::default();
         let t0 = Instant::now();
         let mut verdict = Verdict::Allowed;
-        // Refused every 500 ms for 5 s: a flood.
+        // Refused every 500 ms for 5 s: a flood, found once; what follows is dropped as the
+        // socket goes.
         for step in 0..=10 {
             let now = t0 + Duration::from_millis(500 * step);
-            while rates.check(EventClass::Echo, 1, now, &RATES) == Verdict::Allowed {}
             verdict = rates.check(EventClass::Echo, 1, now, &RATES);
+            while verdict == Verdict::Allowed {
+                verdict = rates.check(EventClass::Echo, 1, now, &RATES);
+            }
+            assert_eq!(verdict == Verdict::Flooding, step == 10, "step {step}");
         }
-        assert_eq!(verdict, Verdict::Flooding);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(rates.check(EventClass::Room, 1, later, &RATES), Verdict::CutOff);
         // A pause of a second starts over.
         let mut rates = SocketRates::default();
         for step in 0..=10 {

@@ -100,6 +100,8 @@ impl Hub {
         let size = frame.payload.map_or(0, |payload| payload.get().len());
         let wait = match session.check_rate(class, size, &self.limits.rates) {
             Verdict::Allowed => return true,
+            // What it sent before its disconnect took effect: dropped, counted once already.
+            Verdict::CutOff => return false,
             Verdict::Refused(wait) => {
                 metrics::get().rate_limited(class);
                 wait
