@@ -201,6 +201,27 @@ mod tests {
     }
 
     #[test]
+    fn ids_print_as_themselves_and_a_credential_prints_no_secret() {
+        let peer = PeerId::parse("peer-1").expect("valid");
+        assert_eq!(&*peer, "peer-1");
+        assert_eq!(format!("{peer} {peer:?}"), "peer-1 PeerId(peer-1)");
+        let node = NodeId::parse("0a1b").expect("valid");
+        assert_eq!(format!("{node} {node:?}"), "0a1b NodeId(0a1b)");
+        let (credential, _) = Credential::issue(&peer, &node);
+        assert_eq!(format!("{credential:?}"), "Credential(***)");
+    }
+
+    #[test]
+    fn digests_that_differ_anywhere_do_not_match() {
+        let zeros = CredentialDigest::from_hex(&"0".repeat(64)).expect("hex");
+        // Two bytes off by the same bit: their differences cancel out under XOR, not OR.
+        let two_off = CredentialDigest::from_hex(&format!("0101{}", "0".repeat(60))).expect("hex");
+        assert!(zeros.matches(&zeros));
+        assert!(!zeros.matches(&two_off));
+        assert!(!two_off.matches(&zeros));
+    }
+
+    #[test]
     fn node_ids_are_short_hex() {
         let node = NodeId::random();
         assert_eq!(NodeId::parse(node.as_str()), Some(node));

@@ -146,4 +146,16 @@ mod tests {
         assert!(stored.opens(&password("correct horse")).await);
         assert!(RoomLock::from_stored("plain text").is_none());
     }
+
+    #[tokio::test]
+    async fn a_lock_prints_without_its_hash_and_a_seal_error_prints_its_cause() {
+        let lock = RoomLock::seal(&password("correct horse"))
+            .await
+            .expect("sealed");
+        assert_eq!(format!("{lock:?}"), "RoomLock(..)");
+        assert_eq!(
+            SealError("blocking pool gone".into()).to_string(),
+            "blocking pool gone"
+        );
+    }
 }

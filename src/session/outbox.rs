@@ -154,6 +154,11 @@ mod tests {
         Arc::from(RawValue::from_string(n.to_string()).expect("json"))
     }
 
+    /// A JSON string exactly `len` bytes long, quotes included.
+    fn text(len: usize) -> Arc<RawValue> {
+        Arc::from(RawValue::from_string(format!("\"{}\"", "x".repeat(len - 2))).expect("json"))
+    }
+
     fn seqs(outbox: &Outbox, received: u64) -> Option<Vec<u64>> {
         outbox.after(received).map(|it| it.map(|k| k.seq).collect())
     }
@@ -197,5 +202,66 @@ mod tests {
         assert!(outbox.push("e", Arc::clone(&big), Instant::now(), LIMITS));
         assert!(!outbox.push("e", big, Instant::now(), LIMITS));
         assert_eq!(seqs(&outbox, 1), Some(vec![2]));
+    }
+
+    #[test]
+    fn what_the_bounds_pushed_out_is_counted() {
+        let mut outbox = Outbox::default();
+        let t0 = Instant::now();
+        for n in 1..=3 {
+            assert!(outbox.push("e", data(n), t0, LIMITS));
+        }
+        assert_eq!(outbox.dropped_through(), 0);
+        assert!(!outbox.lost_after(0), "nothing pushed out yet");
+        assert!(!outbox.push("e", data(4), t0, LIMITS));
+        assert!(!outbox.push("e", data(5), t0, LIMITS));
+        assert_eq!(outbox.dropped_through(), 2);
+        assert!(outbox.lost_after(1), "event 2 is gone");
+        assert!(!outbox.lost_after(2), "events 3 to 5 are all here");
+        assert!(!outbox.lost_after(3));
+    }
+
+    #[test]
+    fn the_byte_bound_admits_exactly_its_size_and_frees_what_it_drops() {
+        let limits = KeepLimits {
+            events: 10,
+            ..LIMITS
+        };
+        let t0 = Instant::now();
+        let mut outbox = Outbox::default();
+        assert!(
+            outbox.push("e", text(1000), t0, limits),
+            "exactly the bound"
+        );
+        let mut outbox = Outbox::default();
+        assert!(outbox.push("e", text(600), t0, limits));
+        assert!(!outbox.push("e", text(600), t0, limits));
+        assert_eq!(seqs(&outbox, 1), Some(vec![2]));
+        // 600 still kept, plus 500, is over the bound: event 2 goes as well.
+        assert!(!outbox.push("e", text(500), t0, limits));
+        assert_eq!(seqs(&outbox, 2), Some(vec![3]));
+    }
+
+    #[test]
+    fn a_handed_outbox_counts_the_bytes_it_was_handed() {
+        let limits = KeepLimits {
+            events: 10,
+            ..LIMITS
+        };
+        let t0 = Instant::now();
+        let mut outbox = Outbox::handed(0, 1, [(1, "e", text(600))], t0);
+        assert!(!outbox.push("e", text(500), t0, limits));
+        assert_eq!(seqs(&outbox, 1), Some(vec![2]));
+    }
+
+    #[test]
+    fn a_connected_session_keeps_an_event_until_it_is_older_than_the_age() {
+        let t0 = Instant::now();
+        let mut outbox = Outbox::default();
+        assert!(outbox.push("e", data(1), t0, LIMITS));
+        outbox.forget_older_than(t0 + LIMITS.age, LIMITS);
+        assert_eq!(seqs(&outbox, 0), Some(vec![1]), "exactly the age: kept");
+        outbox.forget_older_than(t0 + LIMITS.age + Duration::from_millis(1), LIMITS);
+        assert_eq!(seqs(&outbox, 0), None);
     }
 }

@@ -334,4 +334,89 @@ mod tests {
         assert!(rooms.take_guess("r", limit).is_some());
         assert_eq!(rooms.take_guess("other", limit), None);
     }
+
+    #[test]
+    fn the_views_of_a_room_show_its_members_in_joining_order() {
+        let rooms = MemoryRooms::default();
+        let (a, b, c) = (member(1), member(2), member(3));
+        let first = Expect::Empty { seal: None };
+        assert!(matches!(
+            rooms.join("r", a.clone(), 10, &first),
+            JoinOutcome::Joined(_)
+        ));
+        assert!(matches!(
+            rooms.join("r", b.clone(), 10, &Expect::Open),
+            JoinOutcome::Joined(_)
+        ));
+        assert!(matches!(
+            rooms.join("s", c.clone(), 10, &first),
+            JoinOutcome::Joined(_)
+        ));
+
+        let seen = rooms.peek("r", &a.peer);
+        assert_eq!((seen.members, seen.is_member), (2, true));
+        let seen = rooms.peek("r", &c.peer);
+        assert_eq!((seen.members, seen.is_member), (2, false));
+        assert!(rooms.is_member("r", &b.peer));
+        assert!(!rooms.is_member("r", &c.peer));
+        assert!(!rooms.is_member("none", &a.peer));
+        assert_eq!(rooms.members("r"), vec![a.peer.clone(), b.peer.clone()]);
+        assert_eq!(rooms.members("none"), Vec::<PeerId>::new());
+        assert_eq!(rooms.roster("r"), vec![a.clone(), b.clone()]);
+        assert_eq!(rooms.roster("none"), Vec::<Member>::new());
+        assert_eq!(rooms.room_count(), 2);
+
+        let mut summaries = rooms.rooms();
+        summaries.sort_by(|x, y| x.room.cmp(&y.room));
+        let shape: Vec<(&str, usize, bool)> = summaries
+            .iter()
+            .map(|s| (s.room.as_str(), s.members, s.locked))
+            .collect();
+        assert_eq!(shape, vec![("r", 2, false), ("s", 1, false)]);
+        // 2020-01-01 in unix milliseconds: the creation time is a real clock reading.
+        assert!(
+            summaries
+                .iter()
+                .all(|s| s.created_at_ms > Some(1_577_836_800_000))
+        );
+    }
+
+    #[test]
+    fn media_state_is_cached_only_for_a_member() {
+        let rooms = MemoryRooms::default();
+        let (a, b) = (member(1), member(2));
+        let first = Expect::Empty { seal: None };
+        assert!(matches!(
+            rooms.join("r", a.clone(), 10, &first),
+            JoinOutcome::Joined(_)
+        ));
+        assert!(matches!(
+            rooms.join("r", b.clone(), 10, &Expect::Open),
+            JoinOutcome::Joined(_)
+        ));
+        let state = MediaState {
+            mic: true,
+            cam: false,
+        };
+        assert!(rooms.set_media("r", &b.peer, state));
+        assert!(!rooms.set_media("r", &member(3).peer, state));
+        assert!(!rooms.set_media("none", &a.peer, state));
+        let media: Vec<Option<MediaState>> = rooms.roster("r").iter().map(|m| m.media).collect();
+        assert_eq!(media, vec![None, Some(state)]);
+    }
+
+    #[test]
+    fn expired_guess_counters_are_swept_once_they_reach_the_bound_and_not_before() {
+        let rooms = MemoryRooms::default();
+        let closed = WindowLimit {
+            limit: 1,
+            window: Duration::ZERO,
+        };
+        for n in 0..GUESS_SWEEP_AT {
+            assert_eq!(rooms.take_guess(&format!("r{n}"), closed), None);
+        }
+        assert_eq!(rooms.guesses.len(), GUESS_SWEEP_AT, "kept until the bound");
+        assert_eq!(rooms.take_guess("next", closed), None);
+        assert_eq!(rooms.guesses.len(), 1, "only the new counter is left");
+    }
 }
