@@ -358,20 +358,32 @@ mod tests {
     fn relays_and_echoes_also_spend_their_bytes_and_room_events_do_not() {
         let mut rates = SocketRates::default();
         let t0 = Instant::now();
-        assert_eq!(rates.check(EventClass::Relay, 60, t0, &RATES), Verdict::Allowed);
+        assert_eq!(
+            rates.check(EventClass::Relay, 60, t0, &RATES),
+            Verdict::Allowed
+        );
         // 40 bytes left: a 41-byte echo waits for one more byte, a millisecond at 1000/s.
         assert_eq!(
             rates.check(EventClass::Echo, 41, t0, &RATES),
             Verdict::Refused(Duration::from_millis(1))
         );
-        assert_eq!(rates.check(EventClass::Room, 500, t0, &RATES), Verdict::Allowed);
-        assert_eq!(rates.check(EventClass::Relay, 40, t0, &RATES), Verdict::Allowed);
+        assert_eq!(
+            rates.check(EventClass::Room, 500, t0, &RATES),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            rates.check(EventClass::Relay, 40, t0, &RATES),
+            Verdict::Allowed
+        );
         let t1 = t0 + Duration::from_millis(30);
         assert!(matches!(
             rates.check(EventClass::Relay, 31, t1, &RATES),
             Verdict::Refused(_)
         ));
-        assert_eq!(rates.check(EventClass::Relay, 30, t1, &RATES), Verdict::Allowed);
+        assert_eq!(
+            rates.check(EventClass::Relay, 30, t1, &RATES),
+            Verdict::Allowed
+        );
     }
 
     #[test]
@@ -449,16 +461,25 @@ mod tests {
         let mut rates = SocketRates::default();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert_eq!(rates.check(EventClass::Relay, 1, t0, &RATES), Verdict::Allowed);
+            assert_eq!(
+                rates.check(EventClass::Relay, 1, t0, &RATES),
+                Verdict::Allowed
+            );
         }
         let Verdict::Refused(wait) = rates.check(EventClass::Relay, 1, t0, &RATES) else {
             panic!("over the burst");
         };
         assert_eq!(wait, Duration::from_millis(100));
         // Each class has its own bucket.
-        assert_eq!(rates.check(EventClass::Room, 1, t0, &RATES), Verdict::Allowed);
+        assert_eq!(
+            rates.check(EventClass::Room, 1, t0, &RATES),
+            Verdict::Allowed
+        );
         let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(rates.check(EventClass::Relay, 1, t1, &RATES), Verdict::Allowed);
+        assert_eq!(
+            rates.check(EventClass::Relay, 1, t1, &RATES),
+            Verdict::Allowed
+        );
         assert!(matches!(
             rates.check(EventClass::Relay, 1, t1, &RATES),
             Verdict::Refused(_)
@@ -481,7 +502,10 @@ mod tests {
             assert_eq!(verdict == Verdict::Flooding, step == 10, "step {step}");
         }
         let later = t0 + Duration::from_secs(60);
-        assert_eq!(rates.check(EventClass::Room, 1, later, &RATES), Verdict::CutOff);
+        assert_eq!(
+            rates.check(EventClass::Room, 1, later, &RATES),
+            Verdict::CutOff
+        );
         // A pause of a second starts over.
         let mut rates = SocketRates::default();
         for step in 0..=10 {

@@ -180,7 +180,13 @@ mod tests {
         }
         assert_eq!(unbundle(bundle), Some(vec![one.clone(), two]));
         assert_eq!(unbundle(one.clone()), Some(vec![one]));
-        for bad in [&b"*3:ab"[..], b"*x:abc", b"*3abc", b"*99999999999999999999999:a", b"*2:ab1"] {
+        for bad in [
+            &b"*3:ab"[..],
+            b"*x:abc",
+            b"*3abc",
+            b"*99999999999999999999999:a",
+            b"*2:ab1",
+        ] {
             assert_eq!(unbundle(bad.to_vec()), None, "{bad:?}");
         }
     }

@@ -39,6 +39,7 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
+use super::relays::{Relay, RelayRouter};
 use super::{
     Expect, JoinOutcome, Member, Recipient, RelayRoute, RoomSummary, RoomView, StoreError,
 };
@@ -47,7 +48,6 @@ use crate::ids::{NodeId, PeerId};
 use crate::limits::WindowLimit;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
-use super::relays::{Relay, RelayRouter};
 
 const PREFIX: &str = "rtcio:";
 /// A node whose heartbeat is this old is presumed dead.

@@ -408,7 +408,9 @@ fn summary(
         let (early, late) = series.split_at(series.len() / 2);
         if let (true, Some(early), Some(late)) = (judged, early.iter().max(), late.iter().max()) {
             let growth = *late as f64 / (*early).max(1) as f64;
-            line.push_str(&format!(", peak of the second half / the first {growth:.2}"));
+            line.push_str(&format!(
+                ", peak of the second half / the first {growth:.2}"
+            ));
             rss_ok &= growth <= RSS_GROWTH_LIMIT;
         }
         println!("{line}");
