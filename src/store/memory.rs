@@ -268,10 +268,7 @@ mod tests {
             seal: Some(lock("pw-1").await),
         };
         let (a, b, c) = (member(1), member(2), member(3));
-        assert!(matches!(
-            rooms.join("r", a.clone(), 10, &seal),
-            JoinOutcome::Joined(_)
-        ));
+        joined(&rooms, "r", a.clone(), &seal);
         let lock_a = view(&b.peer).lock.expect("sealed");
         // A second "first joiner" lost the race; so did one that expected an open room.
         assert!(matches!(
@@ -288,10 +285,7 @@ mod tests {
             JoinOutcome::LockChanged
         ));
         let right = Expect::Locked(lock_a.clone());
-        assert!(matches!(
-            rooms.join("r", b.clone(), 10, &right),
-            JoinOutcome::Joined(_)
-        ));
+        joined(&rooms, "r", b.clone(), &right);
         rooms.leave("r", &a.peer);
         rooms.leave("r", &b.peer);
         assert!(
@@ -335,23 +329,22 @@ mod tests {
         assert_eq!(rooms.take_guess("other", limit), None);
     }
 
+    /// Joins `member` to `room` (of at most 10), which must let it in.
+    fn joined(rooms: &MemoryRooms, room: &str, member: Member, expect: &Expect) {
+        assert!(matches!(
+            rooms.join(room, member, 10, expect),
+            JoinOutcome::Joined(_)
+        ));
+    }
+
     #[test]
     fn the_views_of_a_room_show_its_members_in_joining_order() {
         let rooms = MemoryRooms::default();
         let (a, b, c) = (member(1), member(2), member(3));
         let first = Expect::Empty { seal: None };
-        assert!(matches!(
-            rooms.join("r", a.clone(), 10, &first),
-            JoinOutcome::Joined(_)
-        ));
-        assert!(matches!(
-            rooms.join("r", b.clone(), 10, &Expect::Open),
-            JoinOutcome::Joined(_)
-        ));
-        assert!(matches!(
-            rooms.join("s", c.clone(), 10, &first),
-            JoinOutcome::Joined(_)
-        ));
+        joined(&rooms, "r", a.clone(), &first);
+        joined(&rooms, "r", b.clone(), &Expect::Open);
+        joined(&rooms, "s", c.clone(), &first);
 
         let seen = rooms.peek("r", &a.peer);
         assert_eq!((seen.members, seen.is_member), (2, true));
@@ -386,14 +379,8 @@ mod tests {
         let rooms = MemoryRooms::default();
         let (a, b) = (member(1), member(2));
         let first = Expect::Empty { seal: None };
-        assert!(matches!(
-            rooms.join("r", a.clone(), 10, &first),
-            JoinOutcome::Joined(_)
-        ));
-        assert!(matches!(
-            rooms.join("r", b.clone(), 10, &Expect::Open),
-            JoinOutcome::Joined(_)
-        ));
+        joined(&rooms, "r", a.clone(), &first);
+        joined(&rooms, "r", b.clone(), &Expect::Open);
         let state = MediaState {
             mic: true,
             cam: false,
