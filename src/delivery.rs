@@ -39,7 +39,7 @@ pub struct Delivery {
     /// The sessions of this node, connected or away.
     sessions: DashMap<PeerId, Arc<Session>>,
     keep: KeepLimits,
-    /// Bytes of relays and echoes a socket may be given (see `write_in_order`).
+    /// Bytes of relays and echoes a socket may be given (see `over_budget`).
     queue_budget: Rate,
     /// Sessions on their way here from another node: the events that came first, held until
     /// the session itself arrives.
@@ -338,11 +338,11 @@ impl Delivery {
         }
     }
 
-    /// Writes to the socket serving `session`, behind any backlog it has. A full outgoing queue (thousands of events behind) is blamed on
-    /// whoever filled it: a peer whose relay or echo finds it full is disconnected, and that
-    /// event dropped. Anything else waits in the session's backlog (bounded) for the queue to drain, in order,
-    /// so the client's view of the room stays whole; a socket that does not catch up in time is
-    /// disconnected.
+    /// Writes to the socket serving `session`, behind any backlog it has. A full outgoing
+    /// queue (thousands of events behind) is blamed on whoever filled it: a peer whose relays
+    /// or echoes overflow it is disconnected, and that event dropped. Anything else waits in
+    /// the session's backlog (bounded) for the queue to drain, in order, so the client's view of
+    /// the room stays whole; a socket that does not catch up in time is disconnected.
     fn write_in_order(
         &self,
         session: &Arc<Session>,
@@ -359,16 +359,14 @@ impl Delivery {
                 Ok(()) => return,
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {}
                 Err(e) => {
-                    tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed");
-                    return;
+                    return tracing::debug!(sid = %socket.id, event, cause = %e, "emit failed");
                 }
             }
         }
         if let Some(sender) = self.sender_of(event, data)
             && (link.backlog.is_empty() || self.flooders.contains_key(&sender))
         {
-            self.cut_off_flooder(sender, &socket);
-            return;
+            return self.cut_off_flooder(sender, &socket);
         }
         if link.backlog.len() >= BACKLOG_EVENTS {
             tracing::warn!(sid = %socket.id, event, "too far behind its events; disconnecting the socket");
