@@ -508,9 +508,7 @@ impl Hub {
         let (old_socket, generation) = match verdict {
             Verdict::NotYours => return self.post_note(&ask.from, &refuse).await,
             Verdict::TooLate(old) => {
-                // Its owner is back but cannot be caught up: end it here, announced.
-                self.close(old);
-                self.end(session, None);
+                self.end_uncaught_up(session, old);
                 return self.post_note(&ask.from, &refuse).await;
             }
             Verdict::Move(old, generation) => (old, generation),

@@ -141,12 +141,9 @@ impl Hub {
                 return None;
             }
             if link.outbox.after(resume.received).is_none() {
-                // Its owner is back but cannot be caught up: end the old session now instead
-                // of leaving a silent duplicate of the peer in its rooms for the window.
                 let old = link.socket.take();
                 drop(link);
-                self.close(old);
-                self.end(&session, None);
+                self.end_uncaught_up(&session, old);
                 return None;
             }
             link.credential = digest;
@@ -164,6 +161,14 @@ impl Hub {
         }
         tracing::debug!(peer = %session.peer, received = resume.received, "session recovered");
         Some(session)
+    }
+
+    /// Ends a session whose owner is back but cannot be caught up (an event it missed is no
+    /// longer kept), closing the socket that still served it: announced gone now, instead of
+    /// left in its rooms as a silent duplicate of the peer for the rest of the window.
+    pub(super) fn end_uncaught_up(self: &Arc<Self>, session: &Arc<Session>, old: Option<Sid>) {
+        self.close(old);
+        self.end(session, None);
     }
 
     /// Closes a socket of this node that no longer serves its session (nothing is announced:
