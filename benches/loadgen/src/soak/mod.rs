@@ -22,6 +22,7 @@ use sioclient::{Client, ConnectError};
 
 use crate::Plan;
 use crate::fleet;
+use crate::machine;
 use crate::relay::{self, Bodies, Target};
 use crate::server::{self, Kind, Redis, Server, ServerConfig};
 use stats::{Counts, Stats};
@@ -277,10 +278,21 @@ async fn soak(procs: &mut Processes, cfg: &ServerConfig, plan: &Plan, label: &st
     let mut total = Counts::default();
     let mut rss: Vec<Vec<Option<u64>>> = Vec::new();
     let mut died = None;
+    let mut cpu = machine::snap();
     for minute in 1..=plan.soak_minutes {
         tokio::time::sleep_until((started + Duration::from_secs(minute * 60)).into()).await;
         let counts = ctx.stats.take_minute(&mut total);
         rss.push(print_minute(&format!("minute {minute}"), counts, procs).await);
+        // A shared host's stolen time lengthens every wake-up: the tail is read beside it.
+        let now = machine::snap();
+        let cores = [cfg.server_core, plan.loadgen_core]
+            .map(|core| {
+                let (busy, stolen) = machine::core_busy(&cpu, &now, core);
+                format!("core {core} {busy:.0} % busy, {stolen:.0} % stolen")
+            })
+            .join("; ");
+        println!("    cpu: {cores}");
+        cpu = now;
         if let Some(why) = procs.target().dead() {
             died = Some(why);
             break;
