@@ -39,7 +39,7 @@ impl std::error::Error for StartError {}
 
 impl From<crate::auth::KeyError> for StartError {
     fn from(e: crate::auth::KeyError) -> Self {
-        StartError(e.0)
+        StartError(e.to_string())
     }
 }
 

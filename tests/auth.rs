@@ -85,6 +85,23 @@ async fn hs256_refusals_match_the_contract() {
         refusal(&server, Some(json!({ "token": no_exp }))).await,
         "invalid token"
     );
+    // An empty `sub`, and a `name` over 64 characters (each check on its own).
+    for claims in [
+        json!({ "sub": "", "exp": now + 60 }),
+        json!({ "sub": "u", "exp": now + 60, "name": "é".repeat(65) }),
+    ] {
+        let token = server.sign(&claims);
+        assert_eq!(
+            refusal(&server, Some(json!({ "token": token }))).await,
+            "invalid token",
+            "{claims}"
+        );
+    }
+    let longest_name = server.sign(&json!({ "sub": "u", "exp": now + 60, "name": "é".repeat(64) }));
+    server
+        .connect_with(Some(json!({ "token": longest_name })))
+        .await
+        .expect("a name of exactly 64 characters (128 bytes) is accepted");
 
     // The refused attempts left the server serving everyone else.
     let (mut alice, bob) = support::pair(&server, &server, "r").await;
@@ -195,11 +212,26 @@ async fn es256_public_key_with_issuer_and_audience() {
 
 #[tokio::test]
 async fn dev_tokens_exist_only_in_dev_mode() {
-    let normal = Server::start().await;
+    // Each says at start whether it is in dev mode (before it listens, so the log has it by
+    // the time it is up).
+    let log =
+        |name: &str| std::env::temp_dir().join(format!("rtcio-{name}-{}.log", std::process::id()));
+    let (normal_log, dev_log) = (log("normal"), log("dev"));
+    let create = |path: &std::path::PathBuf| std::fs::File::create(path).expect("log file").into();
+    let normal =
+        Server::start_logging_to(&[], &[("JWT_SECRET", support::SECRET)], create(&normal_log))
+            .await;
     let (status, _) = support::http_get(normal.addr, "/dev/token?name=x").await;
     assert_eq!(status, 404);
 
-    let dev = Server::start_with(&["--dev"], &[]).await;
+    let dev = Server::start_logging_to(&["--dev"], &[], create(&dev_log)).await;
+    let said = |path| std::fs::read_to_string(path).expect("log");
+    assert!(
+        !said(&normal_log).contains("DEV MODE"),
+        "{}",
+        said(&normal_log)
+    );
+    assert!(said(&dev_log).contains("DEV MODE"), "{}", said(&dev_log));
     let minted = support::http_get_json(dev.addr, "/dev/token?name=Ann").await;
     let token = minted["token"].as_str().expect("token");
     let mut ann = dev.client_with_token(token).await;
@@ -223,6 +255,8 @@ async fn refuses_to_start_without_a_key() {
             && stderr.contains("--dev"),
         "{stderr}"
     );
-    let stderr = support::refused_start(&[("JWT_SECRET", "short")]).await;
+    let stderr = support::refused_start(&[("JWT_SECRET", "fifteen bytes!!")]).await;
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+    // Exactly 16 is enough: the server starts (it would exit before listening otherwise).
+    Server::start_with(&[], &[("JWT_SECRET", "sixteen bytes!!!")]).await;
 }

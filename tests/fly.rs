@@ -47,3 +47,51 @@ async fn default_transports_work_across_machines_behind_fly_proxy() {
         "the proxy never had to replay a request: {stdout}"
     );
 }
+
+/// The routing rule one request at a time: a polling session opened on machine A and asked
+/// for on machine B is sent back to A with `fly-replay`; the same request once replayed (Fly
+/// marks it `fly-replay-src`) is served where it lands, never bounced again.
+#[tokio::test]
+async fn a_request_is_replayed_to_the_machine_holding_its_session_and_only_once() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let machine = |id| {
+        [
+            ("JWT_SECRET", SECRET),
+            ("REDIS_URL", url.as_str()),
+            ("FLY_MACHINE_ID", id),
+        ]
+    };
+    let a = Server::start_with(&[], &machine("0e286e1c4d3d78")).await;
+    let b = Server::start_with(&[], &machine("d891627b6e3318")).await;
+    let handshake = support::http_get_raw(a.addr, "/socket.io/?EIO=4&transport=polling", &[]).await;
+    let sid = handshake
+        .split_once("\"sid\":\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(sid, _)| sid.to_string())
+        .unwrap_or_else(|| panic!("no sid in the handshake: {handshake}"));
+    let poll = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+
+    let elsewhere = support::http_get_raw(b.addr, &poll, &[]).await;
+    assert!(elsewhere.starts_with("HTTP/1.1 409"), "{elsewhere}");
+    assert!(
+        elsewhere
+            .to_ascii_lowercase()
+            .contains("fly-replay: instance=0e286e1c4d3d78"),
+        "{elsewhere}"
+    );
+    let replayed = support::http_get_raw(
+        b.addr,
+        &poll,
+        &[("fly-replay-src", "instance=d891627b6e3318;region=ams;t=1")],
+    )
+    .await;
+    assert!(
+        !replayed.to_ascii_lowercase().contains("fly-replay:"),
+        "a replayed request was bounced again: {replayed}"
+    );
+    assert!(
+        replayed.starts_with("HTTP/1.1 400"),
+        "B answers it itself (a session it does not know): {replayed}"
+    );
+}

@@ -75,13 +75,6 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
         app = app.fallback_service(ServeDir::new(dir));
     }
     let app = app.layer(layer);
-    let app = match pinning {
-        Some(pinning) => app.layer(axum::middleware::from_fn_with_state(
-            pinning,
-            crate::fly::route_to_holder,
-        )),
-        None => app,
-    };
     let client_address = ClientAddressSource {
         header: match &config.trusted_client_ip_header {
             Some(name) => Some(HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -92,12 +85,20 @@ pub fn router(config: &Config, http: Http, layer: SocketIoLayer) -> Result<Route
             None => None,
         },
     };
-    Ok(app
-        .layer(axum::middleware::map_request_with_state(
-            Arc::new(client_address),
-            client_address::detach_from_read_buffer,
-        ))
-        .layer(cors(&config.allowed_origins)?))
+    let app = app.layer(axum::middleware::map_request_with_state(
+        Arc::new(client_address),
+        client_address::detach_from_read_buffer,
+    ));
+    // Outside the header trimming: it reads Fly's `fly-replay-src`, which a Socket.IO request
+    // does not keep.
+    let app = match pinning {
+        Some(pinning) => app.layer(axum::middleware::from_fn_with_state(
+            pinning,
+            crate::fly::route_to_holder,
+        )),
+        None => app,
+    };
+    Ok(app.layer(cors(&config.allowed_origins)?))
 }
 
 fn cors(allowed: &str) -> Result<CorsLayer, StartError> {
