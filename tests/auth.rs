@@ -27,6 +27,13 @@ async fn refusal(server: &Server, auth: Option<Value>) -> String {
     }
 }
 
+/// A token's claims, read without checking its signature.
+fn claims_of(token: &str) -> Value {
+    let body = token.split('.').nth(1).expect("a JWT has three parts");
+    let json = Base64UrlUnpadded::decode_vec(body).expect("base64url claims");
+    serde_json::from_slice(&json).expect("JSON claims")
+}
+
 fn unsigned(claims: &Value) -> String {
     let header = Base64UrlUnpadded::encode_string(br#"{"alg":"none","typ":"JWT"}"#);
     let body = Base64UrlUnpadded::encode_string(claims.to_string().as_bytes());
@@ -234,6 +241,15 @@ async fn dev_tokens_exist_only_in_dev_mode() {
     assert!(said(&dev_log).contains("DEV MODE"), "{}", said(&dev_log));
     let minted = support::http_get_json(dev.addr, "/dev/token?name=Ann").await;
     let token = minted["token"].as_str().expect("token");
+    let claims = claims_of(token);
+    assert_eq!(claims["name"], "Ann");
+    // Short-lived: an hour from now.
+    let exp = claims["exp"].as_u64().expect("exp");
+    let now = unix_now();
+    assert!((now + 3590..=now + 3610).contains(&exp), "exp {exp}, now {now}");
+    let nameless = support::http_get_json(dev.addr, "/dev/token?name=").await;
+    let nameless = claims_of(nameless["token"].as_str().expect("token"));
+    assert!(nameless.get("name").is_none(), "{nameless}");
     let mut ann = dev.client_with_token(token).await;
     ann.join("r", "ignored");
     ann.expect("join-ok").await;
