@@ -148,3 +148,39 @@ pub fn valid_room_id(room: &str) -> bool {
     let chars = room.chars().count();
     (1..=MAX_ROOM_ID_CHARS).contains(&chars) && !room.chars().any(char::is_control)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+    use std::collections::HashSet;
+
+    const EVERY_REFUSAL: [Refusal; 17] = [
+        Refusal::InvalidPayload,
+        Refusal::InvalidRoom,
+        Refusal::InvalidName,
+        Refusal::InvalidPassword,
+        Refusal::Forbidden,
+        Refusal::RoomFull,
+        Refusal::TooManyRooms,
+        Refusal::PasswordRequired,
+        Refusal::WrongPassword,
+        Refusal::RateLimited { retry_after_ms: 1 },
+        Refusal::NotInRoom,
+        Refusal::UnknownTarget,
+        Refusal::PayloadTooLarge,
+        Refusal::UnknownEvent,
+        Refusal::Busy,
+        Refusal::Unavailable,
+        Refusal::AckRequired,
+    ];
+
+    /// A client tells refusals apart by code, and a developer by message.
+    #[test]
+    fn every_refusal_has_a_code_and_a_message_of_its_own() {
+        let codes: HashSet<_> = EVERY_REFUSAL.iter().map(|r| r.code()).collect();
+        let messages: HashSet<_> = EVERY_REFUSAL.iter().map(|r| r.message()).collect();
+        assert_eq!(codes.len(), EVERY_REFUSAL.len());
+        assert_eq!(messages.len(), EVERY_REFUSAL.len());
+        assert!(messages.iter().all(|m| !m.is_empty()));
+    }
+}
