@@ -132,13 +132,15 @@ impl CredentialDigest {
 
     /// Compares in constant time.
     pub fn matches(&self, other: &CredentialDigest) -> bool {
-        let difference = self
-            .0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        std::hint::black_box(difference) == 0
+        same_digest(&self.0, &other.0)
     }
+}
+
+/// Whether two SHA-256 digests are equal, in time that does not depend on where they differ,
+/// so a comparison tells an attacker nothing about the secret behind one.
+pub fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
 }
 
 /// A credential a client presented: whose session it names, which node held it, and the digest

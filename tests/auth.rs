@@ -246,7 +246,10 @@ async fn dev_tokens_exist_only_in_dev_mode() {
     // Short-lived: an hour from now.
     let exp = claims["exp"].as_u64().expect("exp");
     let now = unix_now();
-    assert!((now + 3590..=now + 3610).contains(&exp), "exp {exp}, now {now}");
+    assert!(
+        (now + 3590..=now + 3610).contains(&exp),
+        "exp {exp}, now {now}"
+    );
     let nameless = support::http_get_json(dev.addr, "/dev/token?name=").await;
     let nameless = claims_of(nameless["token"].as_str().expect("token"));
     assert!(nameless.get("name").is_none(), "{nameless}");
