@@ -7,8 +7,8 @@ mod support;
 use support::redis::Redis;
 use support::{SECRET, Server};
 
-#[tokio::test]
-async fn default_transports_work_across_machines_behind_fly_proxy() {
+/// Two Fly machines, `0e286e1c4d3d78` and `d891627b6e3318`, on one Redis.
+async fn two_machines() -> (Redis, Server, Server) {
     let redis = Redis::start().await;
     let url = redis.url();
     let machine = |id| {
@@ -20,6 +20,12 @@ async fn default_transports_work_across_machines_behind_fly_proxy() {
     };
     let a = Server::start_with(&[], &machine("0e286e1c4d3d78")).await;
     let b = Server::start_with(&[], &machine("d891627b6e3318")).await;
+    (redis, a, b)
+}
+
+#[tokio::test]
+async fn default_transports_work_across_machines_behind_fly_proxy() {
+    let (_redis, a, b) = two_machines().await;
     let backends = format!(
         "0e286e1c4d3d78=http://{},d891627b6e3318=http://{}",
         a.addr, b.addr
@@ -53,17 +59,7 @@ async fn default_transports_work_across_machines_behind_fly_proxy() {
 /// marks it `fly-replay-src`) is served where it lands, never bounced again.
 #[tokio::test]
 async fn a_request_is_replayed_to_the_machine_holding_its_session_and_only_once() {
-    let redis = Redis::start().await;
-    let url = redis.url();
-    let machine = |id| {
-        [
-            ("JWT_SECRET", SECRET),
-            ("REDIS_URL", url.as_str()),
-            ("FLY_MACHINE_ID", id),
-        ]
-    };
-    let a = Server::start_with(&[], &machine("0e286e1c4d3d78")).await;
-    let b = Server::start_with(&[], &machine("d891627b6e3318")).await;
+    let (_redis, a, b) = two_machines().await;
     let handshake = support::http_get_raw(a.addr, "/socket.io/?EIO=4&transport=polling", &[]).await;
     let sid = handshake
         .split_once("\"sid\":\"")
