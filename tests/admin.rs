@@ -227,4 +227,12 @@ async fn kicks_and_closings_reach_peers_on_other_nodes() {
         assert_eq!(kicked(peer).await["reason"], "the room was closed");
         peer.expect_closed().await;
     }
+
+    // With Redis gone, the API says so rather than answer from nothing.
+    redis.shut_down_saving().await;
+    let (status, body) = admin(one.addr, "GET", "/admin/rooms").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("room state unavailable"))
+    );
 }
