@@ -13,14 +13,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 use support::redis::Redis;
-use support::{Peer, Server};
+use support::{Peer, Server, WAIT, http_request};
 
 const CLIENTS: usize = 20;
 const ROOMS: usize = 5;
 const STEPS: usize = 600;
 
+/// Lets the model ask the admin API when a clean disconnect has taken effect.
+const ADMIN_TOKEN: &str = "model-admin-token-0123456789abcdef";
+
 /// Settings that keep the limits out of the model's way.
-const UNLIMITED: [(&str, &str); 8] = [
+const UNLIMITED: [(&str, &str); 9] = [
     ("RELAY_BURST", "100000"),
     ("ROOM_EVENT_BURST", "100000"),
     ("ECHO_BURST", "100000"),
@@ -29,6 +32,7 @@ const UNLIMITED: [(&str, &str); 8] = [
     ("RECOVERY_WINDOW_MS", "300000"),
     ("MAX_CONNECTIONS_PER_ADDRESS", "400"),
     ("JWT_SECRET", support::SECRET),
+    ("ADMIN_TOKEN", ADMIN_TOKEN),
 ];
 
 /// xorshift64*: small, seedable, good enough to pick steps.
@@ -171,7 +175,7 @@ impl<'a> Model<'a> {
                     60..72 => self.media_state(client),
                     72..82 => self.chat(client),
                     82..91 => self.drop_connection(client),
-                    _ => self.disconnect(client),
+                    _ => self.disconnect(client).await,
                 },
             };
             self.probe(client);
@@ -418,14 +422,50 @@ impl<'a> Model<'a> {
         format!("{client} resumes ({} missed)", kept.len())
     }
 
-    fn disconnect(&mut self, client: usize) -> String {
-        for room in self.rooms_of(client) {
-            self.depart(client, room);
+    async fn disconnect(&mut self, client: usize) -> String {
+        let id = self.id(client);
+        let rooms = self.rooms_of(client);
+        for room in &rooms {
+            self.depart(client, *room);
         }
         if let State::Online(peer) = std::mem::replace(&mut self.clients[client], State::Offline) {
             peer.client.close();
         }
+        // Nobody may hear of it (its rooms may hold only it, or only away clients), so the
+        // next step could overtake it: wait until the server has taken it out of its rooms.
+        for room in rooms {
+            self.until_gone(&id, room).await;
+        }
         format!("{client} disconnects")
+    }
+
+    /// Polls the admin API until `room`'s roster no longer lists `id` (no event says so).
+    async fn until_gone(&self, id: &str, room: usize) {
+        let path = format!("/admin/rooms/{}", room_id(room));
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = http_request(
+                self.servers[0].addr,
+                "GET",
+                &path,
+                &[("Authorization", &bearer)],
+                "",
+            )
+            .await;
+            match status {
+                404 => return,
+                200 if !body.contains(&format!("\"{id}\"")) => return,
+                200 => {}
+                _ => panic!("step {}: GET {path} answered {status}: {body}", self.step),
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "step {}: {id} still in {path} after {WAIT:?}: {body}",
+                self.step
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await; // polling a roster
+        }
     }
 
     /// Nothing the model did not predict is left: every away client is taken up again, and
