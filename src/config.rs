@@ -118,11 +118,17 @@ pub struct Config {
     #[arg(long, env = "WRONG_PASSWORDS_PER_SOCKET", default_value_t = 5)]
     pub wrong_passwords_per_socket: u32,
 
-    /// Wrong passwords one room may be tried with per window, from all sockets together.
+    /// Wrong passwords one user (every socket of one token `sub`, on every node) may try on
+    /// one room per window.
+    #[arg(long, env = "WRONG_PASSWORDS_PER_USER", default_value_t = 5)]
+    pub wrong_passwords_per_user: u32,
+
+    /// Wrong passwords one room may be tried with per window, from all users together; past
+    /// that, only users who have not guessed wrong there in the window may try, once.
     #[arg(long, env = "WRONG_PASSWORDS_PER_ROOM", default_value_t = 5)]
     pub wrong_passwords_per_room: u32,
 
-    /// The window of both wrong-password limits, in milliseconds.
+    /// The window of the wrong-password limits, in milliseconds.
     #[arg(long, env = "WRONG_PASSWORD_WINDOW_MS", default_value_t = 60_000)]
     pub wrong_password_window_ms: u64,
 
@@ -281,6 +287,10 @@ impl Config {
         GuessLimits {
             per_socket: WindowLimit {
                 limit: self.wrong_passwords_per_socket,
+                window,
+            },
+            per_user: WindowLimit {
+                limit: self.wrong_passwords_per_user,
                 window,
             },
             per_room: WindowLimit {

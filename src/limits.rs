@@ -103,11 +103,35 @@ pub struct WindowLimit {
     pub window: Duration,
 }
 
-/// Wrong-password limits: per socket and per room.
+/// Wrong-password limits. A socket may try `per_socket` wrong passwords on any rooms, and a
+/// user (every socket of one token `sub`, on every node) `per_user` on one room. A room as a
+/// whole takes `per_room` from everyone; past that, only users who have not guessed wrong
+/// there in this window may still try, so a guesser can lock out neither the members-to-be
+/// who know the password nor anyone but itself.
 #[derive(Debug, Clone, Copy)]
 pub struct GuessLimits {
     pub per_socket: WindowLimit,
+    pub per_user: WindowLimit,
     pub per_room: WindowLimit,
+}
+
+impl GuessLimits {
+    /// How long until a user whose attempts on a room are counted in `user` may try a
+    /// password there, the room's own attempts being counted in `room`; `None`: now.
+    pub fn room_wait(
+        &self,
+        now: Instant,
+        room: &FixedWindow,
+        user: &FixedWindow,
+    ) -> Option<Duration> {
+        if let Some(wait) = user.blocked_for(now, self.per_user) {
+            return Some(wait);
+        }
+        // A user with a wrong guess here waits for the room's window, or its own, to close.
+        let guessed = user.open_for(now, self.per_user)?;
+        let room_wait = room.blocked_for(now, self.per_room)?;
+        Some(room_wait.min(guessed))
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -134,6 +158,12 @@ impl FixedWindow {
                 }
             }
         }
+    }
+
+    /// How long the window stays open, if it has counted an attempt.
+    pub fn open_for(&self, now: Instant, limit: WindowLimit) -> Option<Duration> {
+        let closes = self.opened? + limit.window;
+        (self.count > 0 && now < closes).then(|| closes - now)
     }
 
     /// Takes back one counted attempt (one that turned out not to count, such as a right

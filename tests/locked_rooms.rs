@@ -76,9 +76,9 @@ macro_rules! single_and_cluster {
 
 single_and_cluster!(
     a_password_locks_a_room_until_it_empties,
-    parallel_guessers_share_the_room_limit,
+    parallel_guessers_share_the_limits,
     simultaneous_first_joins_agree_on_one_password,
-    wrong_passwords_are_limited_per_socket_and_per_room,
+    wrong_passwords_cost_the_guesser_not_the_room,
     chat_reaches_the_other_members_only,
 );
 
@@ -231,13 +231,14 @@ async fn simultaneous_first_joins_agree_on_one_password(mode: Mode) {
     }
 }
 
-async fn wrong_passwords_are_limited_per_socket_and_per_room(mode: Mode) {
+async fn wrong_passwords_cost_the_guesser_not_the_room(mode: Mode) {
     let window_ms: u64 = 3000;
     let window = window_ms.to_string();
     let s = Setup::new(
         mode,
         &[
             ("WRONG_PASSWORDS_PER_SOCKET", "3"),
+            ("WRONG_PASSWORDS_PER_USER", "2"),
             ("WRONG_PASSWORDS_PER_ROOM", "4"),
             ("WRONG_PASSWORD_WINDOW_MS", &window),
         ],
@@ -249,9 +250,9 @@ async fn wrong_passwords_are_limited_per_socket_and_per_room(mode: Mode) {
     let _zed = first_in(s.a(), "zed", "safe", "pw-safe").await;
     alice.until("#rtcio:init-offer").await;
 
-    // One socket: three wrong, then even the right password of another room is refused.
+    // One user on one room: two wrong, then it waits, whatever it sends.
     let mut guesser = s.b().client("guesser").await;
-    for attempt in 0..3 {
+    for attempt in 0..2 {
         if attempt == 1 {
             check(&guesser, "vault", Some("pw-guess"));
         } else {
@@ -259,64 +260,109 @@ async fn wrong_passwords_are_limited_per_socket_and_per_room(mode: Mode) {
         }
         expect_refusal(&mut guesser, "vault", "wrong-password").await;
     }
+    join(&guesser, "vault", Some("pw-vault"));
+    let limited = expect_refusal(&mut guesser, "vault", "rate-limited").await;
+    assert_retry_within(&limited, window_ms);
+    // ... from its other sockets too, on the other side.
+    let mut guesser_again = s.a().client("guesser").await;
+    join(&guesser_again, "vault", Some("pw-vault"));
+    expect_refusal(&mut guesser_again, "vault", "rate-limited").await;
+    // One socket: a third wrong password (another room's), then even that room's right one
+    // is refused.
+    join(&guesser, "safe", Some("pw-guess"));
+    expect_refusal(&mut guesser, "safe", "wrong-password").await;
     join(&guesser, "safe", Some("pw-safe"));
     let limited = expect_refusal(&mut guesser, "safe", "rate-limited").await;
-    let wait = limited["retryAfterMs"].as_u64().expect("retryAfterMs");
-    assert!((1..=window_ms).contains(&wait), "{limited}");
+    assert_retry_within(&limited, window_ms);
     // Open rooms need no password, so nothing limits them.
     join(&guesser, "open", None);
     guesser.expect("join-ok").await;
 
-    // The room: a fourth wrong password from another socket, on the other side, fills its
-    // allowance, and then nobody gets to try a password there.
+    // The room: two more users fill its allowance of four; one of them then waits.
     let mut other = s.a().client("other").await;
     join(&other, "vault", Some("pw-guess-2"));
     expect_refusal(&mut other, "vault", "wrong-password").await;
+    let mut another = s.b().client("another").await;
+    join(&another, "vault", Some("pw-guess-3"));
+    expect_refusal(&mut another, "vault", "wrong-password").await;
+    join(&other, "vault", Some("pw-vault"));
+    let limited = expect_refusal(&mut other, "vault", "rate-limited").await;
+    let wait = assert_retry_within(&limited, window_ms);
+    // But a user who has not guessed wrong there may still try: the right password gets in,
+    // so no guesser can lock a call's members-to-be out; a wrong one is its only try.
     let mut newcomer = s.b().client("newcomer").await;
     join(&newcomer, "vault", Some("pw-vault"));
-    let limited = expect_refusal(&mut newcomer, "vault", "rate-limited").await;
-    let wait = limited["retryAfterMs"].as_u64().expect("retryAfterMs");
-    assert!((1..=window_ms).contains(&wait), "{limited}");
-    check(&newcomer, "vault", Some("pw-vault"));
-    expect_refusal(&mut newcomer, "vault", "rate-limited").await;
-    join(&newcomer, "safe", Some("pw-safe"));
     newcomer.until("join-ok").await;
+    let mut latecomer = s.a().client("latecomer").await;
+    check(&latecomer, "vault", Some("pw-guess-4"));
+    expect_refusal(&mut latecomer, "vault", "wrong-password").await;
+    join(&latecomer, "vault", Some("pw-vault"));
+    expect_refusal(&mut latecomer, "vault", "rate-limited").await;
 
-    // The members heard nothing of any of it.
+    // The members heard of the newcomer, and of nothing else.
+    assert_eq!(
+        alice.expect("user-connected").await["id"],
+        json!(newcomer.id())
+    );
+    alice.expect("#rtcio:init-offer").await;
     alice.assert_nothing_before_probe(&bob).await;
 
     // Once the window the server named has passed, the right password works again.
     tokio::time::sleep(Duration::from_millis(wait + 50)).await; // the limit is a span of time
-    join(&newcomer, "vault", Some("pw-vault"));
-    newcomer.until("join-ok").await;
+    join(&other, "vault", Some("pw-vault"));
+    other.until("join-ok").await;
+}
+
+/// A refusal's `retryAfterMs`, which must lie within the window.
+fn assert_retry_within(limited: &Value, window_ms: u64) -> u64 {
+    let wait = limited["retryAfterMs"].as_u64().expect("retryAfterMs");
+    assert!((1..=window_ms).contains(&wait), "{limited}");
+    wait
 }
 
 /// Guesses sent at the same instant from many sockets (on both nodes) are counted before they
-/// are checked: exactly the room's allowance is tried, the rest wait.
-async fn parallel_guessers_share_the_room_limit(mode: Mode) {
-    let s = Setup::new(mode, &[("WRONG_PASSWORDS_PER_ROOM", "4")]).await;
+/// are checked: one user's sockets together get exactly the user's allowance; past the room's
+/// allowance, users who have not guessed wrong there get exactly one try each.
+async fn parallel_guessers_share_the_limits(mode: Mode) {
+    let s = Setup::new(
+        mode,
+        &[
+            ("WRONG_PASSWORDS_PER_USER", "4"),
+            ("WRONG_PASSWORDS_PER_ROOM", "4"),
+        ],
+    )
+    .await;
     let _alice = first_in(s.a(), "alice", "vault", "pw-vault").await;
-    let mut guessers = Vec::new();
+    let mut one_user = Vec::new();
+    let mut many_users = Vec::new();
     for i in 0..10 {
         let server = if i % 2 == 0 { s.a() } else { s.b() };
-        guessers.push(server.client_named(format!("guesser-{i}")).await);
+        one_user.push(server.client("guesser").await);
+        many_users.push(server.client_named(format!("guesser-{i}")).await);
     }
+    assert_eq!(guess_at_once(&mut one_user).await, (4, 6));
+    assert_eq!(
+        guess_at_once(&mut many_users).await,
+        (10, 0),
+        "the room has had its four, but none of these had guessed"
+    );
+    assert_eq!(guess_at_once(&mut many_users).await, (0, 10));
+}
+
+/// Every peer sends a wrong password to the vault at once: how many were tried and how many
+/// told to wait.
+async fn guess_at_once(guessers: &mut [Peer]) -> (usize, usize) {
     for (i, guesser) in guessers.iter().enumerate() {
         check(guesser, "vault", Some(&format!("pw-guess-{i}")));
     }
     let mut reasons = Vec::new();
-    for guesser in &mut guessers {
+    for guesser in guessers.iter_mut() {
         reasons.push(guesser.expect("join-error").await["reason"].clone());
     }
-    let tried = reasons
-        .iter()
-        .filter(|r| **r == json!("wrong-password"))
-        .count();
-    let waited = reasons
-        .iter()
-        .filter(|r| **r == json!("rate-limited"))
-        .count();
-    assert_eq!((tried, waited), (4, 6), "{reasons:?}");
+    let count = |reason: &str| reasons.iter().filter(|r| **r == json!(reason)).count();
+    let counts = (count("wrong-password"), count("rate-limited"));
+    assert_eq!(counts.0 + counts.1, guessers.len(), "{reasons:?}");
+    counts
 }
 
 async fn chat_reaches_the_other_members_only(mode: Mode) {

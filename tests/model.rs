@@ -23,11 +23,12 @@ const STEPS: usize = 600;
 const ADMIN_TOKEN: &str = "model-admin-token-0123456789abcdef";
 
 /// Settings that keep the limits out of the model's way.
-const UNLIMITED: [(&str, &str); 9] = [
+const UNLIMITED: [(&str, &str); 10] = [
     ("RELAY_BURST", "100000"),
     ("ROOM_EVENT_BURST", "100000"),
     ("ECHO_BURST", "100000"),
     ("WRONG_PASSWORDS_PER_SOCKET", "100000"),
+    ("WRONG_PASSWORDS_PER_USER", "100000"),
     ("WRONG_PASSWORDS_PER_ROOM", "100000"),
     ("RECOVERY_WINDOW_MS", "300000"),
     ("MAX_CONNECTIONS_PER_ADDRESS", "400"),

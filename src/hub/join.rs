@@ -204,7 +204,7 @@ impl Hub {
 
     /// Looks at the room and decides whether `session` may join it with `password`: the
     /// room's limits, its lock, and the wrong-password limits. A wrong password is counted
-    /// against the socket and the room. Changes nothing else.
+    /// against the socket, the room, and its user on the room. Changes nothing else.
     async fn look(
         &self,
         session: &Session,
@@ -237,13 +237,15 @@ impl Hub {
         };
         let limits = self.limits.guesses;
         // The session's own attempts run one at a time (its queue), so a check suffices; the
-        // room's come from everywhere at once, so each is counted before it is checked.
+        // room's and the user's (any of its sockets, on any node) come from everywhere at
+        // once, so each is counted before it is checked.
         let socket_wait = session.guesses_blocked_for(limits.per_socket);
+        let user = &*session.identity.user_id;
         let room_wait = match socket_wait {
             Some(_) => None,
             None => self
                 .rooms
-                .take_guess(room, limits.per_room)
+                .take_guess(room, user, &limits)
                 .await
                 .map_err(|e| {
                     tracing::error!(room, cause = %e, "room state unavailable");
@@ -256,7 +258,7 @@ impl Hub {
             });
         }
         if lock.opens(password).await {
-            if let Err(e) = self.rooms.forgive_guess(room).await {
+            if let Err(e) = self.rooms.forgive_guess(room, user).await {
                 tracing::warn!(room, cause = %e, "a right password stays counted against the room");
             }
             return Ok(Found::MayJoin(Expect::Locked(lock)));

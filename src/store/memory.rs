@@ -2,8 +2,10 @@
 //!
 //! The rooms live in a `DashMap` whose shard locks are held only inside one synchronous method
 //! call. A room whose last member leaves is removed, and its lock with it: an empty room leaves
-//! nothing behind. Wrong-password counters live in a second map and are swept once they
-//! outnumber [`GUESS_SWEEP_AT`], so a flood of guesses cannot grow it without bound.
+//! nothing behind. Wrong-password counters, per room and per user on a room, live in maps of
+//! their own, each swept once it outnumbers [`GUESS_SWEEP_AT`], so a flood of guesses cannot
+//! grow them without bound. A guess locks the room's counter and then the user's, always in
+//! that order.
 //!
 //! With webhooks on, each join and leave records its events while it holds the room's entry,
 //! so the queue has them in the order of the changes.
@@ -16,7 +18,7 @@ use dashmap::mapref::entry::Entry;
 
 use super::{Expect, JoinOutcome, Member, RoomSummary, RoomView};
 use crate::ids::PeerId;
-use crate::limits::{FixedWindow, WindowLimit};
+use crate::limits::{FixedWindow, GuessLimits, WindowLimit};
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
 use crate::webhooks::{Batch, Kind, LocalQueue};
@@ -37,6 +39,8 @@ struct Room {
 pub struct MemoryRooms {
     rooms: DashMap<String, Room>,
     guesses: DashMap<String, FixedWindow>,
+    /// Per room, then user id.
+    guessers: DashMap<(String, Arc<str>), FixedWindow>,
     /// Where webhook events go, when they are on.
     webhooks: Option<Arc<LocalQueue>>,
 }
@@ -123,23 +127,29 @@ impl MemoryRooms {
         }
     }
 
-    pub fn take_guess(&self, room: &str, guesses: WindowLimit) -> Option<Duration> {
+    pub fn take_guess(&self, room: &str, user: &str, limits: &GuessLimits) -> Option<Duration> {
         let now = Instant::now();
-        if self.guesses.len() >= GUESS_SWEEP_AT {
-            self.guesses
-                .retain(|_, window| !window.expired(now, guesses));
+        sweep(&self.guesses, now, limits.per_room);
+        sweep(&self.guessers, now, limits.per_user);
+        let mut counted = self.guesses.entry(room.to_string()).or_default();
+        let mut by_user = self
+            .guessers
+            .entry((room.to_string(), Arc::from(user)))
+            .or_default();
+        let wait = limits.room_wait(now, &counted, &by_user);
+        if wait.is_none() {
+            counted.record(now, limits.per_room);
+            by_user.record(now, limits.per_user);
         }
-        let mut window = self.guesses.entry(room.to_string()).or_default();
-        let blocked = window.blocked_for(now, guesses);
-        if blocked.is_none() {
-            window.record(now, guesses);
-        }
-        blocked
+        wait
     }
 
-    pub fn forgive_guess(&self, room: &str) {
-        if let Some(mut window) = self.guesses.get_mut(room) {
-            window.forgive();
+    pub fn forgive_guess(&self, room: &str, user: &str) {
+        if let Some(mut counted) = self.guesses.get_mut(room) {
+            counted.forgive();
+        }
+        if let Some(mut by_user) = self.guessers.get_mut(&(room.to_string(), Arc::from(user))) {
+            by_user.forgive();
         }
     }
 
@@ -218,6 +228,17 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Forgets closed windows once `counters` has reached [`GUESS_SWEEP_AT`].
+fn sweep<K: Eq + std::hash::Hash>(
+    counters: &DashMap<K, FixedWindow>,
+    now: Instant,
+    limit: WindowLimit,
+) {
+    if counters.len() >= GUESS_SWEEP_AT {
+        counters.retain(|_, window| !window.expired(now, limit));
+    }
 }
 
 #[cfg(test)]
@@ -309,24 +330,51 @@ mod tests {
             .expect("sealed")
     }
 
+    fn guess_limits(per_user: u32, per_room: u32, window: Duration) -> GuessLimits {
+        let limit = |limit| WindowLimit { limit, window };
+        GuessLimits {
+            per_socket: limit(u32::MAX),
+            per_user: limit(per_user),
+            per_room: limit(per_room),
+        }
+    }
+
     #[test]
-    fn guesses_are_counted_before_they_are_checked() {
+    fn guesses_are_counted_per_user_and_room_before_they_are_checked() {
         let rooms = MemoryRooms::default();
-        let limit = WindowLimit {
-            limit: 2,
-            window: Duration::from_secs(60),
-        };
-        assert_eq!(rooms.take_guess("r", limit), None);
-        assert_eq!(rooms.take_guess("r", limit), None);
-        assert!(rooms.take_guess("r", limit).is_some(), "the third waits");
-        rooms.forgive_guess("r");
+        let limits = guess_limits(2, 3, Duration::from_secs(60));
+        assert_eq!(rooms.take_guess("r", "eve", &limits), None);
+        assert_eq!(rooms.take_guess("r", "eve", &limits), None);
+        assert!(
+            rooms.take_guess("r", "eve", &limits).is_some(),
+            "eve's third waits"
+        );
+        rooms.forgive_guess("r", "eve");
         assert_eq!(
-            rooms.take_guess("r", limit),
+            rooms.take_guess("r", "eve", &limits),
             None,
             "a right one is given back"
         );
-        assert!(rooms.take_guess("r", limit).is_some());
-        assert_eq!(rooms.take_guess("other", limit), None);
+        assert_eq!(rooms.take_guess("other", "eve", &limits), None, "per room");
+        // The room's third attempt; then it has had its fill.
+        assert_eq!(rooms.take_guess("r", "mallory", &limits), None);
+        let wait = rooms.take_guess("r", "mallory", &limits);
+        assert!(
+            wait.is_some_and(|w| w > Duration::ZERO && w <= Duration::from_secs(60)),
+            "one who guessed here waits: {wait:?}"
+        );
+        assert_eq!(
+            rooms.take_guess("r", "ann", &limits),
+            None,
+            "one who has not guessed here may still try"
+        );
+        assert!(rooms.take_guess("r", "ann", &limits).is_some(), "once");
+        rooms.forgive_guess("r", "bob");
+        assert_eq!(
+            rooms.take_guess("r", "bob", &limits),
+            None,
+            "forgiving a user who never guessed counts nothing"
+        );
     }
 
     /// Joins `member` to `room` (of at most 10), which must let it in.
@@ -395,15 +443,14 @@ mod tests {
     #[test]
     fn expired_guess_counters_are_swept_once_they_reach_the_bound_and_not_before() {
         let rooms = MemoryRooms::default();
-        let closed = WindowLimit {
-            limit: 1,
-            window: Duration::ZERO,
-        };
+        let closed = guess_limits(1, 1, Duration::ZERO);
         for n in 0..GUESS_SWEEP_AT {
-            assert_eq!(rooms.take_guess(&format!("r{n}"), closed), None);
+            assert_eq!(rooms.take_guess(&format!("r{n}"), "eve", &closed), None);
         }
         assert_eq!(rooms.guesses.len(), GUESS_SWEEP_AT, "kept until the bound");
-        assert_eq!(rooms.take_guess("next", closed), None);
+        assert_eq!(rooms.guessers.len(), GUESS_SWEEP_AT, "kept until the bound");
+        assert_eq!(rooms.take_guess("next", "eve", &closed), None);
         assert_eq!(rooms.guesses.len(), 1, "only the new counter is left");
+        assert_eq!(rooms.guessers.len(), 1, "only the new counter is left");
     }
 }

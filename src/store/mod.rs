@@ -9,7 +9,7 @@ mod relays;
 use std::sync::Arc;
 
 use crate::ids::{NodeId, PeerId};
-use crate::limits::WindowLimit;
+use crate::limits::GuessLimits;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
 use crate::session::Session;
@@ -166,28 +166,29 @@ impl RoomStore {
         }
     }
 
-    /// Counts a password attempt against the room before it is checked, so parallel guessers
-    /// cannot all slip under the limit; `Some(wait)` (and nothing counted) if the room has had
-    /// its fill for this window.
+    /// Counts `user`'s password attempt against the room before it is checked, so parallel
+    /// guessers cannot all slip under the limits; `Some(wait)` (and nothing counted) if
+    /// [`GuessLimits::room_wait`] says the user must wait.
     pub async fn take_guess(
         &self,
         room: &str,
-        guesses: WindowLimit,
+        user: &str,
+        limits: &GuessLimits,
     ) -> Result<Option<std::time::Duration>, StoreError> {
         match self {
-            RoomStore::Memory(rooms) => Ok(rooms.take_guess(room, guesses)),
-            RoomStore::Redis(rooms) => rooms.take_guess(room, guesses).await,
+            RoomStore::Memory(rooms) => Ok(rooms.take_guess(room, user, limits)),
+            RoomStore::Redis(rooms) => rooms.take_guess(room, user, limits).await,
         }
     }
 
     /// Takes back an attempt counted by [`RoomStore::take_guess`] that was right.
-    pub async fn forgive_guess(&self, room: &str) -> Result<(), StoreError> {
+    pub async fn forgive_guess(&self, room: &str, user: &str) -> Result<(), StoreError> {
         match self {
             RoomStore::Memory(rooms) => {
-                rooms.forgive_guess(room);
+                rooms.forgive_guess(room, user);
                 Ok(())
             }
-            RoomStore::Redis(rooms) => rooms.forgive_guess(room).await,
+            RoomStore::Redis(rooms) => rooms.forgive_guess(room, user).await,
         }
     }
 

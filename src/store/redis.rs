@@ -11,7 +11,8 @@
 //! - `rtcio:lock:{room}`   the room's password seal (an argon2id PHC string), while it has
 //!   members; set by the join that fills the empty room, deleted by the leave that empties it
 //! - `rtcio:guesses:{room}` password attempts counted in the current window (a right one is
-//!   given back), expiring with the window
+//!   given back), expiring with the window; `rtcio:guesser:{len}:{room}:{user}` the same for
+//!   one user id on the room (`len`, the room id's length, keeps the pair unambiguous)
 //! - `rtcio:node:{id}:members` set of "room\npeer" this node's peers hold
 //! - `rtcio:node:{id}:alive`   expiring key refreshed by the node's heartbeat
 //! - `rtcio:node:{id}:heir`    the node a shut-down node left its sessions to, for the
@@ -35,8 +36,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::relays::{Relay, RelayRouter};
@@ -45,11 +46,12 @@ use super::{
 };
 use crate::cluster::inbox::{self, INBOX_PREFIX};
 use crate::ids::{NodeId, PeerId};
-use crate::limits::WindowLimit;
+use crate::limits::GuessLimits;
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
 
 const PREFIX: &str = "rtcio:";
+
 /// A node whose heartbeat is this old is presumed dead.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// How long a node shutting down stays marked as such: longer than any drain.
@@ -177,18 +179,28 @@ return {1, remaining}
 
 const MEMBERS: &str = concat!(placed_fn!(), "return placed(KEYS[1])");
 
-/// Counts a password attempt unless the room has had its fill (ARGV[1]) for the window: then
-/// returns the milliseconds left. The first attempt of a window starts its expiry (ARGV[2]).
+/// Counts a password attempt against the room (KEYS[1]) and the user on it (KEYS[2]), unless
+/// `GuessLimits::room_wait`'s rule makes the user wait (the room's limit ARGV[1], the user's
+/// ARGV[2]): then returns the milliseconds left. A count's first attempt starts its expiry
+/// (ARGV[3]).
 const TAKE_GUESS: &str = r#"
-local count = tonumber(redis.call('GET', KEYS[1]) or '0')
-if count >= tonumber(ARGV[1]) then return math.max(redis.call('PTTL', KEYS[1]), 1) end
-if redis.call('INCR', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local room = tonumber(redis.call('GET', KEYS[1]) or '0')
+local user = tonumber(redis.call('GET', KEYS[2]) or '0')
+if user >= tonumber(ARGV[2]) then return math.max(redis.call('PTTL', KEYS[2]), 1) end
+if user > 0 and room >= tonumber(ARGV[1]) then
+  return math.max(math.min(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])), 1)
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[3]) end
+end
 return 0
 "#;
 
-/// Takes back an attempt that was right.
+/// Takes back an attempt that was right, from the room's count and the user's.
 const FORGIVE_GUESS: &str = r#"
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+for _, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+end
 return 0
 "#;
 
@@ -497,6 +509,10 @@ fn guesses_key(room: &str) -> String {
     format!("{PREFIX}guesses:{room}")
 }
 
+fn guesser_key(room: &str, user: &str) -> String {
+    format!("{PREFIX}guesser:{}:{room}:{user}", room.len())
+}
+
 fn members_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:members")
 }
@@ -659,22 +675,26 @@ impl RedisRooms {
     pub async fn take_guess(
         &self,
         room: &str,
-        guesses: WindowLimit,
+        user: &str,
+        limits: &GuessLimits,
     ) -> Result<Option<Duration>, StoreError> {
         let wait_ms: u64 = self
             .take_guess
             .key(guesses_key(room))
-            .arg(guesses.limit)
-            .arg(guesses.window.as_millis().max(1) as u64)
+            .key(guesser_key(room, user))
+            .arg(limits.per_room.limit)
+            .arg(limits.per_user.limit)
+            .arg(limits.per_room.window.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
         Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
     }
 
-    pub async fn forgive_guess(&self, room: &str) -> Result<(), StoreError> {
+    pub async fn forgive_guess(&self, room: &str, user: &str) -> Result<(), StoreError> {
         self.forgive_guess
             .key(guesses_key(room))
+            .key(guesser_key(room, user))
             .invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map(drop)

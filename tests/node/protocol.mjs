@@ -56,7 +56,7 @@ function startServer() {
   for (const key of [
     'HOST', 'PORT', 'DEV_MODE', 'REDIS_URL', 'JWT_PUBLIC_KEY_FILE', 'JWT_ISSUER', 'JWT_AUDIENCE',
     'MAX_PAYLOAD_BYTES', 'MAX_PEERS_PER_ROOM', 'DEMO_DIR', 'ALLOWED_ORIGINS',
-    'WRONG_PASSWORDS_PER_SOCKET', 'WRONG_PASSWORDS_PER_ROOM', 'WRONG_PASSWORD_WINDOW_MS',
+    'WRONG_PASSWORDS_PER_SOCKET', 'WRONG_PASSWORDS_PER_USER', 'WRONG_PASSWORDS_PER_ROOM', 'WRONG_PASSWORD_WINDOW_MS',
     'RECOVERY_WINDOW_MS',
   ]) {
     delete env[key];
@@ -1066,19 +1066,19 @@ for (const [transportName, transports] of TRANSPORTS) {
       await refusedJoin(g, 'check-room', { roomId: r1, password: pw1 }, 'rate-limited', 'the right password after five wrong ones');
       await refusedJoin(g, 'join-room', { roomId: r2, name: 'guesser', password: pw2 }, 'rate-limited', 'another locked room');
       await refusedJoin(g, 'check-room', { roomId: r2, password: pw2 }, 'rate-limited', 'another locked room');
-      // Five wrong passwords were tried in r1, so r1 refuses a fresh socket too.
+      // The guesser locked out only itself: another user with r1's password still gets in.
       const h = await c.connect('helen');
-      await refusedJoin(h, 'join-room', { roomId: r1, name: 'helen', password: pw1 }, 'rate-limited', 'r1 after five wrong passwords');
+      await joinRoom(h, r1, [[a1, 'a1'], [a2, 'a2']], 'helen', pw1);
       // The guesser can still open a room of its own, and r2 still admits other sockets.
       await joinEmpty(g, uniqueRoom('guess-own'), 'guesser');
       await joinRoom(h, r2, [[b1, 'b1']], 'helen', pw2);
-      // The members of r1 heard of none of it.
+      // The members of r1 heard of none of the guesses.
       await barrier(a1, a2, 'no news of the guesses');
       await barrier(a2, a1, 'no news of the guesses');
       for (const p of [a1, a2, b1, g, h]) p.assertDrained('at the end');
     });
 
-    test('password guessing: five wrong passwords in a room rate-limit it for every socket; other rooms still admit', async (t) => {
+    test('password guessing: five wrong passwords in a room stop those who guessed there; a newcomer with the password still gets in', async (t) => {
       const c = clients(t, transports);
       const pw = c.password();
       const pw2 = c.password();
@@ -1106,16 +1106,23 @@ for (const [transportName, transports] of TRANSPORTS) {
         if (i % 2) await refusedJoin(s, 'check-room', { roomId: room, password }, 'wrong-password', `wrong #${i + 1}`);
         else await refusedJoin(s, 'join-room', { roomId: room, name: s.label, password }, 'wrong-password', `wrong #${i + 1}`);
       }
-      // A brand-new socket with the right password is refused for this room...
+      // The room has had its five: those who guessed there wait, even with the right password...
+      await refusedJoin(guessers[0], 'join-room', { roomId: room, name: 's0', password: pw }, 'rate-limited', 'the right password after a wrong one');
+      await refusedJoin(guessers[1], 'check-room', { roomId: room, password: c.password() }, 'rate-limited', 'another guess');
+      // ...a newcomer gets one try: a wrong password is its last...
+      const w = await c.connect('wrongcomer');
+      await refusedJoin(w, 'check-room', { roomId: room, password: c.password() }, 'wrong-password', 'a newcomer\'s one try');
+      await refusedJoin(w, 'join-room', { roomId: room, name: 'wrongcomer', password: pw }, 'rate-limited', 'after its one try');
+      // ...and a newcomer with the right password gets in: guessers cannot lock a call.
       const k = await c.connect('latecomer');
-      await refusedJoin(k, 'join-room', { roomId: room, name: 'latecomer', password: pw }, 'rate-limited', 'the right password in a guessed-at room');
-      await refusedJoin(k, 'check-room', { roomId: room, password: pw }, 'rate-limited', 'the right password in a guessed-at room');
-      // ...but another locked room admits it.
-      await joinRoom(k, other, [[o, 'olga']], 'latecomer', pw2);
-      // The members heard of none of it.
+      await checkOk(k, room, pw, true, 'the right password in a guessed-at room');
+      await joinRoom(k, room, [[a, 'alice'], [b, 'bob']], 'latecomer', pw);
+      // Another locked room admits the guessers.
+      await joinRoom(guessers[2], other, [[o, 'olga']], 's2', pw2);
+      // The members heard of none of the guesses.
       await barrier(a, b, 'no news of the guesses');
       await barrier(b, a, 'no news of the guesses');
-      for (const p of [a, b, o, z, k, ...guessers]) p.assertDrained('at the end');
+      for (const p of [a, b, o, z, k, w, ...guessers]) p.assertDrained('at the end');
     });
 
     test('chat-message: echoed to the other members with the server id, not to the sender, other rooms, or late joiners', async (t) => {

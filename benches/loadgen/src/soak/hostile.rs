@@ -354,8 +354,9 @@ pub async fn join_spam(ctx: &Ctx) {
 /// Wrong passwords one guesser tries per round: more than the room's allowance.
 const GUESSES: u32 = limits::WRONG_PASSWORDS + 2;
 
-/// (5) A fresh socket each round tries wrong passwords on the locked vault room: at most
-/// WRONG_PASSWORDS_PER_ROOM of them may get `wrong-password` per round, then `rate-limited`.
+/// (5) A fresh socket of a fresh user each round tries wrong passwords on the locked vault
+/// room: at most WRONG_PASSWORDS_PER_USER of them may get `wrong-password` per round (one,
+/// once the room has had its WRONG_PASSWORDS_PER_ROOM in the window), then `rate-limited`.
 pub async fn guess(ctx: &Ctx) {
     let mut rounds = Rounds::new(ctx, Duration::from_secs(7));
     while let Some(k) = rounds.next().await {

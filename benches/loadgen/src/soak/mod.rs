@@ -63,6 +63,7 @@ pub mod limits {
             ("FLOOD_DISCONNECT_MS", FLOOD_DISCONNECT_MS.to_string()),
             ("MAX_ROOMS_PER_SOCKET", MAX_ROOMS_PER_SOCKET.to_string()),
             ("WRONG_PASSWORDS_PER_SOCKET", WRONG_PASSWORDS.to_string()),
+            ("WRONG_PASSWORDS_PER_USER", WRONG_PASSWORDS.to_string()),
             ("WRONG_PASSWORDS_PER_ROOM", WRONG_PASSWORDS.to_string()),
             (
                 "WRONG_PASSWORD_WINDOW_MS",
