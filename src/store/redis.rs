@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::{AsyncConnectionConfig, Script};
 use serde::{Deserialize, Serialize};
 
 use super::relays::{Relay, RelayRouter};
@@ -51,6 +51,9 @@ use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
 
 const PREFIX: &str = "rtcio:";
+
+/// How long the first connection at start may take (see [`RedisRooms::connect`]).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node whose heartbeat is this old is presumed dead.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
@@ -577,6 +580,16 @@ fn pairs(flat: Vec<String>) -> impl Iterator<Item = (String, String)> {
 impl RedisRooms {
     /// Connects and registers this node.
     pub async fn connect(client: redis::Client) -> Result<RedisRooms, StoreError> {
+        // First one patient connection, so that a handshake slowed by a busy machine cannot
+        // hide the real error at start (a certificate that does not verify, a wrong password)
+        // behind the fail-fast timeout below.
+        let patient = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(START_TIMEOUT))
+            .set_response_timeout(Some(START_TIMEOUT));
+        client
+            .get_multiplexed_async_connection_with_config(&patient)
+            .await
+            .map_err(store_error)?;
         // Fail fast while Redis is away: a join gets `unavailable` in well under a second
         // instead of waiting out redis-rs's default six reconnection attempts (about 6 s). The
         // heartbeat keeps trying every second, so the connection comes back with Redis.
