@@ -115,17 +115,32 @@ pub struct Config {
     pub max_rooms_per_socket: usize,
 
     /// Wrong room passwords one socket may try per window; then `join-error` `rate-limited`.
-    #[arg(long, env = "WRONG_PASSWORDS_PER_SOCKET", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "WRONG_PASSWORDS_PER_SOCKET",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub wrong_passwords_per_socket: u32,
 
     /// Wrong passwords one user (every socket of one token `sub`, on every node) may try on
     /// one room per window.
-    #[arg(long, env = "WRONG_PASSWORDS_PER_USER", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "WRONG_PASSWORDS_PER_USER",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub wrong_passwords_per_user: u32,
 
     /// Wrong passwords one room may be tried with per window, from all users together; past
     /// that, only users who have not guessed wrong there in the window may try, once.
-    #[arg(long, env = "WRONG_PASSWORDS_PER_ROOM", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "WRONG_PASSWORDS_PER_ROOM",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub wrong_passwords_per_room: u32,
 
     /// The window of the wrong-password limits, in milliseconds.

@@ -326,6 +326,18 @@ async fn a_queue_cap_below_four_events_is_refused_at_start() {
     );
 }
 
+#[tokio::test]
+async fn a_wrong_password_allowance_of_zero_is_refused_at_start() {
+    for setting in [
+        "WRONG_PASSWORDS_PER_SOCKET",
+        "WRONG_PASSWORDS_PER_USER",
+        "WRONG_PASSWORDS_PER_ROOM",
+    ] {
+        let stderr = support::refused_start(&[("JWT_SECRET", SECRET), (setting, "0")]).await;
+        assert!(stderr.contains(setting), "{stderr}");
+    }
+}
+
 /// A client that goes silent (a half-open connection: nothing read, no pong) is dropped once a
 /// ping goes unanswered for PING_INTERVAL_MS + PING_TIMEOUT_MS; its peers hear it leave.
 #[tokio::test]

@@ -357,6 +357,7 @@ const GUESSES: u32 = limits::WRONG_PASSWORDS + 2;
 /// (5) A fresh socket of a fresh user each round tries wrong passwords on the locked vault
 /// room: at most WRONG_PASSWORDS_PER_USER of them may get `wrong-password` per round (one,
 /// once the room has had its WRONG_PASSWORDS_PER_ROOM in the window), then `rate-limited`.
+/// Then a guest who knows the password joins the vault, from the other node: it must get in.
 pub async fn guess(ctx: &Ctx) {
     let mut rounds = Rounds::new(ctx, Duration::from_secs(7));
     while let Some(k) = rounds.next().await {
@@ -387,7 +388,24 @@ pub async fn guess(ctx: &Ctx) {
             ));
         }
         client.close();
+        guest(ctx, k + 1).await;
     }
+}
+
+/// A newcomer who knows the vault's password, on node `k mod nodes`: the guessers must not
+/// have locked it out.
+async fn guest(ctx: &Ctx, k: u64) {
+    let Some(mut guest) = connect(ctx, k, "vault-guest").await else {
+        return;
+    };
+    let (reply, _) = join(&mut guest, super::VAULT_ROOM, Some(super::VAULT_PASSWORD)).await;
+    let got = describe(&reply);
+    ctx.stats.outcome(&format!("vault guest: {got}"), 1);
+    if got != "join-ok" {
+        ctx.stats
+            .violation(format!("a vault guest with the password got {got}"));
+    }
+    guest.close();
 }
 
 /// Connections the spammer opens per round beyond the per-address cap.

@@ -79,6 +79,8 @@ const VICTIM_ROOM: &str = "soak-victim";
 const VICTIM_NAME: &str = "victim-0";
 /// The locked room the guessers try; its one member must hear nothing of them.
 const VAULT_ROOM: &str = "soak-vault";
+/// The vault's password, which the guessers never try and its guests know.
+const VAULT_PASSWORD: &str = "the vault's password";
 /// Outcome names the summary checks.
 const FLOODS: &str = "flood: rounds";
 const FLOOD_REACHED: &str = "flood: relays that reached the victim";
@@ -239,11 +241,11 @@ async fn soak(procs: &mut Processes, cfg: &ServerConfig, plan: &Plan, label: &st
         },
         calls::Spec {
             room: VAULT_ROOM.to_string(),
-            password: Some("the vault's password".to_string()),
+            password: Some(VAULT_PASSWORD.to_string()),
             first: 1,
             late: 0,
             talk,
-            open_door: false,
+            open_door: true,
             node0: 0,
             names: "vault".to_string(),
         },
