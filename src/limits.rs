@@ -8,10 +8,12 @@
 //!
 //! [`FixedWindow`] counts attempts: the first counted attempt opens a window, and once `limit`
 //! attempts have been counted in it, further ones are refused until it closes. It is used for
-//! wrong room passwords, per socket (in the session) and per room (in the store; in Redis in
-//! cluster mode, with the same rule as a key that expires with the window). [`KeyedWindows`]
-//! holds one per key in memory (TURN credentials per user) and forgets closed ones.
+//! wrong room passwords, per socket (in the session), and per room and per user on a room (in
+//! the store; in Redis in cluster mode, with the same rule as keys that expire with the window). [`WindowMap`]
+//! holds one per key in memory and forgets closed ones; [`KeyedWindows`] is one with a single
+//! limit (TURN credentials per user).
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use dashmap::mapref::one::RefMut;
 
 /// The caps on connections, and what is held against them.
 pub struct ConnectionCaps {
@@ -179,46 +182,75 @@ impl FixedWindow {
     }
 }
 
-/// One [`FixedWindow`] per key, such as a user id. Closed windows are forgotten once the map
-/// has doubled since it was last swept, so it holds at most about twice the keys active within
-/// one window (or [`KeyedWindows::SWEEP_FLOOR`]), and a sweep costs amortized O(1) per attempt.
-pub struct KeyedWindows {
-    limit: WindowLimit,
-    windows: DashMap<Arc<str>, FixedWindow>,
+/// One [`FixedWindow`] per key. Closed windows are forgotten once the map has doubled since it
+/// was last swept, so it holds at most about twice the keys active within one window (or
+/// [`WindowMap::SWEEP_FLOOR`]), and a sweep costs amortized O(1) per attempt.
+pub struct WindowMap<K> {
+    windows: DashMap<K, FixedWindow>,
     sweep_at: AtomicUsize,
 }
 
-impl KeyedWindows {
+impl<K: Eq + Hash> Default for WindowMap<K> {
+    fn default() -> Self {
+        WindowMap {
+            windows: DashMap::new(),
+            sweep_at: AtomicUsize::new(Self::SWEEP_FLOOR),
+        }
+    }
+}
+
+impl<K: Eq + Hash> WindowMap<K> {
     /// Below this many keys the map is not swept at all.
     pub const SWEEP_FLOOR: usize = 1024;
 
+    /// `key`'s window (a fresh one if it has none), locked until the guard is dropped. Closed
+    /// windows (by `limit`) are forgotten first if the map has grown enough.
+    pub fn window(&self, key: K, now: Instant, limit: WindowLimit) -> RefMut<'_, K, FixedWindow> {
+        if self.windows.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            self.windows.retain(|_, window| !window.expired(now, limit));
+            let next = (self.windows.len() * 2).max(Self::SWEEP_FLOOR);
+            self.sweep_at.store(next, Ordering::Relaxed);
+        }
+        self.windows.entry(key).or_default()
+    }
+
+    /// Takes back one attempt counted for `key`; a window left with none is forgotten, so the
+    /// next counted attempt opens a new one.
+    pub fn forgive(&self, key: &K) {
+        self.windows.remove_if_mut(key, |_, window| {
+            window.forgive();
+            window.count == 0
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+/// A [`WindowMap`] with one limit for every key, such as TURN credentials per user.
+pub struct KeyedWindows {
+    limit: WindowLimit,
+    windows: WindowMap<Arc<str>>,
+}
+
+impl KeyedWindows {
     pub fn new(limit: WindowLimit) -> KeyedWindows {
         KeyedWindows {
             limit,
-            windows: DashMap::new(),
-            sweep_at: AtomicUsize::new(Self::SWEEP_FLOOR),
+            windows: WindowMap::default(),
         }
     }
 
     /// Counts one attempt for `key`, or says how long until its window lets one in.
     pub fn take(&self, key: &Arc<str>, now: Instant) -> Result<(), Duration> {
-        self.forget_closed(now);
-        let mut window = self.windows.entry(Arc::clone(key)).or_default();
+        let mut window = self.windows.window(Arc::clone(key), now, self.limit);
         if let Some(wait) = window.blocked_for(now, self.limit) {
             return Err(wait);
         }
         window.record(now, self.limit);
         Ok(())
-    }
-
-    fn forget_closed(&self, now: Instant) {
-        if self.windows.len() < self.sweep_at.load(Ordering::Relaxed) {
-            return;
-        }
-        self.windows
-            .retain(|_, window| !window.expired(now, self.limit));
-        let next = (self.windows.len() * 2).max(Self::SWEEP_FLOOR);
-        self.sweep_at.store(next, Ordering::Relaxed);
     }
 }
 
@@ -592,6 +624,28 @@ mod tests {
     }
 
     #[test]
+    fn a_window_given_back_its_only_attempt_is_forgotten() {
+        let limit = WindowLimit {
+            limit: 2,
+            window: Duration::from_secs(60),
+        };
+        let map = WindowMap::<&str>::default();
+        let t0 = Instant::now();
+        map.window("a", t0, limit).record(t0, limit);
+        map.window("a", t0, limit).record(t0, limit);
+        map.forgive(&"a");
+        assert_eq!(map.len(), 1, "one attempt is still counted");
+        map.forgive(&"a");
+        assert_eq!(map.len(), 0, "none is: the next attempt opens a new window");
+        let later = t0 + Duration::from_secs(50);
+        map.window("a", later, limit).record(later, limit);
+        assert_eq!(
+            map.window("a", later, limit).open_for(later, limit),
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
     fn keyed_windows_limit_each_key_and_forget_closed_ones() {
         let limit = WindowLimit {
             limit: 2,
@@ -612,19 +666,19 @@ mod tests {
         // Many users once each: the map is swept when it reaches its threshold, keeping only
         // windows still open.
         let later = t0 + Duration::from_secs(61);
-        for i in 0..KeyedWindows::SWEEP_FLOOR * 3 {
+        for i in 0..WindowMap::<Arc<str>>::SWEEP_FLOOR * 3 {
             let user: Arc<str> = format!("user-{i}").into();
             limiter.take(&user, later).expect("a fresh user");
         }
         assert!(
-            limiter.windows.len() <= KeyedWindows::SWEEP_FLOOR * 3,
+            limiter.windows.len() <= WindowMap::<Arc<str>>::SWEEP_FLOOR * 3,
             "{} keys",
             limiter.windows.len()
         );
         let much_later = later + Duration::from_secs(61);
         let last: Arc<str> = "last".into();
         // Reaching the threshold again sweeps every closed window.
-        while limiter.windows.len() < limiter.sweep_at.load(Ordering::Relaxed) {
+        while limiter.windows.len() < limiter.windows.sweep_at.load(Ordering::Relaxed) {
             let user: Arc<str> = format!("filler-{}", limiter.windows.len()).into();
             limiter.take(&user, later).expect("a fresh user");
         }

@@ -259,7 +259,7 @@ impl Hub {
         }
         if lock.opens(password).await {
             if let Err(e) = self.rooms.forgive_guess(room, user).await {
-                tracing::warn!(room, cause = %e, "a right password stays counted against the room");
+                tracing::warn!(room, cause = %e, "a right password stays counted against the room and its user");
             }
             return Ok(Found::MayJoin(Expect::Locked(lock)));
         }

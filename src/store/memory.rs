@@ -2,10 +2,10 @@
 //!
 //! The rooms live in a `DashMap` whose shard locks are held only inside one synchronous method
 //! call. A room whose last member leaves is removed, and its lock with it: an empty room leaves
-//! nothing behind. Wrong-password counters, per room and per user on a room, live in maps of
-//! their own, each swept once it outnumbers [`GUESS_SWEEP_AT`], so a flood of guesses cannot
-//! grow them without bound. A guess locks the room's counter and then the user's, always in
-//! that order.
+//! nothing behind. Wrong-password counters, per room and per user on a room, live in
+//! [`WindowMap`]s of their own, which forget closed windows, so a flood of guesses cannot grow
+//! them without bound. A guess locks the room's counter and then the user's, always in that
+//! order.
 //!
 //! With webhooks on, each join and leave records its events while it holds the room's entry,
 //! so the queue has them in the order of the changes.
@@ -18,13 +18,10 @@ use dashmap::mapref::entry::Entry;
 
 use super::{Expect, JoinOutcome, Member, RoomSummary, RoomView};
 use crate::ids::PeerId;
-use crate::limits::{FixedWindow, GuessLimits, WindowLimit};
+use crate::limits::{GuessLimits, WindowMap};
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
 use crate::webhooks::{Batch, Kind, LocalQueue};
-
-/// Counters kept before expired ones are swept.
-const GUESS_SWEEP_AT: usize = 4096;
 
 struct Room {
     /// In joining order.
@@ -38,9 +35,9 @@ struct Room {
 #[derive(Default)]
 pub struct MemoryRooms {
     rooms: DashMap<String, Room>,
-    guesses: DashMap<String, FixedWindow>,
+    guesses: WindowMap<String>,
     /// Per room, then user id.
-    guessers: DashMap<(String, Arc<str>), FixedWindow>,
+    guessers: WindowMap<(String, Arc<str>)>,
     /// Where webhook events go, when they are on.
     webhooks: Option<Arc<LocalQueue>>,
 }
@@ -129,13 +126,10 @@ impl MemoryRooms {
 
     pub fn take_guess(&self, room: &str, user: &str, limits: &GuessLimits) -> Option<Duration> {
         let now = Instant::now();
-        sweep(&self.guesses, now, limits.per_room);
-        sweep(&self.guessers, now, limits.per_user);
-        let mut counted = self.guesses.entry(room.to_string()).or_default();
-        let mut by_user = self
-            .guessers
-            .entry((room.to_string(), Arc::from(user)))
-            .or_default();
+        let mut counted = self.guesses.window(room.to_string(), now, limits.per_room);
+        let mut by_user =
+            self.guessers
+                .window((room.to_string(), Arc::from(user)), now, limits.per_user);
         let wait = limits.room_wait(now, &counted, &by_user);
         if wait.is_none() {
             counted.record(now, limits.per_room);
@@ -145,12 +139,8 @@ impl MemoryRooms {
     }
 
     pub fn forgive_guess(&self, room: &str, user: &str) {
-        if let Some(mut counted) = self.guesses.get_mut(room) {
-            counted.forgive();
-        }
-        if let Some(mut by_user) = self.guessers.get_mut(&(room.to_string(), Arc::from(user))) {
-            by_user.forgive();
-        }
+        self.guesses.forgive(&room.to_string());
+        self.guessers.forgive(&(room.to_string(), Arc::from(user)));
     }
 
     /// Removes `sid` from the room; returns the members who remain, or `None` if it was not
@@ -228,17 +218,6 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Forgets closed windows once `counters` has reached [`GUESS_SWEEP_AT`].
-fn sweep<K: Eq + std::hash::Hash>(
-    counters: &DashMap<K, FixedWindow>,
-    now: Instant,
-    limit: WindowLimit,
-) {
-    if counters.len() >= GUESS_SWEEP_AT {
-        counters.retain(|_, window| !window.expired(now, limit));
-    }
 }
 
 #[cfg(test)]
@@ -331,7 +310,7 @@ mod tests {
     }
 
     fn guess_limits(per_user: u32, per_room: u32, window: Duration) -> GuessLimits {
-        let limit = |limit| WindowLimit { limit, window };
+        let limit = |limit| crate::limits::WindowLimit { limit, window };
         GuessLimits {
             per_socket: limit(u32::MAX),
             per_user: limit(per_user),
@@ -369,11 +348,11 @@ mod tests {
             "one who has not guessed here may still try"
         );
         assert!(rooms.take_guess("r", "ann", &limits).is_some(), "once");
-        rooms.forgive_guess("r", "bob");
+        rooms.forgive_guess("r", "ann");
         assert_eq!(
-            rooms.take_guess("r", "bob", &limits),
+            rooms.take_guess("r", "ann", &limits),
             None,
-            "forgiving a user who never guessed counts nothing"
+            "a right password given back leaves ann as one who has not guessed"
         );
     }
 
@@ -444,11 +423,12 @@ mod tests {
     fn expired_guess_counters_are_swept_once_they_reach_the_bound_and_not_before() {
         let rooms = MemoryRooms::default();
         let closed = guess_limits(1, 1, Duration::ZERO);
-        for n in 0..GUESS_SWEEP_AT {
+        let floor = WindowMap::<String>::SWEEP_FLOOR;
+        for n in 0..floor {
             assert_eq!(rooms.take_guess(&format!("r{n}"), "eve", &closed), None);
         }
-        assert_eq!(rooms.guesses.len(), GUESS_SWEEP_AT, "kept until the bound");
-        assert_eq!(rooms.guessers.len(), GUESS_SWEEP_AT, "kept until the bound");
+        assert_eq!(rooms.guesses.len(), floor, "kept until the bound");
+        assert_eq!(rooms.guessers.len(), floor, "kept until the bound");
         assert_eq!(rooms.take_guess("next", "eve", &closed), None);
         assert_eq!(rooms.guesses.len(), 1, "only the new counter is left");
         assert_eq!(rooms.guessers.len(), 1, "only the new counter is left");

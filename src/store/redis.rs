@@ -36,8 +36,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Script};
 use serde::{Deserialize, Serialize};
 
 use super::relays::{Relay, RelayRouter};
@@ -46,13 +46,13 @@ use super::{
 };
 use crate::cluster::inbox::{self, INBOX_PREFIX};
 use crate::ids::{NodeId, PeerId};
-use crate::limits::GuessLimits;
+use crate::limits::{GuessLimits, WindowLimit};
 use crate::protocol::MediaState;
 use crate::room_lock::RoomLock;
 
 const PREFIX: &str = "rtcio:";
 
-/// How long the first connection at start may take (see [`RedisRooms::connect`]).
+/// How long connecting at start may take in all (see [`RedisRooms::connect`]).
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node whose heartbeat is this old is presumed dead.
@@ -184,8 +184,8 @@ const MEMBERS: &str = concat!(placed_fn!(), "return placed(KEYS[1])");
 
 /// Counts a password attempt against the room (KEYS[1]) and the user on it (KEYS[2]), unless
 /// `GuessLimits::room_wait`'s rule makes the user wait (the room's limit ARGV[1], the user's
-/// ARGV[2]): then returns the milliseconds left. A count's first attempt starts its expiry
-/// (ARGV[3]).
+/// ARGV[2]): then returns the milliseconds left. A count's first attempt opens its window
+/// (ARGV[3] for the room's, ARGV[4] for the user's).
 const TAKE_GUESS: &str = r#"
 local room = tonumber(redis.call('GET', KEYS[1]) or '0')
 local user = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -193,16 +193,19 @@ if user >= tonumber(ARGV[2]) then return math.max(redis.call('PTTL', KEYS[2]), 1
 if user > 0 and room >= tonumber(ARGV[1]) then
   return math.max(math.min(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])), 1)
 end
-for _, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[3]) end
+for i, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[2 + i]) end
 end
 return 0
 "#;
 
-/// Takes back an attempt that was right, from the room's count and the user's.
+/// Takes back an attempt that was right, from the room's count and the user's; a count left
+/// at none is deleted, so the next attempt opens a new window.
 const FORGIVE_GUESS: &str = r#"
 for _, key in ipairs(KEYS) do
-  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
+  if tonumber(redis.call('GET', key) or '0') > 0 and redis.call('DECR', key) == 0 then
+    redis.call('DEL', key)
+  end
 end
 return 0
 "#;
@@ -512,6 +515,10 @@ fn guesses_key(room: &str) -> String {
     format!("{PREFIX}guesses:{room}")
 }
 
+fn window_ms(limit: WindowLimit) -> u64 {
+    limit.window.as_millis().max(1) as u64
+}
+
 fn guesser_key(room: &str, user: &str) -> String {
     format!("{PREFIX}guesser:{}:{room}:{user}", room.len())
 }
@@ -580,16 +587,6 @@ fn pairs(flat: Vec<String>) -> impl Iterator<Item = (String, String)> {
 impl RedisRooms {
     /// Connects and registers this node.
     pub async fn connect(client: redis::Client) -> Result<RedisRooms, StoreError> {
-        // First one patient connection, so that a handshake slowed by a busy machine cannot
-        // hide the real error at start (a certificate that does not verify, a wrong password)
-        // behind the fail-fast timeout below.
-        let patient = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(START_TIMEOUT))
-            .set_response_timeout(Some(START_TIMEOUT));
-        client
-            .get_multiplexed_async_connection_with_config(&patient)
-            .await
-            .map_err(store_error)?;
         // Fail fast while Redis is away: a join gets `unavailable` in well under a second
         // instead of waiting out redis-rs's default six reconnection attempts (about 6 s). The
         // heartbeat keeps trying every second, so the connection comes back with Redis.
@@ -597,9 +594,19 @@ impl RedisRooms {
             .set_number_of_retries(2)
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(store_error)?;
+        // At start a handshake slowed by a busy machine may time out: it is tried again until
+        // START_TIMEOUT has passed, so that only a real error (a certificate that does not
+        // verify, a wrong password) or a Redis that never answers stops the start.
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let conn = loop {
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(conn) => break conn,
+                Err(e) if e.is_timeout() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(cause = %e, "connecting to Redis timed out; trying again");
+                }
+                Err(e) => return Err(store_error(e)),
+            }
+        };
         let node = NodeId::random();
         let relays = Arc::new(RelayRouter::new(conn.clone(), node.clone()));
         let rooms = RedisRooms {
@@ -697,7 +704,8 @@ impl RedisRooms {
             .key(guesser_key(room, user))
             .arg(limits.per_room.limit)
             .arg(limits.per_user.limit)
-            .arg(limits.per_room.window.as_millis().max(1) as u64)
+            .arg(window_ms(limits.per_room))
+            .arg(window_ms(limits.per_user))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
