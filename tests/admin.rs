@@ -228,6 +228,26 @@ async fn kicks_and_closings_reach_peers_on_other_nodes() {
         peer.expect_closed().await;
     }
 
+    // Each room keeps its own creation time in Redis, for as long as it has members.
+    let before_first = unix_now_ms();
+    let (_dave, _) = one.joined("dave", "first").await;
+    let after_first = unix_now_ms();
+    while unix_now_ms() <= after_first {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await; // the clock must move on
+    }
+    let (mut erin, _) = two.joined("erin", "second").await;
+    let first = created_at(&two, "first").await;
+    assert!((before_first..=after_first).contains(&first), "{first}");
+    assert!(created_at(&two, "second").await > after_first);
+    erin.emit("leave-room", json!({ "roomId": "second" }));
+    erin.emit("leave-room", json!({ "roomId": "nowhere" }));
+    erin.expect_error("not-in-room").await;
+    assert_eq!(
+        created_at(&one, "first").await,
+        first,
+        "another room emptying leaves it be"
+    );
+
     // With Redis gone, the API says so rather than answer from nothing.
     redis.shut_down_saving().await;
     let (status, body) = admin(one.addr, "GET", "/admin/rooms").await;
@@ -235,4 +255,18 @@ async fn kicks_and_closings_reach_peers_on_other_nodes() {
         (status, &body["error"]),
         (503, &json!("room state unavailable"))
     );
+}
+
+fn unix_now_ms() -> u64 {
+    (support::unix_now_nanos() / 1_000_000) as u64
+}
+
+/// `room`'s `createdAt` as the admin API on `node` lists it.
+async fn created_at(node: &Server, room: &str) -> u64 {
+    let (_, list) = admin(node.addr, "GET", "/admin/rooms").await;
+    let rooms = list["rooms"].as_array().expect("rooms");
+    let found = rooms.iter().find(|r| r["roomId"] == room);
+    found
+        .and_then(|r| r["createdAt"].as_u64())
+        .unwrap_or_else(|| panic!("{room}'s createdAt in {list}"))
 }
