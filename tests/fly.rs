@@ -55,20 +55,16 @@ async fn default_transports_work_across_machines_behind_fly_proxy() {
 }
 
 /// The routing rule one request at a time: a polling session opened on machine A and asked
-/// for on machine B is sent back to A with `fly-replay`; the same request once replayed (Fly
-/// marks it `fly-replay-src`) is served where it lands, never bounced again.
+/// for on machine B is sent back to A with `fly-replay` (and one opened on B, asked for on A,
+/// back to B); the same request once replayed (Fly marks it `fly-replay-src`) is served where
+/// it lands, never bounced again.
 #[tokio::test]
 async fn a_request_is_replayed_to_the_machine_holding_its_session_and_only_once() {
     let (_redis, a, b) = two_machines().await;
-    let handshake = support::http_get_raw(a.addr, "/socket.io/?EIO=4&transport=polling", &[]).await;
-    let sid = handshake
-        .split_once("\"sid\":\"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .map(|(sid, _)| sid.to_string())
-        .unwrap_or_else(|| panic!("no sid in the handshake: {handshake}"));
-    let poll = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let on_a = polling_session(&a).await;
+    let on_b = polling_session(&b).await;
 
-    let elsewhere = support::http_get_raw(b.addr, &poll, &[]).await;
+    let elsewhere = support::http_get_raw(b.addr, &on_a, &[]).await;
     assert!(elsewhere.starts_with("HTTP/1.1 409"), "{elsewhere}");
     assert!(
         elsewhere
@@ -76,9 +72,16 @@ async fn a_request_is_replayed_to_the_machine_holding_its_session_and_only_once(
             .contains("fly-replay: instance=0e286e1c4d3d78"),
         "{elsewhere}"
     );
+    let other_way = support::http_get_raw(a.addr, &on_b, &[]).await;
+    assert!(
+        other_way
+            .to_ascii_lowercase()
+            .contains("fly-replay: instance=d891627b6e3318"),
+        "each session is pinned to its own machine: {other_way}"
+    );
     let replayed = support::http_get_raw(
         b.addr,
-        &poll,
+        &on_a,
         &[("fly-replay-src", "instance=d891627b6e3318;region=ams;t=1")],
     )
     .await;
@@ -90,4 +93,16 @@ async fn a_request_is_replayed_to_the_machine_holding_its_session_and_only_once(
         replayed.starts_with("HTTP/1.1 400"),
         "B answers it itself (a session it does not know): {replayed}"
     );
+}
+
+/// Opens an Engine.IO polling session on `server`; the path that polls it.
+async fn polling_session(server: &Server) -> String {
+    let handshake =
+        support::http_get_raw(server.addr, "/socket.io/?EIO=4&transport=polling", &[]).await;
+    let sid = handshake
+        .split_once("\"sid\":\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(sid, _)| sid.to_string())
+        .unwrap_or_else(|| panic!("no sid in the handshake: {handshake}"));
+    format!("/socket.io/?EIO=4&transport=polling&sid={sid}")
 }
