@@ -573,3 +573,63 @@ pub fn serialize<T: Serialize + ?Sized>(event: &str, data: &T) -> Option<Arc<Raw
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::auth::Identity;
+
+    fn delivery(keep_events: usize) -> Delivery {
+        let (_layer, io) = SocketIo::new_layer();
+        let (overflow, _) = mpsc::unbounded_channel();
+        let keep = KeepLimits {
+            events: keep_events,
+            bytes: 1 << 20,
+            age: Duration::from_secs(60),
+        };
+        let unlimited = Rate {
+            per_second: 1e9,
+            burst: u32::MAX,
+        };
+        Delivery::new(io, None, keep, unlimited, true, overflow)
+    }
+
+    fn session() -> Arc<Session> {
+        let peer = PeerId::of_socket(Sid::new());
+        let (_, digest) = Credential::issue(&peer, &NodeId::random());
+        let identity = Identity {
+            user_id: "ann".into(),
+            name: None,
+            rooms: None,
+        };
+        Arc::new(Session::new(
+            peer,
+            identity,
+            digest,
+            Arc::new(AtomicUsize::new(0)),
+        ))
+    }
+
+    /// A session on its way here may find as many events held for it as it may keep, and
+    /// still be taken up; one more, and it cannot be recovered.
+    #[tokio::test]
+    async fn an_arrival_holds_what_its_session_may_keep_and_no_more() {
+        let data =
+            serialize(p::CHAT_MESSAGE, &serde_json::json!({ "text": "hi" })).expect("serializable");
+        for (held, taken_up) in [(3, true), (4, false)] {
+            let delivery = delivery(3);
+            let session = session();
+            assert!(delivery.expect_arrival(&session.peer));
+            for _ in 0..held {
+                delivery
+                    .deliver_here(&session.peer, p::CHAT_MESSAGE, &data)
+                    .await;
+            }
+            assert_eq!(delivery.arrive(&session), taken_up, "{held} held");
+            assert_eq!(delivery.session(&session.peer).is_some(), taken_up);
+            assert!(!delivery.is_arriving(&session.peer));
+        }
+    }
+}
