@@ -387,12 +387,6 @@ impl Webhooks {
         webhooks
     }
 
-    /// Events dropped because the queue was full: this process's in memory mode, the
-    /// cluster's in cluster mode.
-    pub async fn dropped(&self) -> Result<u64, StoreError> {
-        self.queue.dropped().await
-    }
-
     /// (Memory mode) waits until every waiting event is delivered or `deadline` passes (then
     /// logs how many were left).
     pub async fn flush(&self, deadline: tokio::time::Instant) {
@@ -509,32 +503,37 @@ impl Webhooks {
         }
     }
 
-    /// Logs events dropped from a full queue, at most once per [`DROP_CHECK_EVERY`] (in a
-    /// cluster, by the sender only: the count is shared).
+    /// Counts and logs events dropped from a full queue, at most once per
+    /// [`DROP_CHECK_EVERY`]. In a cluster the count is shared and only the lease holder
+    /// reports it, counting from when it took the lease: what was dropped before was its
+    /// predecessor's to report.
     async fn watch_drops(self: Arc<Self>) {
-        let mut seen = None;
-        let mut tick = tokio::time::interval(DROP_CHECK_EVERY);
+        let mut holding = self.holding.clone();
         loop {
-            tick.tick().await;
-            if !*self.holding.borrow() {
-                continue;
+            if holding.wait_for(|held| *held).await.is_err() {
+                return;
             }
-            let Ok(total) = self.queue.dropped().await else {
-                continue;
-            };
-            if let Some(before) = seen
-                && total > before
-            {
-                crate::metrics::get()
-                    .webhooks_dropped
-                    .inc_by(total - before);
-                tracing::warn!(
-                    dropped = total - before,
-                    total,
-                    "webhook queue full: the oldest events were dropped"
-                );
+            let mut seen = None;
+            let mut tick = tokio::time::interval(DROP_CHECK_EVERY);
+            while *holding.borrow() {
+                tick.tick().await;
+                let Ok(total) = self.queue.dropped().await else {
+                    continue;
+                };
+                if let Some(before) = seen
+                    && total > before
+                {
+                    crate::metrics::get()
+                        .webhooks_dropped
+                        .inc_by(total - before);
+                    tracing::warn!(
+                        dropped = total - before,
+                        total,
+                        "webhook queue full: the oldest events were dropped"
+                    );
+                }
+                seen = Some(total);
             }
-            seen = Some(total);
         }
     }
 }

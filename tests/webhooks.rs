@@ -372,6 +372,41 @@ async fn failed_deliveries_are_retried_in_order() {
 
 /// SIGTERM on a single node: every member leaves, the one away after a drop too, and the
 /// events are delivered before the process exits.
+/// One node's queue, full while the receiver fails: the oldest events are dropped and the
+/// metric counts them.
+#[tokio::test]
+async fn a_full_queue_counts_what_it_drops() {
+    let receiver = Receiver::start(usize::MAX).await;
+    let server = single_node(&receiver, &[("WEBHOOK_QUEUE", "2")]).await;
+    let (mut alice, _) = server.joined("alice", "q").await;
+    let (bob, _) = server.joined("bob", "q").await;
+    bob.emit("leave-room", json!({ "roomId": "q" }));
+    alice.until("#rtcio:peer-left").await;
+    // room_started, two participant_joined, participant_left: four into a queue of two.
+    dropped_metric_reaches(&server, 2).await;
+}
+
+/// Polls `server`'s `/metrics` until `rtcio_webhooks_dropped_total` is `count`; drops are
+/// looked for every 10 s.
+async fn dropped_metric_reaches(server: &Server, count: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = support::http_get(server.addr, "/metrics").await;
+        let value = body
+            .lines()
+            .find_map(|line| line.strip_prefix("rtcio_webhooks_dropped_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if value == Some(count) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rtcio_webhooks_dropped_total is {value:?}, not {count}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await; // polling a counter
+    }
+}
+
 #[tokio::test]
 async fn a_shutdown_delivers_every_departure_first() {
     let mut receiver = Receiver::start(0).await;
@@ -488,13 +523,27 @@ async fn a_full_list_in_redis_drops_its_oldest_and_counts_them() {
     let mut settings: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     settings.push(("WEBHOOK_QUEUE", "2"));
     let node = redis.node_with(&settings).await;
+    let mut conn = redis.connection().await.expect("redis");
+    // The node reports drops from when it holds the delivery lease.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let sender: Option<String> = redis::cmd("GET")
+            .arg("rtcio:webhooks:sender")
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        if sender.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no lease holder");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling Redis
+    }
 
     let (mut alice, _) = node.joined("alice", "q").await;
     let (bob, _) = node.joined("bob", "q").await;
     bob.emit("leave-room", json!({ "roomId": "q" }));
     alice.until("#rtcio:peer-left").await;
 
-    let mut conn = redis.connection().await.expect("redis");
     let kept: Vec<String> = redis::cmd("LRANGE")
         .arg("rtcio:webhooks")
         .arg(0)
@@ -516,6 +565,7 @@ async fn a_full_list_in_redis_drops_its_oldest_and_counts_them() {
         .await
         .expect("GET");
     assert_eq!(dropped, 2);
+    dropped_metric_reaches(&node, 2).await;
 
     // The receiver recovers. The event the sender was retrying (the room's first, if it had
     // started before the list filled) goes out, then what the list kept, in order.
