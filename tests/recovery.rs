@@ -413,3 +413,38 @@ async fn a_rolling_restart_is_invisible_to_peers() {
     }
     assert_eq!(a2.health().await["away"], json!(0));
 }
+
+/// Three nodes: the one stopping leaves its sessions to one heir. Its two clients come back,
+/// one to each survivor, so one of them lands on the node that is not the heir and is sent
+/// after its session there (the stopped node's forwarding address in the registry): both are
+/// recovered, and their peer hears nothing.
+#[tokio::test]
+async fn a_session_left_to_an_heir_is_found_from_another_node() {
+    let redis = Redis::start().await;
+    let mut a = redis.node().await;
+    let (b, c) = (redis.node().await, redis.node().await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "call").await;
+    let (mut carol, _) = a.joined("carol", "call").await;
+    bob.until("#rtcio:init-offer").await;
+    alice.until("#rtcio:init-offer").await;
+
+    a.terminate().await;
+    for (peer, sub, to) in [(&mut alice, "alice", &b), (&mut carol, "carol", &c)] {
+        cut_off(peer).await;
+        let id = peer.id().to_string();
+        peer.reconnect(to, &to.token(sub)).await;
+        assert_eq!(
+            peer.session["recovered"],
+            json!(true),
+            "{sub}: {}",
+            peer.session
+        );
+        assert_eq!(peer.id(), id);
+    }
+
+    bob.relay(alice.id(), json!({ "n": 1 }));
+    bob.relay(carol.id(), json!({ "n": 1 }));
+    expect_relays(&mut alice, &bob, 1..2).await;
+    expect_relays(&mut carol, &bob, 1..2).await;
+    bob.assert_nothing_before_probe(&alice).await;
+}
