@@ -632,4 +632,22 @@ mod tests {
             assert!(!delivery.is_arriving(&session.peer));
         }
     }
+
+    /// An arrival called off holds nothing more, and the session can no longer arrive through
+    /// it (with what was held so far).
+    #[tokio::test]
+    async fn an_arrival_called_off_is_over() {
+        let data =
+            serialize(p::CHAT_MESSAGE, &serde_json::json!({ "text": "hi" })).expect("serializable");
+        let delivery = delivery(3);
+        let session = session();
+        delivery.expect_arrival(&session.peer);
+        delivery
+            .deliver_here(&session.peer, p::CHAT_MESSAGE, &data)
+            .await;
+        delivery.call_off_arrival(&session.peer);
+        assert!(!delivery.is_arriving(&session.peer));
+        assert!(!delivery.arrive(&session));
+        assert!(delivery.session(&session.peer).is_none());
+    }
 }
