@@ -650,4 +650,31 @@ mod tests {
         assert!(!delivery.arrive(&session));
         assert!(delivery.session(&session.peer).is_none());
     }
+
+    /// A session that moved on leaves a forwarding address, which is forgotten once older
+    /// than the age given (with stale arrivals).
+    #[test]
+    fn a_move_is_followed_for_a_while_then_forgotten() {
+        let delivery = delivery(3);
+        let (session, stranger) = (session(), session());
+        delivery.register(Arc::clone(&session));
+        let node = NodeId::random();
+        delivery.moved(&session, node.clone());
+        assert!(delivery.session(&session.peer).is_none());
+        assert_eq!(
+            delivery.forwarded_to(&session.peer).map(|n| n.to_string()),
+            Some(node.to_string())
+        );
+        assert!(delivery.forwarded_to(&stranger.peer).is_none());
+        delivery.expect_arrival(&stranger.peer);
+        delivery.forget_moves(Duration::from_secs(60));
+        assert!(
+            delivery.forwarded_to(&session.peer).is_some(),
+            "still young"
+        );
+        assert!(delivery.is_arriving(&stranger.peer), "still young");
+        delivery.forget_moves(Duration::ZERO);
+        assert!(delivery.forwarded_to(&session.peer).is_none());
+        assert!(!delivery.is_arriving(&stranger.peer));
+    }
 }
