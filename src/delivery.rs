@@ -366,7 +366,7 @@ impl Delivery {
         if let Some(sender) = self.sender_of(event, data)
             && (link.backlog.is_empty() || self.flooders.contains_key(&sender))
         {
-            return self.cut_off_flooder(sender, &socket);
+            return self.cut_off_flooder(sender, socket.id);
         }
         if link.backlog.len() >= BACKLOG_EVENTS {
             tracing::warn!(sid = %socket.id, event, "too far behind its events; disconnecting the socket");
@@ -402,8 +402,7 @@ impl Delivery {
     /// is on another node, that node's rate limits are what hold it back); what it still sends
     /// to a socket that is behind is dropped. In a task of its own: the target's link is locked
     /// here, and two peers may flood each other.
-    fn cut_off_flooder(&self, sender: PeerId, target: &SocketRef) {
-        let target = target.id;
+    fn cut_off_flooder(&self, sender: PeerId, target: Sid) {
         if self
             .flooders
             .insert(sender.clone(), Instant::now())
@@ -676,5 +675,18 @@ mod tests {
         delivery.forget_moves(Duration::ZERO);
         assert!(delivery.forwarded_to(&session.peer).is_none());
         assert!(!delivery.is_arriving(&stranger.peer));
+    }
+
+    /// A sender cut off for flooding is remembered (what it still sends to a socket that is
+    /// behind is dropped), then forgotten with age.
+    #[tokio::test]
+    async fn a_flooder_is_remembered_for_a_while_then_forgotten() {
+        let delivery = delivery(3);
+        let flooder = PeerId::of_socket(Sid::new());
+        delivery.cut_off_flooder(flooder.clone(), Sid::new());
+        delivery.forget_moves(Duration::from_secs(60));
+        assert!(delivery.flooders.contains_key(&flooder), "still young");
+        delivery.forget_moves(Duration::ZERO);
+        assert!(!delivery.flooders.contains_key(&flooder));
     }
 }
