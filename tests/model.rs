@@ -10,6 +10,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::redis::Redis;
@@ -444,29 +445,18 @@ impl<'a> Model<'a> {
     async fn until_gone(&self, id: &str, room: usize) {
         let path = format!("/admin/rooms/{}", room_id(room));
         let bearer = format!("Bearer {ADMIN_TOKEN}");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (status, body) = http_request(
-                self.servers[0].addr,
-                "GET",
-                &path,
-                &[("Authorization", &bearer)],
-                "",
-            )
-            .await;
+        let (addr, step) = (self.servers[0].addr, self.step);
+        support::poll_until(WAIT, Duration::from_millis(5), async || {
+            let (status, body) =
+                http_request(addr, "GET", &path, &[("Authorization", &bearer)], "").await;
             match status {
-                404 => return,
-                200 if !body.contains(&format!("\"{id}\"")) => return,
-                200 => {}
-                _ => panic!("step {}: GET {path} answered {status}: {body}", self.step),
+                404 => Ok(()),
+                200 if !body.contains(&format!("\"{id}\"")) => Ok(()),
+                200 => Err(format!("step {step}: {id} still in {path}: {body}")),
+                _ => panic!("step {step}: GET {path} answered {status}: {body}"),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "step {}: {id} still in {path} after {WAIT:?}: {body}",
-                self.step
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await; // polling a roster
-        }
+        })
+        .await;
     }
 
     /// Nothing the model did not predict is left: every away client is taken up again, and

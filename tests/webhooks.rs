@@ -7,6 +7,7 @@ mod support;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -389,22 +390,21 @@ async fn a_full_queue_counts_what_it_drops() {
 /// Polls `server`'s `/metrics` until `rtcio_webhooks_dropped_total` is `count`; drops are
 /// looked for every 10 s.
 async fn dropped_metric_reaches(server: &Server, count: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT + std::time::Duration::from_secs(10);
-    loop {
+    let within = WAIT + Duration::from_secs(10);
+    support::poll_until(within, Duration::from_millis(200), async || {
         let (_, body) = support::http_get(server.addr, "/metrics").await;
         let value = body
             .lines()
             .find_map(|line| line.strip_prefix("rtcio_webhooks_dropped_total "))
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if value == Some(count) {
-            return;
+        match value {
+            Some(found) if found == count => Ok(()),
+            _ => Err(format!(
+                "rtcio_webhooks_dropped_total is {value:?}, not {count}"
+            )),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rtcio_webhooks_dropped_total is {value:?}, not {count}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await; // polling a counter
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -525,19 +525,17 @@ async fn a_full_list_in_redis_drops_its_oldest_and_counts_them() {
     let node = redis.node_with(&settings).await;
     let mut conn = redis.connection().await.expect("redis");
     // The node reports drops from when it holds the delivery lease.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    support::poll_until(WAIT, Duration::from_millis(20), async || {
         let sender: Option<String> = redis::cmd("GET")
             .arg("rtcio:webhooks:sender")
             .query_async(&mut conn)
             .await
             .expect("GET");
-        if sender.is_some() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no lease holder");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling Redis
-    }
+        sender
+            .map(drop)
+            .ok_or_else(|| "no lease holder".to_string())
+    })
+    .await;
 
     let (mut alice, _) = node.joined("alice", "q").await;
     let (bob, _) = node.joined("bob", "q").await;

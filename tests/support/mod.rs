@@ -226,6 +226,27 @@ async fn wait_listening(child: &mut Child) -> SocketAddr {
     addr
 }
 
+/// Polls `check` every `every` until it answers `Ok`, for at most `within`: for state no event
+/// announces. `Err` describes what it found, for the failure message.
+pub async fn poll_until(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let found = match check().await {
+            Ok(()) => return,
+            Err(found) => found,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not done after {within:?}: {found}"
+        );
+        tokio::time::sleep(every).await; // polling state
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
