@@ -179,17 +179,40 @@ async fn a_flooder_pays_for_its_flood_and_its_victim_does_not() {
     victim.assert_nothing_before_probe(&carol).await;
 }
 
+/// What a flooder sends a stalled peer: its relays, or chat messages to the room they share.
+#[derive(Clone, Copy)]
+enum Flood {
+    Relays,
+    Chat,
+}
+
 /// With the rate limits lifted, a member whose relays fill a stalled peer's outgoing queue is
 /// the one disconnected; the peer it flooded stays, and gets what its queue held.
 #[tokio::test]
 async fn an_overflowed_queue_costs_the_sender_not_its_target() {
-    let log = std::env::temp_dir().join(format!("rtcio-overflow-{}.log", std::process::id()));
+    overflow_costs_the_sender(Flood::Relays).await;
+}
+
+/// The same for a flood of chat messages: an echo names its sender in `id`, not `source`.
+#[tokio::test]
+async fn a_chat_flood_that_overflows_a_queue_costs_the_sender() {
+    overflow_costs_the_sender(Flood::Chat).await;
+}
+
+async fn overflow_costs_the_sender(flood: Flood) {
+    let log = std::env::temp_dir().join(format!(
+        "rtcio-overflow-{}-{}.log",
+        std::process::id(),
+        matches!(flood, Flood::Chat)
+    ));
     let server = Server::start_logging_to(
         &[],
         &[
             ("JWT_SECRET", SECRET),
             ("RELAY_RATE", "1000000"),
             ("RELAY_BURST", "1000000"),
+            ("ECHO_RATE", "1000000"),
+            ("ECHO_BURST", "1000000"),
             ("SEND_BYTES_RATE", "1000000000"),
             ("SEND_BYTES_BURST", "1000000000"),
             ("MAX_QUEUED_BYTES", "4000000000"),
@@ -205,21 +228,28 @@ async fn an_overflowed_queue_costs_the_sender_not_its_target() {
     victim.client.sender().read(false);
     // 4 KiB each: the kernel's socket buffers fill first, then the server's queue of 4,096.
     let blob = "x".repeat(4096);
+    let (event, message) = match flood {
+        Flood::Relays => ("#rtcio:message", json!({ "blob": blob })),
+        Flood::Chat => ("chat-message", json!({ "roomId": "call", "text": blob })),
+    };
     let mut sent = 0;
     let cut_off = loop {
         for _ in 0..500 {
-            mallory.relay(victim.id(), json!({ "blob": blob }));
+            match flood {
+                Flood::Relays => mallory.relay(victim.id(), message.clone()),
+                Flood::Chat => mallory.emit(event, message.clone()),
+            }
         }
         sent += 500;
-        let event = tokio::time::timeout(Duration::from_millis(100), mallory.client.next_event());
-        if let Ok(None) = event.await {
+        let next = tokio::time::timeout(Duration::from_millis(100), mallory.client.next_event());
+        if let Ok(None) = next.await {
             break true;
         }
         if sent >= 40_000 {
             break false;
         }
     };
-    assert!(cut_off, "the sender was never disconnected ({sent} relays)");
+    assert!(cut_off, "the sender was never disconnected ({sent} sent)");
     // Carol hears mallory leave, not the victim.
     let gone = carol.until("user-disconnected").await;
     assert_eq!(
@@ -229,7 +259,7 @@ async fn an_overflowed_queue_costs_the_sender_not_its_target() {
     // The victim drains what was queued, still connected and in the room.
     victim.client.sender().read(true);
     let seen = victim.until("user-disconnected").await;
-    assert!(seen.iter().filter(|e| e.name == "#rtcio:message").count() > 1000);
+    assert!(seen.iter().filter(|e| e.name == event).count() > 1000);
     victim.emit("check-room", json!({ "roomId": "call" }));
     victim.until("room-check-ok").await;
     let text = std::fs::read_to_string(&log).expect("log");
