@@ -220,8 +220,7 @@ async fn a_killed_node_is_announced_and_purged() {
 
     // After everyone leaves, nothing of the room, the dead node or its members is left.
     drop((bob, carol));
-    let deadline = Instant::now() + support::WAIT;
-    loop {
+    support::poll_until(support::WAIT, Duration::from_millis(50), async || {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("rtcio:*")
             .query_async(&mut conn)
@@ -232,11 +231,12 @@ async fn a_killed_node_is_announced_and_purged() {
             .filter(|k| !k.ends_with(":alive") && *k != "rtcio:nodes" && *k != "rtcio:seq")
             .collect();
         if leftovers.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("left in redis: {leftovers:?}"))
         }
-        assert!(Instant::now() < deadline, "left in redis: {leftovers:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling redis state
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -369,19 +369,19 @@ async fn leaving_takes_the_cached_state_and_the_echoes_with_it() {
     for peer in [&alice, &bob, &_dave] {
         peer.emit("leave-room", json!({ "roomId": "x" }));
     }
-    let deadline = Instant::now() + support::WAIT;
-    loop {
+    support::poll_until(support::WAIT, Duration::from_millis(20), async || {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("rtcio:*:x")
             .query_async(&mut conn)
             .await
             .expect("KEYS");
         if keys.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("left in redis: {keys:?}"))
         }
-        assert!(Instant::now() < deadline, "left in redis: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling redis state
-    }
+    })
+    .await;
 }
 
 /// The node whose session serves `peer`, as the room's entry in Redis names it.
