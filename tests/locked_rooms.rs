@@ -160,6 +160,14 @@ async fn a_password_locks_a_room_until_it_empties(mode: Mode) {
     alice.expect("#rtcio:init-offer").await;
     // Nothing of the refused attempts reached the member.
     alice.assert_nothing_before_probe(&bob).await;
+    // A member checking its own room is told it is locked, without giving the password.
+    check(&alice, room, None);
+    expect_check_ok(&mut alice, room, true).await;
+    let mut grace = s.b().client("grace").await;
+    join(&grace, "open-room", None);
+    grace.until("join-ok").await;
+    check(&grace, "open-room", None);
+    expect_check_ok(&mut grace, "open-room", false).await;
 
     let mut dave = s.a().client("dave").await;
     join(&dave, room, Some(password));
