@@ -469,7 +469,7 @@ impl Webhooks {
             };
             tracing::warn!(id, cause = %why, retry_in = ?wait, "webhook not delivered");
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(LAST_RETRY);
+            wait = next_retry(wait);
         }
     }
 
@@ -538,6 +538,12 @@ impl Webhooks {
     }
 }
 
+/// The wait before the retry after one that waited `wait`: retries back off, doubling up to
+/// [`LAST_RETRY`], so a receiver that is down is not hammered.
+fn next_retry(wait: Duration) -> Duration {
+    (wait * 2).min(LAST_RETRY)
+}
+
 /// Sends `request` on `io` and reads the status of the answer.
 async fn exchange<T>(io: T, request: Request<Full<Bytes>>) -> Result<StatusCode, String>
 where
@@ -585,7 +591,68 @@ async fn keep_lease(list: WebhookList, holding: watch::Sender<bool>) {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    /// The webhook settings from flags naming a receiver and `secret`.
+    fn settings_with_secret(secret: &str) -> Result<Option<Settings>, StartError> {
+        let config = Config::try_parse_from([
+            "rtcio-signal",
+            "--webhook-url",
+            "http://127.0.0.1:9/hooks",
+            "--webhook-secret",
+            secret,
+        ])
+        .expect("settings parse");
+        Settings::from_config(&config)
+    }
+
+    #[test]
+    fn a_secret_of_fewer_than_min_secret_bytes_is_refused() {
+        let accepted = |secret: &str| matches!(settings_with_secret(secret), Ok(Some(_)));
+        assert!(
+            accepted(&"s".repeat(MIN_SECRET_BYTES)),
+            "exactly the minimum"
+        );
+        assert!(accepted(&"s".repeat(MIN_SECRET_BYTES + 1)), "longer");
+        // Bytes, not characters: eight two-byte characters are enough.
+        assert!(accepted(&"é".repeat(MIN_SECRET_BYTES / 2)), "multi-byte");
+        match settings_with_secret(&"s".repeat(MIN_SECRET_BYTES - 1)) {
+            Err(StartError(why)) => {
+                assert_eq!(why, "WEBHOOK_SECRET must be at least 16 bytes");
+            }
+            Ok(_) => panic!("a secret one byte short of the minimum was accepted"),
+        }
+    }
+
+    #[test]
+    fn retries_double_from_the_first_wait_up_to_the_last() {
+        let waits: Vec<Duration> =
+            std::iter::successors(Some(FIRST_RETRY), |wait| Some(next_retry(*wait)))
+                .take(9)
+                .collect();
+        let millis = [
+            500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000,
+        ];
+        assert_eq!(waits, millis.map(Duration::from_millis));
+    }
+
+    /// The delivery loop parks on an empty local queue until a push wakes it, rather than
+    /// spinning on `head`.
+    #[tokio::test]
+    async fn an_empty_local_queue_waits_until_an_event_is_pushed() {
+        let local = Arc::new(LocalQueue::new(4));
+        let queue = Queue::Local(Arc::clone(&local));
+        let waiting = queue.wait_for_more();
+        tokio::pin!(waiting);
+        let still_waiting = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(still_waiting.is_err(), "returned with nothing pushed");
+        local.push("e1".into());
+        tokio::time::timeout(Duration::from_secs(5), &mut waiting)
+            .await
+            .expect("the push wakes the waiting loop");
+    }
 
     #[test]
     fn a_signature_is_the_hmac_of_the_timestamp_and_body() {

@@ -371,8 +371,6 @@ async fn failed_deliveries_are_retried_in_order() {
     nothing_else_pending(&server, &mut receiver).await;
 }
 
-/// SIGTERM on a single node: every member leaves, the one away after a drop too, and the
-/// events are delivered before the process exits.
 /// One node's queue, full while the receiver fails: the oldest events are dropped and the
 /// metric counts them.
 #[tokio::test]
@@ -385,6 +383,13 @@ async fn a_full_queue_counts_what_it_drops() {
     alice.until("#rtcio:peer-left").await;
     // room_started, two participant_joined, participant_left: four into a queue of two.
     dropped_metric_reaches(&server, 2).await;
+
+    // A second round, after the first was counted: the metric adds only what is new.
+    let (carol, _) = server.joined("carol", "q").await;
+    carol.emit("leave-room", json!({ "roomId": "q" }));
+    alice.until("#rtcio:peer-left").await;
+    // participant_joined, participant_left: two more into the still full queue.
+    dropped_metric_reaches(&server, 2 + 2).await;
 }
 
 /// Polls `server`'s `/metrics` until `rtcio_webhooks_dropped_total` is `count`; drops are
@@ -407,6 +412,8 @@ async fn dropped_metric_reaches(server: &Server, count: u64) {
     .await;
 }
 
+/// SIGTERM on a single node: every member leaves, the one away after a drop too, and the
+/// events are delivered before the process exits.
 #[tokio::test]
 async fn a_shutdown_delivers_every_departure_first() {
     let mut receiver = Receiver::start(0).await;
