@@ -242,11 +242,83 @@ impl Delivery {
         }
     }
 
-    /// Delivers a letter another node posted to this one.
+    /// Delivers a letter another node posted to this one (or holds it, see
+    /// [`Delivery::hold_letters`]).
     pub async fn deliver_letter(&self, letter: Letter) {
         for peer in &letter.peers {
-            self.deliver_here(peer, letter.event, &letter.data).await;
+            if !self.held(peer, letter.event, &letter.data) {
+                self.deliver_here(peer, letter.event, &letter.data).await;
+            }
         }
+    }
+
+    /// Holds the letters from other nodes that reach `session` until the returned guard is
+    /// dropped, and then delivers them in order. A join takes this before its Redis step: a
+    /// departure or an echo that Redis routed to the joiner after that step can reach this
+    /// node before the step's own reply (they come on another connection), and must not reach
+    /// the client before the roster that names its sender.
+    pub fn hold_letters<'a>(&'a self, session: &'a Arc<Session>) -> HeldLetters<'a> {
+        session.link().held_letters.get_or_insert_with(Vec::new);
+        HeldLetters {
+            delivery: self,
+            session,
+        }
+    }
+
+    /// Keeps a letter's event for `peer` if its session holds letters now. Past what a
+    /// session may keep, the hold ends early: what it held is delivered, in order, rather
+    /// than lost.
+    fn held(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) -> bool {
+        let Some(session) = self.session(peer) else {
+            return false;
+        };
+        let mut link = session.link();
+        let Some(held) = &mut link.held_letters else {
+            return false;
+        };
+        held.push((event, Arc::clone(data)));
+        if held.len() > self.keep.events {
+            drop(link);
+            self.release_letters(&session);
+        }
+        true
+    }
+
+    /// Ends `session`'s hold, delivering what it held in order; letters that come meanwhile
+    /// join the end of the line until it is empty.
+    fn release_letters(&self, session: &Arc<Session>) {
+        loop {
+            let batch = {
+                let mut link = session.link();
+                match &mut link.held_letters {
+                    Some(held) if !held.is_empty() => std::mem::take(held),
+                    _ => {
+                        link.held_letters = None;
+                        return;
+                    }
+                }
+            };
+            for (event, data) in batch {
+                if let Some(node) = self.deliver(session, event, &data) {
+                    self.forward_later(node, &session.peer, event, &data);
+                }
+            }
+        }
+    }
+
+    /// Forwards an event to a session that moved on, from a task of its own.
+    fn forward_later(&self, node: NodeId, peer: &PeerId, event: &'static str, data: &RawValue) {
+        let (Some(postbox), Ok(runtime)) =
+            (self.postbox.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let letter = inbox::letter(&[peer], &inbox::body(event, data));
+        runtime.spawn(async move {
+            if let Err(e) = postbox.post(vec![(node, letter)]).await {
+                tracing::warn!(event, cause = %e, "forwarding to a moved session failed");
+            }
+        });
     }
 
     /// From now on, hold what reaches `peer` until its session arrives (or the wait is called
@@ -557,6 +629,19 @@ async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
 }
 
 /// A session on its way to this node, and what reached it before it did.
+/// A session's hold on letters from other nodes (see [`Delivery::hold_letters`]); dropping
+/// it delivers them.
+pub struct HeldLetters<'a> {
+    delivery: &'a Delivery,
+    session: &'a Arc<Session>,
+}
+
+impl Drop for HeldLetters<'_> {
+    fn drop(&mut self) {
+        self.delivery.release_letters(self.session);
+    }
+}
+
 struct Arrival {
     since: Instant,
     held: Vec<(&'static str, Arc<RawValue>)>,
@@ -675,6 +760,64 @@ mod tests {
         delivery.forget_moves(Duration::ZERO);
         assert!(delivery.forwarded_to(&session.peer).is_none());
         assert!(!delivery.is_arriving(&stranger.peer));
+    }
+
+    /// Letters that reach a session during its join wait for the hold to end and then come in
+    /// order, after what the join sent; past what the session may keep, the hold ends early
+    /// and nothing is lost.
+    #[tokio::test]
+    async fn held_letters_come_after_the_join_in_order() {
+        let delivery = delivery(3);
+        let session = session();
+        delivery.register(Arc::clone(&session));
+        let letter = |i: u32| Letter {
+            peers: vec![session.peer.clone()],
+            event: p::CHAT_MESSAGE,
+            data: serialize(p::CHAT_MESSAGE, &serde_json::json!({ "i": i })).expect("json"),
+        };
+        let kept = |session: &Session| -> Vec<String> {
+            let link = session.link();
+            let from = link.outbox.dropped_through();
+            let kept = link.outbox.after(from).expect("what is kept");
+            kept.map(|k| format!("{} {}", k.event, k.data.get()))
+                .collect()
+        };
+
+        let held = delivery.hold_letters(&session);
+        for i in 0..2 {
+            delivery.deliver_letter(letter(i)).await;
+        }
+        assert_eq!(session.link().outbox.last(), 0, "held back");
+        delivery.send(&session, p::JOIN_OK, &serde_json::json!({}));
+        drop(held);
+        assert_eq!(
+            kept(&session),
+            [
+                "join-ok {}",
+                "chat-message {\"i\":0}",
+                "chat-message {\"i\":1}"
+            ]
+        );
+        delivery.deliver_letter(letter(2)).await;
+        assert_eq!(session.link().outbox.last(), 4, "no hold, no wait");
+
+        let _held = delivery.hold_letters(&session);
+        for i in 3..6 {
+            delivery.deliver_letter(letter(i)).await;
+        }
+        assert_eq!(session.link().outbox.last(), 4, "held back");
+        delivery.deliver_letter(letter(6)).await;
+        assert_eq!(
+            session.link().outbox.last(),
+            8,
+            "one more than kept ends the hold"
+        );
+        assert!(session.link().held_letters.is_none());
+        assert_eq!(
+            kept(&session)[2],
+            "chat-message {\"i\":6}",
+            "in order, the last one last"
+        );
     }
 
     /// A sender cut off for flooding is remembered (what it still sends to a socket that is

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::SECRET;
-use support::redis::{Redis, free_port};
+use support::redis::{Redis, ReplyGate, free_port};
 
 #[tokio::test]
 async fn a_call_spans_two_nodes() {
@@ -527,6 +527,77 @@ async fn no_relay_gets_past_a_leave_across_nodes() {
         bob.until("#rtcio:init-offer").await;
     }
     alice.assert_nothing_before_probe(&bob).await;
+}
+
+/// A departure that reaches a joiner's node before the joiner's own join reply (Redis sent
+/// the reply first, but on another connection, which the node reads later) is told after the
+/// roster that names the one departing, never before it: no peer leaves and then arrives.
+#[tokio::test]
+async fn a_departure_that_overtakes_a_join_reply_comes_after_the_roster() {
+    let redis = Redis::start().await;
+    let gate = ReplyGate::start(&redis).await;
+    let a = redis.node_with(&[("REDIS_URL", &gate.url())]).await;
+    let b = redis.node().await;
+    let (bob, _) = b.joined("bob", "x").await;
+    let mut alice = a.client("alice").await;
+    let received = letters_received(&a).await;
+
+    // The join script's reply starts with its outcome.
+    gate.hold_from(b"joined");
+    alice.join("x", "alice");
+    let mut conn = redis.connection().await.expect("redis");
+    support::poll_until(support::WAIT, Duration::from_millis(10), async || {
+        let joined: bool = redis::cmd("HEXISTS")
+            .arg("rtcio:room:x")
+            .arg(alice.id())
+            .query_async(&mut conn)
+            .await
+            .expect("HEXISTS");
+        // Her join ran in Redis; its reply waits at the gate.
+        if joined {
+            Ok(())
+        } else {
+            Err("alice's join has not run".into())
+        }
+    })
+    .await;
+    bob.emit("leave-room", json!({ "roomId": "x" }));
+    support::poll_until(support::WAIT, Duration::from_millis(10), async || {
+        // Bob's departure is in alice's node: its subscriber connection is not held back.
+        let now = letters_received(&a).await;
+        if now > received {
+            Ok(())
+        } else {
+            Err(format!("{now} letters received"))
+        }
+    })
+    .await;
+    gate.open();
+
+    let names: Vec<String> = alice
+        .until("user-disconnected")
+        .await
+        .into_iter()
+        .map(|event| event.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "user-connected",
+            "join-ok",
+            "#rtcio:peer-left",
+            "user-disconnected"
+        ]
+    );
+}
+
+/// How many letters `node` has read from its inbox.
+async fn letters_received(node: &support::Server) -> u64 {
+    let (_, body) = support::http_get(node.addr, "/metrics").await;
+    body.lines()
+        .find_map(|line| line.strip_prefix("rtcio_cluster_letters_received_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Many senders relaying at once across nodes: each target gets its sender's relays exactly

@@ -63,6 +63,7 @@ impl Hub {
         };
 
         let _turn = self.turns.take(room).await;
+        let held = self.delivery.hold_letters(session);
         let mut attempts = 0;
         let existing = loop {
             attempts += 1;
@@ -125,6 +126,7 @@ impl Hub {
         }
         self.delivery
             .send(session, p::JOIN_OK, &out::JoinOk { room_id: room });
+        drop(held);
 
         let others: Vec<Recipient> = existing.into_iter().map(Recipient::from).collect();
         let me = &*session.peer;

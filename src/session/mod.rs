@@ -68,6 +68,9 @@ pub struct Link {
     pub backlog: VecDeque<(&'static str, Arc<RawValue>)>,
     /// Bytes of relays and echoes the socket may still be given now (see `delivery`).
     pub room_to_queue: TokenBucket,
+    /// While a join is under way (cluster mode): letters from other nodes, in order, held
+    /// until its roster is sent (see `Delivery::hold_letters`).
+    pub held_letters: Option<Vec<(&'static str, Arc<RawValue>)>>,
 }
 
 impl Drop for Session {
@@ -104,6 +107,7 @@ impl Session {
                 moved_to: None,
                 backlog: VecDeque::new(),
                 room_to_queue: TokenBucket::default(),
+                held_letters: None,
             }),
             serial: Arc::new(Serial::default()),
         }

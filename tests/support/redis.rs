@@ -271,3 +271,103 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A proxy in front of a Redis that can hold back a reply on a node's command connections
+/// while letting its subscriber connection through, as a busy network or a slow task can:
+/// Redis ran the command, but the node reads its answer later than the pub/sub messages
+/// Redis sent after it.
+pub struct ReplyGate {
+    pub port: u16,
+    /// `Some(marker)`: hold back, on every command connection, the first reply that contains
+    /// `marker` and everything after it; `None`: let everything through.
+    hold: tokio::sync::watch::Sender<Option<&'static [u8]>>,
+}
+
+impl ReplyGate {
+    /// Open, in front of `redis`.
+    pub async fn start(redis: &Redis) -> ReplyGate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the gate");
+        let port = listener.local_addr().expect("its address").port();
+        let (hold, _) = tokio::sync::watch::channel(None);
+        let gate = hold.clone();
+        let upstream = redis.port;
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(pass_through(client, server, gate.subscribe()));
+            }
+        });
+        ReplyGate { port, hold }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on the first reply containing `marker` waits, and what comes after it.
+    pub fn hold_from(&self, marker: &'static [u8]) {
+        self.hold.send_replace(Some(marker));
+    }
+
+    /// Replies held back go through, in order, and the next ones at once.
+    pub fn open(&self) {
+        self.hold.send_replace(None);
+    }
+}
+
+/// Carries one connection both ways. What the server sends is held back as the gate says,
+/// unless the client has subscribed (its connection carries pub/sub messages).
+async fn pass_through(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut hold: tokio::sync::watch::Receiver<Option<&'static [u8]>>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let subscriber = Arc::new(AtomicBool::new(false));
+    let (mut client_reads, mut client_writes) = client.into_split();
+    let (mut server_reads, mut server_writes) = server.into_split();
+    let marks = Arc::clone(&subscriber);
+    let requests = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = client_reads.read(&mut buf).await {
+            let chunk = &buf[..n];
+            if chunk
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+            {
+                marks.store(true, Ordering::SeqCst);
+            }
+            if server_writes.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let replies = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut holding = false;
+        while let Ok(n @ 1..) = server_reads.read(&mut buf).await {
+            let chunk = &buf[..n];
+            if !subscriber.load(Ordering::SeqCst) {
+                let marker = *hold.borrow_and_update();
+                holding |= marker.is_some_and(|m| chunk.windows(m.len()).any(|w| w == m));
+                if holding {
+                    if hold.wait_for(Option::is_none).await.is_err() {
+                        break;
+                    }
+                    holding = false;
+                }
+            }
+            if client_writes.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(requests, replies);
+}
