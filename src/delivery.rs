@@ -25,7 +25,7 @@ use crate::limits::Rate;
 use crate::metrics;
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::outbox::KeepLimits;
-use crate::session::{Link, Session};
+use crate::session::{Held, Link, Session};
 use crate::store::{Postbox, Recipient};
 
 /// A session that lost, to its bounds, an event sent while it was away, and the connection
@@ -229,6 +229,9 @@ impl Delivery {
             }
             None
         } else if let Some(session) = self.session(peer) {
+            if self.held(&session, event, data) {
+                return;
+            }
             self.deliver(&session, event, data)
         } else {
             self.forwarded_to(peer)
@@ -242,81 +245,91 @@ impl Delivery {
         }
     }
 
-    /// Delivers a letter another node posted to this one (or holds it, see
-    /// [`Delivery::hold_letters`]).
+    /// Delivers a letter another node posted to this one.
     pub async fn deliver_letter(&self, letter: Letter) {
         for peer in &letter.peers {
-            if !self.held(peer, letter.event, &letter.data) {
-                self.deliver_here(peer, letter.event, &letter.data).await;
-            }
+            self.deliver_here(peer, letter.event, &letter.data).await;
         }
     }
 
-    /// Holds the letters from other nodes that reach `session` until the returned guard is
-    /// dropped, and then delivers them in order. A join takes this before its Redis step: a
-    /// departure or an echo that Redis routed to the joiner after that step can reach this
-    /// node before the step's own reply (they come on another connection), and must not reach
-    /// the client before the roster that names its sender.
+    /// Holds what reaches `session` through [`Delivery::deliver_here`] (letters from other
+    /// nodes, relays and echoes from this one) until the returned guard is dropped, and then
+    /// delivers it in order; what the session is sent directly ([`Delivery::send`]) is not
+    /// held. A join takes this around its Redis step: a departure or an echo that Redis
+    /// routes to the joiner after that step can reach this node before the step's own reply
+    /// (it comes on another connection), and must not reach the client before the roster
+    /// that names its sender. Everything else is held too, so no sender's events overtake
+    /// each other (one that moves to this node meanwhile sends here directly).
     pub fn hold_letters<'a>(&'a self, session: &'a Arc<Session>) -> HeldLetters<'a> {
-        session.link().held_letters.get_or_insert_with(Vec::new);
+        session
+            .link()
+            .held_letters
+            .get_or_insert_with(Held::default);
         HeldLetters {
             delivery: self,
             session,
         }
     }
 
-    /// Keeps a letter's event for `peer` if its session holds letters now. Past what a
-    /// session may keep, the hold ends early: what it held is delivered, in order, rather
-    /// than lost.
-    fn held(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) -> bool {
-        let Some(session) = self.session(peer) else {
-            return false;
-        };
+    /// Keeps an event for `session` if it holds them now. Past what a session may keep, the
+    /// hold ends early: what it held is delivered, in order, rather than lost.
+    fn held(&self, session: &Arc<Session>, event: &'static str, data: &Arc<RawValue>) -> bool {
         let mut link = session.link();
         let Some(held) = &mut link.held_letters else {
             return false;
         };
-        held.push((event, Arc::clone(data)));
-        if held.len() > self.keep.events {
-            drop(link);
-            self.release_letters(&session);
+        held.events.push((event, Arc::clone(data)));
+        let overflowing = !held.releasing && held.events.len() > self.keep.events;
+        drop(link);
+        if overflowing {
+            self.release_letters(session);
         }
         true
     }
 
-    /// Ends `session`'s hold, delivering what it held in order; letters that come meanwhile
-    /// join the end of the line until it is empty.
+    /// Ends `session`'s hold, delivering what it held in order; events that come meanwhile
+    /// join the end of the line until it is empty. One caller drains; another finding it
+    /// draining leaves it to that one.
     fn release_letters(&self, session: &Arc<Session>) {
+        match &mut session.link().held_letters {
+            Some(held) if !held.releasing => held.releasing = true,
+            _ => return,
+        }
+        let mut forwards = Vec::new();
         loop {
             let batch = {
                 let mut link = session.link();
                 match &mut link.held_letters {
-                    Some(held) if !held.is_empty() => std::mem::take(held),
+                    Some(held) if !held.events.is_empty() => std::mem::take(&mut held.events),
                     _ => {
                         link.held_letters = None;
-                        return;
+                        break;
                     }
                 }
             };
             for (event, data) in batch {
                 if let Some(node) = self.deliver(session, event, &data) {
-                    self.forward_later(node, &session.peer, event, &data);
+                    let letter = inbox::letter(&[&session.peer], &inbox::body(event, &data));
+                    forwards.push((node, letter));
                 }
             }
         }
+        self.forward_later(forwards);
     }
 
-    /// Forwards an event to a session that moved on, from a task of its own.
-    fn forward_later(&self, node: NodeId, peer: &PeerId, event: &'static str, data: &RawValue) {
+    /// Forwards letters to sessions that moved on, in order, from a task of its own.
+    fn forward_later(&self, letters: Vec<(NodeId, Vec<u8>)>) {
+        if letters.is_empty() {
+            return;
+        }
         let (Some(postbox), Ok(runtime)) =
             (self.postbox.clone(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
-        let letter = inbox::letter(&[peer], &inbox::body(event, data));
         runtime.spawn(async move {
-            if let Err(e) = postbox.post(vec![(node, letter)]).await {
-                tracing::warn!(event, cause = %e, "forwarding to a moved session failed");
+            if let Err(e) = postbox.post(letters).await {
+                tracing::warn!(cause = %e, "forwarding to a moved session failed");
             }
         });
     }
@@ -628,9 +641,8 @@ async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
     }
 }
 
-/// A session on its way to this node, and what reached it before it did.
-/// A session's hold on letters from other nodes (see [`Delivery::hold_letters`]); dropping
-/// it delivers them.
+/// A session's hold on what reaches it (see [`Delivery::hold_letters`]); dropping it
+/// delivers what was held.
 pub struct HeldLetters<'a> {
     delivery: &'a Delivery,
     session: &'a Arc<Session>,
@@ -642,6 +654,7 @@ impl Drop for HeldLetters<'_> {
     }
 }
 
+/// A session on its way to this node, and what reached it before it did.
 struct Arrival {
     since: Instant,
     held: Vec<(&'static str, Arc<RawValue>)>,
@@ -762,18 +775,20 @@ mod tests {
         assert!(!delivery.is_arriving(&stranger.peer));
     }
 
-    /// Letters that reach a session during its join wait for the hold to end and then come in
-    /// order, after what the join sent; past what the session may keep, the hold ends early
-    /// and nothing is lost.
+    /// What reaches a session during its join (letters from other nodes, and events from
+    /// this one) waits for the hold to end and then comes in order, after what the join sent
+    /// directly; past what the session may keep, the hold ends early and nothing is lost.
     #[tokio::test]
-    async fn held_letters_come_after_the_join_in_order() {
+    async fn held_events_come_after_the_join_in_order() {
         let delivery = delivery(3);
         let session = session();
         delivery.register(Arc::clone(&session));
+        let chat =
+            |i: u32| serialize(p::CHAT_MESSAGE, &serde_json::json!({ "i": i })).expect("json");
         let letter = |i: u32| Letter {
             peers: vec![session.peer.clone()],
             event: p::CHAT_MESSAGE,
-            data: serialize(p::CHAT_MESSAGE, &serde_json::json!({ "i": i })).expect("json"),
+            data: chat(i),
         };
         let kept = |session: &Session| -> Vec<String> {
             let link = session.link();
@@ -784,9 +799,10 @@ mod tests {
         };
 
         let held = delivery.hold_letters(&session);
-        for i in 0..2 {
-            delivery.deliver_letter(letter(i)).await;
-        }
+        delivery.deliver_letter(letter(0)).await;
+        delivery
+            .deliver_here(&session.peer, p::CHAT_MESSAGE, &chat(1))
+            .await;
         assert_eq!(session.link().outbox.last(), 0, "held back");
         delivery.send(&session, p::JOIN_OK, &serde_json::json!({}));
         drop(held);
@@ -814,9 +830,12 @@ mod tests {
         );
         assert!(session.link().held_letters.is_none());
         assert_eq!(
-            kept(&session)[2],
-            "chat-message {\"i\":6}",
-            "in order, the last one last"
+            kept(&session),
+            [
+                "chat-message {\"i\":4}",
+                "chat-message {\"i\":5}",
+                "chat-message {\"i\":6}"
+            ]
         );
     }
 

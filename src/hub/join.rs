@@ -63,7 +63,7 @@ impl Hub {
         };
 
         let _turn = self.turns.take(room).await;
-        let held = self.delivery.hold_letters(session);
+        let mut held = None;
         let mut attempts = 0;
         let existing = loop {
             attempts += 1;
@@ -74,6 +74,7 @@ impl Hub {
                 Err(refusal) => return self.delivery.refuse_join(session, Some(room), refusal),
             };
             let max = self.limits.max_peers_per_room;
+            held.get_or_insert_with(|| self.delivery.hold_letters(session));
             match self.rooms.join(room, newcomer.clone(), max, &expect).await {
                 Ok(JoinOutcome::Joined(existing)) => break existing,
                 Ok(JoinOutcome::AlreadyMember) => return self.rejoined(session, room),

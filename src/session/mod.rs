@@ -68,9 +68,17 @@ pub struct Link {
     pub backlog: VecDeque<(&'static str, Arc<RawValue>)>,
     /// Bytes of relays and echoes the socket may still be given now (see `delivery`).
     pub room_to_queue: TokenBucket,
-    /// While a join is under way (cluster mode): letters from other nodes, in order, held
-    /// until its roster is sent (see `Delivery::hold_letters`).
-    pub held_letters: Option<Vec<(&'static str, Arc<RawValue>)>>,
+    /// While a join's Redis step is under way: what reaches the session meanwhile, in
+    /// order, held until its roster is sent (see `Delivery::hold_letters`).
+    pub held_letters: Option<Held>,
+}
+
+/// Events held for a session, and whether they are being delivered now.
+#[derive(Default)]
+pub struct Held {
+    pub events: Vec<(&'static str, Arc<RawValue>)>,
+    /// Someone is delivering them: it ends the hold once none is left.
+    pub releasing: bool,
 }
 
 impl Drop for Session {
