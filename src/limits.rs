@@ -645,6 +645,29 @@ mod tests {
         );
     }
 
+    /// A window is open from its first counted attempt until it closes, and not while it
+    /// counts none (every attempt forgiven).
+    #[test]
+    fn a_window_is_open_while_it_counts_an_attempt() {
+        let limit = WindowLimit {
+            limit: 5,
+            window: Duration::from_secs(60),
+        };
+        let t0 = Instant::now();
+        let mut window = FixedWindow::default();
+        assert_eq!(window.open_for(t0, limit), None, "nothing counted yet");
+        window.record(t0, limit);
+        let half = t0 + Duration::from_secs(20);
+        assert_eq!(window.open_for(half, limit), Some(Duration::from_secs(40)));
+        assert_eq!(
+            window.open_for(t0 + limit.window, limit),
+            None,
+            "closed at its end"
+        );
+        window.forgive();
+        assert_eq!(window.open_for(half, limit), None, "counts none");
+    }
+
     #[test]
     fn keyed_windows_limit_each_key_and_forget_closed_ones() {
         let limit = WindowLimit {
