@@ -668,6 +668,26 @@ mod tests {
         assert_eq!(window.open_for(half, limit), None, "counts none");
     }
 
+    /// A sweep that finds every window open puts the next one off until the map has
+    /// doubled, so sweeping stays amortized O(1) per attempt.
+    #[test]
+    fn the_next_sweep_waits_for_the_map_to_double() {
+        let limit = WindowLimit {
+            limit: 5,
+            window: Duration::from_secs(60),
+        };
+        let floor = WindowMap::<usize>::SWEEP_FLOOR;
+        let map = WindowMap::<usize>::default();
+        let t0 = Instant::now();
+        for key in 0..floor {
+            map.window(key, t0, limit).record(t0, limit);
+        }
+        assert_eq!(map.sweep_at.load(Ordering::Relaxed), floor, "not swept yet");
+        map.window(floor, t0, limit).record(t0, limit);
+        assert_eq!(map.len(), floor + 1, "every window is still open");
+        assert_eq!(map.sweep_at.load(Ordering::Relaxed), 2 * floor);
+    }
+
     #[test]
     fn keyed_windows_limit_each_key_and_forget_closed_ones() {
         let limit = WindowLimit {
