@@ -119,7 +119,7 @@ pub async fn run(
                 .unwrap_or_else(tokio::time::Instant::now);
             let deadline = began + grace;
             hub.end_all();
-            hub.emptied(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            hub.drained(deadline.saturating_duration_since(tokio::time::Instant::now()))
                 .await;
             sender.flush(deadline).await;
         }
@@ -162,7 +162,15 @@ pub async fn run(
     // The heartbeat runs until this node's sockets have left their rooms (or their sessions
     // have gone to an heir); if they don't in time, the node's entries stay and the survivors
     // reap them once the heartbeat lapses.
-    let drained = stopped == Stopped::HandedOff || hub.drained(grace).await;
+    // With nobody to take the sessions over, they end here (those away after the clients
+    // were cut off too): their departures are recorded and announced before the node goes.
+    let drained = match stopped {
+        Stopped::HandedOff => true,
+        Stopped::Closed => {
+            hub.end_all();
+            hub.drained(grace).await
+        }
+    };
     heartbeat.abort();
     if drained && let Err(e) = hub.deregister_node().await {
         tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");

@@ -239,6 +239,34 @@ async fn a_killed_node_is_announced_and_purged() {
     .await;
 }
 
+/// The last node of a cluster, stopped with SIGTERM, has nobody to hand its sessions to: its
+/// clients leave their rooms and the node leaves the registry before it exits, so nothing of
+/// it is left in Redis for a survivor to reap (only its "draining" mark, which expires).
+#[tokio::test]
+async fn the_last_node_to_stop_leaves_nothing_behind() {
+    let redis = Redis::start().await;
+    let mut a = redis.node().await;
+    let (mut alice, _) = a.joined("alice", "last").await;
+    let (_bob, _) = a.joined("bob", "last").await;
+    alice.until("#rtcio:init-offer").await;
+    let mut conn = redis.connection().await.expect("redis");
+    let nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("rtcio:nodes")
+        .query_async(&mut conn)
+        .await
+        .expect("SMEMBERS");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+
+    a.terminate().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("rtcio:*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    keys.retain(|k| k != "rtcio:seq" && *k != format!("rtcio:node:{}:draining", nodes[0]));
+    assert_eq!(keys, Vec::<String>::new(), "left in redis");
+}
+
 #[tokio::test]
 async fn redis_unreachable_at_start_is_a_clear_error() {
     let url = format!("redis://:hunter2@127.0.0.1:{}", free_port());

@@ -9,6 +9,7 @@
 //! drop (`TransportError`, `HeartbeatTimeout`). Anything the server itself closes is final.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socketioxide::extract::SocketRef;
@@ -301,10 +302,28 @@ impl Hub {
             link.socket = None;
             link.outbox = Default::default();
         }
+        let _ending = Ending::count(&self.ending);
         self.delivery.unregister(session);
         for room in session.rooms() {
             self.leave(session, &room).await;
         }
         tracing::debug!(peer = %session.peer, "session ended");
+    }
+}
+
+/// Counts a session among those ending while it is (see `Hub::drained`), even if the end is
+/// cut short.
+struct Ending(Arc<AtomicUsize>);
+
+impl Ending {
+    fn count(ending: &Arc<AtomicUsize>) -> Ending {
+        ending.fetch_add(1, Ordering::SeqCst);
+        Ending(Arc::clone(ending))
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

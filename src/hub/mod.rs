@@ -90,6 +90,9 @@ pub struct Hub {
     pub(crate) connected: Arc<AtomicUsize>,
     /// Set once shutdown begins: the node no longer wants new clients (`/readyz`).
     stopping: AtomicBool,
+    /// Sessions ending now whose leaves are not all recorded yet (they are no longer among
+    /// the delivery's sessions).
+    ending: Arc<AtomicUsize>,
 }
 
 /// How long `/readyz` waits for Redis to answer before calling the node unready.
@@ -138,6 +141,7 @@ impl Hub {
             kicks: DashMap::new(),
             connected: Arc::default(),
             stopping: AtomicBool::new(false),
+            ending: Arc::default(),
         });
         tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
         tokio::spawn(forget_old_events(Arc::downgrade(&hub)));
@@ -237,16 +241,14 @@ impl Hub {
         }
     }
 
-    /// Waits until every session has ended (their leaves are recorded), up to `within`.
+    /// Waits until every session of this node has ended and its leaves are recorded, up to
+    /// `within`; whether they all were. (An ended session may still be referenced, by a
+    /// recovery window's timer, so live sessions are not what is counted.)
     pub async fn drained(&self, within: std::time::Duration) -> bool {
-        until(within, || self.connections() == 0).await
-    }
-
-    /// (Memory mode) waits until every room has emptied, up to `within`: every member's leave
-    /// is recorded, though an ended session may still be referenced (a recovery window's
-    /// timer holds it).
-    pub async fn emptied(&self, within: std::time::Duration) {
-        until(within, || self.local_rooms() == 0).await;
+        until(within, || {
+            self.delivery.is_empty() && self.ending.load(Ordering::SeqCst) == 0
+        })
+        .await
     }
 }
 
