@@ -296,6 +296,44 @@ async fn big_relays_are_limited_by_their_bytes() {
     victim.assert_nothing_before_probe(&mallory).await;
 }
 
+/// Joins, checks and leaves share one bucket per socket: over it a join or a check is refused
+/// with `join-error` `rate-limited` naming its room, a leave with `error`, while the socket's
+/// echoes, in a bucket of their own, still go through.
+#[tokio::test]
+async fn room_events_over_their_rate_are_refused_as_room_events() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("ROOM_EVENT_RATE", "0.001"),
+            ("ROOM_EVENT_BURST", "2"),
+        ],
+    )
+    .await;
+    let (mut bob, _) = server.joined("bob", "a").await;
+    let mut alice = server.client("alice").await;
+    alice.join("a", "alice");
+    alice.until("join-ok").await;
+    alice.emit("check-room", json!({ "roomId": "b" }));
+    alice.expect("room-check-ok").await;
+
+    alice.join("c", "alice");
+    let refused = alice.expect("join-error").await;
+    assert_eq!(refused["reason"], json!("rate-limited"), "{refused}");
+    assert_eq!(refused["roomId"], json!("c"), "{refused}");
+    assert!(refused["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0));
+    alice.emit("leave-room", json!({ "roomId": "a" }));
+    alice.expect_error("rate-limited").await;
+
+    bob.until("#rtcio:init-offer").await;
+    alice.emit(
+        "chat-message",
+        json!({ "roomId": "a", "text": "still here" }),
+    );
+    let chat = bob.expect("chat-message").await;
+    assert_eq!(chat["id"], json!(alice.id()), "{chat}");
+}
+
 /// A member that sends a stalled peer more bytes than may wait for it (`MAX_QUEUED_BYTES`)
 /// has what goes over dropped and is told to wait, long before the queue's event count fills;
 /// the stalled peer stays connected and gets what was let through, and a third member's
