@@ -7,7 +7,7 @@
 //! While a session moves between nodes (`hub::handover`), the node it is coming to holds the
 //! events that reach it early, and the node it left forwards what still arrives there.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -128,7 +128,17 @@ impl Delivery {
         event: &'static str,
         data: &Arc<RawValue>,
     ) -> Option<NodeId> {
-        let mut link = session.link();
+        self.deliver_locked(session, session.link(), event, data)
+    }
+
+    /// [`Delivery::deliver`], with the session's link already locked.
+    fn deliver_locked(
+        &self,
+        session: &Arc<Session>,
+        mut link: MutexGuard<'_, Link>,
+        event: &'static str,
+        data: &Arc<RawValue>,
+    ) -> Option<NodeId> {
         if link.ended {
             return link.moved_to.clone();
         }
@@ -229,10 +239,7 @@ impl Delivery {
             }
             None
         } else if let Some(session) = self.session(peer) {
-            if self.held(&session, event, data) {
-                return;
-            }
-            self.deliver(&session, event, data)
+            self.deliver_unless_held(&session, event, data)
         } else {
             self.forwarded_to(peer)
         };
@@ -260,38 +267,41 @@ impl Delivery {
     /// (it comes on another connection), and must not reach the client before the roster
     /// that names its sender. Everything else is held too, so no sender's events overtake
     /// each other (one that moves to this node meanwhile sends here directly).
-    pub fn hold_letters<'a>(&'a self, session: &'a Arc<Session>) -> HeldLetters<'a> {
-        session
-            .link()
-            .held_letters
-            .get_or_insert_with(Held::default);
-        HeldLetters {
+    pub fn hold_events<'a>(&'a self, session: &'a Arc<Session>) -> EventHold<'a> {
+        session.link().held_events.get_or_insert_with(Held::default);
+        EventHold {
             delivery: self,
             session,
         }
     }
 
-    /// Keeps an event for `session` if it holds them now. Past what a session may keep, the
-    /// hold ends early: what it held is delivered, in order, rather than lost.
-    fn held(&self, session: &Arc<Session>, event: &'static str, data: &Arc<RawValue>) -> bool {
+    /// Keeps the event if `session` holds its events now, else delivers it (under the same
+    /// lock). Past what a session may keep, the hold ends early: what it held is delivered,
+    /// in order, rather than lost.
+    fn deliver_unless_held(
+        &self,
+        session: &Arc<Session>,
+        event: &'static str,
+        data: &Arc<RawValue>,
+    ) -> Option<NodeId> {
         let mut link = session.link();
-        let Some(held) = &mut link.held_letters else {
-            return false;
+        let Some(held) = &mut link.held_events else {
+            return self.deliver_locked(session, link, event, data);
         };
         held.events.push((event, Arc::clone(data)));
         let overflowing = !held.releasing && held.events.len() > self.keep.events;
         drop(link);
         if overflowing {
-            self.release_letters(session);
+            self.release_held(session);
         }
-        true
+        None
     }
 
     /// Ends `session`'s hold, delivering what it held in order; events that come meanwhile
     /// join the end of the line until it is empty. One caller drains; another finding it
     /// draining leaves it to that one.
-    fn release_letters(&self, session: &Arc<Session>) {
-        match &mut session.link().held_letters {
+    fn release_held(&self, session: &Arc<Session>) {
+        match &mut session.link().held_events {
             Some(held) if !held.releasing => held.releasing = true,
             _ => return,
         }
@@ -299,10 +309,10 @@ impl Delivery {
         loop {
             let batch = {
                 let mut link = session.link();
-                match &mut link.held_letters {
+                match &mut link.held_events {
                     Some(held) if !held.events.is_empty() => std::mem::take(&mut held.events),
                     _ => {
-                        link.held_letters = None;
+                        link.held_events = None;
                         break;
                     }
                 }
@@ -641,16 +651,16 @@ async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
     }
 }
 
-/// A session's hold on what reaches it (see [`Delivery::hold_letters`]); dropping it
+/// A session's hold on what reaches it (see [`Delivery::hold_events`]); dropping it
 /// delivers what was held.
-pub struct HeldLetters<'a> {
+pub struct EventHold<'a> {
     delivery: &'a Delivery,
     session: &'a Arc<Session>,
 }
 
-impl Drop for HeldLetters<'_> {
+impl Drop for EventHold<'_> {
     fn drop(&mut self) {
-        self.delivery.release_letters(self.session);
+        self.delivery.release_held(self.session);
     }
 }
 
@@ -798,7 +808,7 @@ mod tests {
                 .collect()
         };
 
-        let held = delivery.hold_letters(&session);
+        let held = delivery.hold_events(&session);
         delivery.deliver_letter(letter(0)).await;
         delivery
             .deliver_here(&session.peer, p::CHAT_MESSAGE, &chat(1))
@@ -817,7 +827,7 @@ mod tests {
         delivery.deliver_letter(letter(2)).await;
         assert_eq!(session.link().outbox.last(), 4, "no hold, no wait");
 
-        let _held = delivery.hold_letters(&session);
+        let _held = delivery.hold_events(&session);
         for i in 3..6 {
             delivery.deliver_letter(letter(i)).await;
         }
@@ -828,7 +838,7 @@ mod tests {
             8,
             "one more than kept ends the hold"
         );
-        assert!(session.link().held_letters.is_none());
+        assert!(session.link().held_events.is_none());
         assert_eq!(
             kept(&session),
             [

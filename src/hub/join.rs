@@ -74,7 +74,7 @@ impl Hub {
                 Err(refusal) => return self.delivery.refuse_join(session, Some(room), refusal),
             };
             let max = self.limits.max_peers_per_room;
-            held.get_or_insert_with(|| self.delivery.hold_letters(session));
+            held.get_or_insert_with(|| self.delivery.hold_events(session));
             match self.rooms.join(room, newcomer.clone(), max, &expect).await {
                 Ok(JoinOutcome::Joined(existing)) => break existing,
                 Ok(JoinOutcome::AlreadyMember) => return self.rejoined(session, room),

@@ -69,8 +69,8 @@ pub struct Link {
     /// Bytes of relays and echoes the socket may still be given now (see `delivery`).
     pub room_to_queue: TokenBucket,
     /// While a join's Redis step is under way: what reaches the session meanwhile, in
-    /// order, held until its roster is sent (see `Delivery::hold_letters`).
-    pub held_letters: Option<Held>,
+    /// order, held until its roster is sent (see `Delivery::hold_events`).
+    pub held_events: Option<Held>,
 }
 
 /// Events held for a session, and whether they are being delivered now.
@@ -115,7 +115,7 @@ impl Session {
                 moved_to: None,
                 backlog: VecDeque::new(),
                 room_to_queue: TokenBucket::default(),
-                held_letters: None,
+                held_events: None,
             }),
             serial: Arc::new(Serial::default()),
         }
