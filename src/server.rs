@@ -118,8 +118,7 @@ pub async fn run(
                 .copied()
                 .unwrap_or_else(tokio::time::Instant::now);
             let deadline = began + grace;
-            hub.end_all();
-            hub.drained(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            hub.end_all(deadline.saturating_duration_since(tokio::time::Instant::now()))
                 .await;
             sender.flush(deadline).await;
         }
@@ -166,10 +165,7 @@ pub async fn run(
     // were cut off too): their departures are recorded and announced before the node goes.
     let drained = match stopped {
         Stopped::HandedOff => true,
-        Stopped::Closed => {
-            hub.end_all();
-            hub.drained(grace).await
-        }
+        Stopped::Closed => hub.end_all(grace).await,
     };
     heartbeat.abort();
     if drained && let Err(e) = hub.deregister_node().await {

@@ -283,12 +283,15 @@ impl Hub {
         });
     }
 
-    /// Ends every session of this node, those away too: on a single node shutting down, none
-    /// can be taken up again, and their departures are what the webhooks still have to tell.
-    pub fn end_all(self: &Arc<Self>) {
+    /// Ends every session of this node, those away too: on a node shutting down with nobody
+    /// to take them over, none can be taken up again, and their departures are what peers and
+    /// webhooks still have to hear. Waits, up to `within`, until their leaves are recorded;
+    /// whether they all were.
+    pub async fn end_all(self: &Arc<Self>, within: Duration) -> bool {
         for session in self.delivery.sessions() {
             self.end(&session, None);
         }
+        self.drained(within).await
     }
 
     async fn end_now(&self, session: &Session, generation: Option<u64>) {

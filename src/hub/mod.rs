@@ -244,7 +244,7 @@ impl Hub {
     /// Waits until every session of this node has ended and its leaves are recorded, up to
     /// `within`; whether they all were. (An ended session may still be referenced, by a
     /// recovery window's timer, so live sessions are not what is counted.)
-    pub async fn drained(&self, within: std::time::Duration) -> bool {
+    async fn drained(&self, within: std::time::Duration) -> bool {
         until(within, || {
             self.delivery.is_empty() && self.ending.load(Ordering::SeqCst) == 0
         })
