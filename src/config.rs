@@ -222,6 +222,21 @@ pub struct Config {
     #[arg(long, env = "REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 
+    /// Cluster mode: where this node listens for direct links from the other nodes, which
+    /// carry every event between them (port 0 picks a free one).
+    #[arg(long, env = "CLUSTER_LINK_LISTEN", default_value = "0.0.0.0:0")]
+    pub cluster_link_listen: std::net::SocketAddr,
+
+    /// Cluster mode: the host (name or IP) the other nodes reach this node's link listener
+    /// at. Without it, Fly's `FLY_PRIVATE_IP`; without that, the listening IP (loopback if it
+    /// listens on every address, which only reaches nodes on the same host).
+    #[arg(long, env = "CLUSTER_LINK_ADVERTISE")]
+    pub cluster_link_advertise: Option<String>,
+
+    /// This machine's private IPv6 address on Fly.io (Fly sets it): advertised for links.
+    #[arg(long, env = "FLY_PRIVATE_IP")]
+    pub fly_private_ip: Option<String>,
+
     /// This machine's id on Fly.io (Fly sets it). In cluster mode, requests for an Engine.IO
     /// session another machine holds are answered with `fly-replay` so Fly's proxy sends them
     /// there, which lets clients start on HTTP long-polling behind several machines.

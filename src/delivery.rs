@@ -20,12 +20,13 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::mpsc;
 
 use crate::cluster::inbox::{self, Letter};
+use crate::cluster::links::Frame;
 use crate::ids::{Credential, NodeId, PeerId};
 use crate::limits::Rate;
 use crate::metrics;
 use crate::protocol::{self as p, Refusal, outbound as out};
 use crate::session::outbox::KeepLimits;
-use crate::session::{Held, Link, Session};
+use crate::session::{Held, HeldEvent, Link, Session};
 use crate::store::{Postbox, Recipient};
 
 /// A session that lost, to its bounds, an event sent while it was away, and the connection
@@ -232,24 +233,68 @@ impl Delivery {
     /// session is still arriving, forwarded if it has moved on, dropped if it ended (nobody is
     /// left to tell).
     pub async fn deliver_here(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) {
-        let forward = if let Some(mut arrival) = self.arriving.get_mut(peer) {
-            // One more than the session may keep marks it as overflowed (see `arrive`).
-            if arrival.held.len() <= self.keep.events {
-                arrival.held.push((event, Arc::clone(data)));
-            }
+        let forward = if self.hold_for_arrival(peer, event, data) {
             None
         } else if let Some(session) = self.session(peer) {
-            self.deliver_unless_held(&session, event, data)
+            self.deliver_unless_held(&session, event, data, None)
         } else {
             self.forwarded_to(peer)
         };
-        let (Some(node), Some(postbox)) = (forward, &self.postbox) else {
-            return;
-        };
-        let letter = inbox::letter(&[peer], &inbox::body(event, data));
-        if let Err(e) = postbox.post(vec![(node, letter)]).await {
-            tracing::warn!(event, cause = %e, "forwarding to a moved session failed");
+        if let Some(node) = forward {
+            let letter = inbox::letter(&[peer], &inbox::body(event, data));
+            self.forward(vec![(node, letter)]);
         }
+    }
+
+    /// Delivers a relay from `sender` that another node sent to `target`, if the target is
+    /// in one of `rooms` (the sender's when it was sent). A relay held behind the target's
+    /// join is checked once the join is done. False if the target is not here or shares
+    /// none of the rooms: its sender is to be told.
+    pub fn deliver_relay(
+        &self,
+        sender: &PeerId,
+        target: &PeerId,
+        rooms: Vec<String>,
+        data: &Arc<RawValue>,
+    ) -> bool {
+        if self.hold_for_arrival(target, p::RELAY, data) {
+            return true;
+        }
+        let Some(session) = self.session(target) else {
+            // Moved on, its old node not told in time (see `cluster::links`): it follows.
+            let (Some(node), Some(postbox)) = (self.forwarded_to(target), &self.postbox) else {
+                return false;
+            };
+            let frame = Frame::Relay {
+                sender: sender.clone(),
+                target: target.clone(),
+                rooms,
+                data: data.get().as_bytes().to_vec(),
+            };
+            postbox.links().send(&node, &frame);
+            return true;
+        };
+        let shares = session.any_room(|room| rooms.iter().any(|r| r == room));
+        if !shares && session.link().held_events.is_none() {
+            return false;
+        }
+        if let Some(node) = self.deliver_unless_held(&session, p::RELAY, data, Some(rooms)) {
+            let letter = inbox::letter(&[target], &inbox::body(p::RELAY, data));
+            self.forward(vec![(node, letter)]);
+        }
+        true
+    }
+
+    /// Holds the event if `peer`'s session is on its way here; false if it is not.
+    fn hold_for_arrival(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) -> bool {
+        let Some(mut arrival) = self.arriving.get_mut(peer) else {
+            return false;
+        };
+        // One more than the session may keep marks it as overflowed (see `arrive`).
+        if arrival.held.len() <= self.keep.events {
+            arrival.held.push((event, Arc::clone(data)));
+        }
+        true
     }
 
     /// Delivers a letter another node posted to this one.
@@ -278,17 +323,23 @@ impl Delivery {
     /// Keeps the event if `session` holds its events now, else delivers it (under the same
     /// lock). Past what a session may keep, the hold ends early: what it held is delivered,
     /// in order, rather than lost.
+    /// `only_in`: see [`HeldEvent`]; a relay not held is checked by the caller.
     fn deliver_unless_held(
         &self,
         session: &Arc<Session>,
         event: &'static str,
         data: &Arc<RawValue>,
+        only_in: Option<Vec<String>>,
     ) -> Option<NodeId> {
         let mut link = session.link();
         let Some(held) = &mut link.held_events else {
             return self.deliver_locked(session, link, event, data);
         };
-        held.events.push((event, Arc::clone(data)));
+        held.events.push(HeldEvent {
+            event,
+            data: Arc::clone(data),
+            only_in,
+        });
         let overflowing = !held.releasing && held.events.len() > self.keep.events;
         drop(link);
         if overflowing {
@@ -317,31 +368,33 @@ impl Delivery {
                     }
                 }
             };
-            for (event, data) in batch {
+            for HeldEvent {
+                event,
+                data,
+                only_in,
+            } in batch
+            {
+                if let Some(rooms) = only_in
+                    && !session.any_room(|room| rooms.iter().any(|r| r == room))
+                {
+                    continue;
+                }
                 if let Some(node) = self.deliver(session, event, &data) {
                     let letter = inbox::letter(&[&session.peer], &inbox::body(event, &data));
                     forwards.push((node, letter));
                 }
             }
         }
-        self.forward_later(forwards);
+        self.forward(forwards);
     }
 
-    /// Forwards letters to sessions that moved on, in order, from a task of its own.
-    fn forward_later(&self, letters: Vec<(NodeId, Vec<u8>)>) {
-        if letters.is_empty() {
-            return;
+    /// Forwards letters to sessions that moved on, in order.
+    fn forward(&self, letters: Vec<(NodeId, Vec<u8>)>) {
+        if let Some(postbox) = &self.postbox
+            && !letters.is_empty()
+        {
+            postbox.post(letters);
         }
-        let (Some(postbox), Ok(runtime)) =
-            (self.postbox.clone(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        runtime.spawn(async move {
-            if let Err(e) = postbox.post(letters).await {
-                tracing::warn!(cause = %e, "forwarding to a moved session failed");
-            }
-        });
     }
 
     /// From now on, hold what reaches `peer` until its session arrives (or the wait is called
@@ -847,6 +900,44 @@ mod tests {
                 "chat-message {\"i\":6}"
             ]
         );
+    }
+
+    /// A relay from another node reaches its target only in one of the rooms the sender was
+    /// in: checked at once, or, behind the target's join, once the join is done.
+    #[tokio::test]
+    async fn a_relay_from_another_node_is_checked_against_the_rooms_when_delivered() {
+        let delivery = delivery(8);
+        let session = session();
+        delivery.register(Arc::clone(&session));
+        let sender = PeerId::parse("sender").expect("peer");
+        let relay = |i: u32| serialize(p::RELAY, &serde_json::json!({ "i": i })).expect("json");
+        let rooms = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let relay_to = |i: u32, names: &[&str]| {
+            delivery.deliver_relay(&sender, &session.peer, rooms(names), &relay(i))
+        };
+        let nobody = PeerId::parse("nobody").expect("peer");
+        assert!(!delivery.deliver_relay(&sender, &nobody, rooms(&["a"]), &relay(0)));
+
+        session.add_room("a");
+        assert!(relay_to(1, &["b", "a"]));
+        assert!(!relay_to(2, &["b"]), "no room in common");
+        assert_eq!(session.link().outbox.last(), 1);
+
+        // Behind a join of "b": held whatever the rooms, then checked.
+        let held = delivery.hold_events(&session);
+        assert!(relay_to(3, &["b"]));
+        assert!(relay_to(4, &["c"]));
+        assert!(relay_to(5, &["a"]));
+        session.add_room("b");
+        drop(held);
+        let link = session.link();
+        let kept: Vec<String> = link
+            .outbox
+            .after(0)
+            .expect("kept")
+            .map(|k| k.data.get().to_string())
+            .collect();
+        assert_eq!(kept, [r#"{"i":1}"#, r#"{"i":3}"#, r#"{"i":5}"#]);
     }
 
     /// A sender cut off for flooding is remembered (what it still sends to a socket that is

@@ -125,11 +125,30 @@ pub async fn run(
         return Ok(());
     };
 
+    let advertise = config
+        .cluster_link_advertise
+        .as_deref()
+        .or(config.fly_private_ip.as_deref());
+    let (link_listener, link_address) = cluster::links::bind(config.cluster_link_listen, advertise)
+        .await
+        .map_err(|e| {
+            StartError(format!(
+                "cannot listen for cluster links on {}: {e}",
+                config.cluster_link_listen
+            ))
+        })?;
     let cluster::Connected {
         pubsub,
         mut rooms,
         inbox,
-    } = cluster::connect(&redis_url, config.redis_ca_file.as_deref()).await?;
+    } = cluster::connect(
+        &redis_url,
+        config.redis_ca_file.as_deref(),
+        link_address.clone(),
+    )
+    .await?;
+    tracing::info!(address = %link_address, "listening for links from other nodes");
+    let links = Arc::clone(rooms.postbox().links());
     tracing::info!(node = %rooms.node(), "cluster mode: room state in Redis");
     // In cluster mode the waiting events stay in Redis for whichever node sends next.
     let sender = hooks.map(|hooks| {
@@ -146,6 +165,7 @@ pub async fn run(
     );
     hub.attach();
     tokio::spawn(cluster::inbox::read_inbox(Arc::downgrade(&hub), inbox));
+    tokio::spawn(links.serve(link_listener, Arc::downgrade(&hub)));
 
     let heartbeat = tokio::spawn(cluster::keep_node_alive(
         Arc::clone(&hub),

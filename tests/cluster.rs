@@ -228,12 +228,20 @@ async fn a_killed_node_is_announced_and_purged() {
             .expect("keys");
         let leftovers: Vec<&String> = keys
             .iter()
-            .filter(|k| !k.ends_with(":alive") && *k != "rtcio:nodes" && *k != "rtcio:seq")
+            .filter(|k| {
+                // What the surviving node keeps of itself: its heartbeat and link address.
+                !k.ends_with(":alive")
+                    && !k.ends_with(":link")
+                    && !["rtcio:nodes", "rtcio:seq", "rtcio:link-secret"].contains(&k.as_str())
+            })
             .collect();
-        if leftovers.is_empty() {
+        let links = keys.iter().filter(|k| k.ends_with(":link")).count();
+        if leftovers.is_empty() && links == 1 {
             Ok(())
         } else {
-            Err(format!("left in redis: {leftovers:?}"))
+            Err(format!(
+                "left in redis: {leftovers:?}, {links} link addresses"
+            ))
         }
     })
     .await;
@@ -263,7 +271,11 @@ async fn the_last_node_to_stop_leaves_nothing_behind() {
         .query_async(&mut conn)
         .await
         .expect("KEYS");
-    keys.retain(|k| k != "rtcio:seq" && *k != format!("rtcio:node:{}:draining", nodes[0]));
+    // The cluster's counter and link secret stay for the nodes to come.
+    keys.retain(|k| {
+        !["rtcio:seq", "rtcio:link-secret"].contains(&k.as_str())
+            && *k != format!("rtcio:node:{}:draining", nodes[0])
+    });
     assert_eq!(keys, Vec::<String>::new(), "left in redis");
 }
 
@@ -281,6 +293,8 @@ async fn losing_redis_is_survived_and_recovered_from() {
     let port = redis.port;
     let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, mut bob) = support::pair(&a, &b, "before").await;
+    alice.relay(bob.id(), json!({ "n": 1 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(1));
     redis.stop().await;
 
     // Meanwhile: a clear error, and the server keeps answering.
@@ -288,6 +302,10 @@ async fn losing_redis_is_survived_and_recovered_from() {
     let err = alice.expect("join-error").await;
     assert_eq!(err["reason"], json!("unavailable"));
     assert_eq!(a.health().await["status"], json!("ok"));
+    // A call already set up keeps negotiating: alice's node knows where bob is, and his node
+    // checks the room itself.
+    alice.relay(bob.id(), json!({ "n": 2 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(2));
 
     // Redis comes back empty, as after a restart. Each node finds its heartbeat lapsed and
     // disconnects its clients so they rejoin; then calls across nodes work again.
@@ -428,10 +446,10 @@ async fn node_of(redis: &Redis, room: &str, peer: &str) -> String {
         .to_string()
 }
 
+/// Each event goes to the nodes serving its recipients and nowhere else, over the links
+/// between nodes: no payload crosses Redis.
 #[tokio::test]
 async fn events_reach_only_the_nodes_that_serve_their_peers() {
-    use futures_util::StreamExt;
-
     let redis = Redis::start().await;
     let nodes = [
         redis.node().await,
@@ -441,18 +459,21 @@ async fn events_reach_only_the_nodes_that_serve_their_peers() {
     ];
     let (mut alice, mut bob) = support::pair(&nodes[0], &nodes[1], "x").await;
     let (carol, mut dave) = support::pair(&nodes[2], &nodes[3], "y").await;
-    let bob_node = node_of(&redis, "x", bob.id()).await;
-    let alice_node = node_of(&redis, "x", alice.id()).await;
-    let dave_node = node_of(&redis, "y", dave.id()).await;
-
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut watch = client.get_async_pubsub().await.expect("pubsub");
-    watch.psubscribe("rtcio:inbox:*").await.expect("psubscribe");
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(node.letters_received().await);
+    }
+    let publishes_before = command_calls(&redis, "publish").await;
 
     for n in 0..10 {
         alice.relay(bob.id(), json!({ "n": n, "sdp": "v=0\r\na=x\r\n" }));
     }
-    for n in 0..10 {
+    assert_eq!(
+        bob.expect("#rtcio:message").await,
+        json!({ "source": alice.id(), "target": bob.id(),
+                "data": { "n": 0, "sdp": "v=0\r\na=x\r\n" } })
+    );
+    for n in 1..10 {
         assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(n));
     }
     bob.emit("chat-message", json!({ "roomId": "x", "text": "hi" }));
@@ -460,40 +481,16 @@ async fn events_reach_only_the_nodes_that_serve_their_peers() {
     carol.relay(dave.id(), json!({ "last": true }));
     dave.expect("#rtcio:message").await;
 
-    // Letters arrive in the order Redis ran their publishes, so the last one ends the count.
-    let mut letters: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut stream = watch.on_message();
-    while letters
-        .last()
-        .is_none_or(|(channel, _)| !channel.ends_with(&dave_node))
-    {
-        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("letters within 10 s")
-            .expect("pubsub open");
-        letters.push((
-            message.get_channel_name().to_string(),
-            message.get_payload_bytes().to_vec(),
-        ));
+    let mut received = Vec::new();
+    for (node, before) in nodes.iter().zip(before) {
+        received.push(node.letters_received().await - before);
     }
-    let channels: Vec<&str> = letters.iter().map(|(c, _)| c.as_str()).collect();
-    let mut expected = vec![format!("rtcio:inbox:{bob_node}"); 10];
-    expected.push(format!("rtcio:inbox:{alice_node}"));
-    expected.push(format!("rtcio:inbox:{dave_node}"));
-    assert_eq!(channels, expected, "one letter per event, to its node only");
-
-    // A letter is the recipients, the event and the payload's JSON as it is.
-    let first = String::from_utf8(letters[0].1.clone()).expect("utf-8 letter");
-    let mut parts = first.splitn(3, '\n');
-    assert_eq!(parts.next(), Some(bob.id()));
-    assert_eq!(parts.next(), Some("#rtcio:message"));
-    let payload: serde_json::Value =
-        serde_json::from_str(parts.next().expect("payload")).expect("JSON payload");
     assert_eq!(
-        payload,
-        json!({ "source": alice.id(), "target": bob.id(),
-                "data": { "n": 0, "sdp": "v=0\r\na=x\r\n" } })
+        received,
+        [1, 10, 0, 1],
+        "one letter per event, to its node only"
     );
+    assert_eq!(command_calls(&redis, "publish").await, publishes_before);
 }
 
 #[tokio::test]
@@ -568,7 +565,7 @@ async fn a_departure_that_overtakes_a_join_reply_comes_after_the_roster() {
     let b = redis.node().await;
     let (bob, _) = b.joined("bob", "x").await;
     let mut alice = a.client("alice").await;
-    let received = letters_received(&a).await;
+    let received = a.letters_received().await;
 
     // The join script's reply starts with its outcome.
     gate.hold_from(b"joined");
@@ -592,7 +589,7 @@ async fn a_departure_that_overtakes_a_join_reply_comes_after_the_roster() {
     bob.emit("leave-room", json!({ "roomId": "x" }));
     support::poll_until(support::WAIT, Duration::from_millis(10), async || {
         // Bob's departure is in alice's node: its subscriber connection is not held back.
-        let now = letters_received(&a).await;
+        let now = a.letters_received().await;
         if now > received {
             Ok(())
         } else {
@@ -619,20 +616,10 @@ async fn a_departure_that_overtakes_a_join_reply_comes_after_the_roster() {
     );
 }
 
-/// How many letters `node` has read from its inbox.
-async fn letters_received(node: &support::Server) -> u64 {
-    let (_, body) = support::http_get(node.addr, "/metrics").await;
-    body.lines()
-        .find_map(|line| line.strip_prefix("rtcio_cluster_letters_received_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Many senders relaying at once across nodes: each target gets its sender's relays exactly
-/// once and in order, and the sending node routes them in batches, so Redis publishes fewer
-/// messages than there are relays (a bundle per node per batch).
+/// once and in order, and only the first relay to each target asks Redis where it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_relays_cross_in_batches_in_order() {
+async fn concurrent_relays_cross_in_order_asking_redis_once_per_target() {
     const PAIRS: usize = 10;
     const RELAYS: usize = 100;
     let redis = Redis::start().await;
@@ -648,7 +635,7 @@ async fn concurrent_relays_cross_in_batches_in_order() {
     for k in 0..PAIRS {
         pairs.push(support::pair(&b, &a, &format!("batch-{k}")).await);
     }
-    let publishes_before = publish_calls(&redis).await;
+    let lookups_before = command_calls(&redis, "evalsha").await;
     for (target, sender) in &pairs {
         for i in 0..RELAYS {
             sender.relay(target.id(), json!({ "i": i }));
@@ -664,16 +651,16 @@ async fn concurrent_relays_cross_in_batches_in_order() {
         }
         target.assert_nothing_before_probe(sender).await;
     }
-    let publishes = publish_calls(&redis).await - publishes_before;
+    let lookups = command_calls(&redis, "evalsha").await - lookups_before;
     assert!(
-        publishes < (PAIRS * RELAYS) as u64,
-        "{publishes} publishes for {} relays: none were batched",
+        lookups <= PAIRS as u64,
+        "{lookups} script calls for {} relays to {PAIRS} targets",
         PAIRS * RELAYS
     );
 }
 
-/// How many PUBLISH commands Redis has run (inside scripts too).
-async fn publish_calls(redis: &Redis) -> u64 {
+/// How many times Redis has run `command` (inside scripts too).
+async fn command_calls(redis: &Redis, command: &str) -> u64 {
     let mut conn = redis.connection().await.expect("redis");
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -682,7 +669,77 @@ async fn publish_calls(redis: &Redis) -> u64 {
         .expect("INFO");
     stats
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
+/// Opens a link to the node listening at `address` as node `from`, answering its challenge
+/// with an HMAC under `key`; whether the node took the answer.
+async fn knock(address: &str, from: &str, to: &str, key: &[u8]) -> (tokio::net::TcpStream, bool) {
+    use hmac::{Hmac, Mac};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("link listener");
+    let mut challenge = [0; 32];
+    stream.read_exact(&mut challenge).await.expect("challenge");
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("key");
+    for part in [
+        &b"rtcio-link\n"[..],
+        &challenge,
+        from.as_bytes(),
+        b"\n",
+        to.as_bytes(),
+    ] {
+        mac.update(part);
+    }
+    let mut hello = (from.len() as u16).to_be_bytes().to_vec();
+    hello.extend_from_slice(from.as_bytes());
+    hello.extend_from_slice(&mac.finalize().into_bytes());
+    stream.write_all(&hello).await.expect("hello");
+    let mut answer = [0; 1];
+    let taken = matches!(stream.read(&mut answer).await, Ok(1) if answer[0] == 1);
+    (stream, taken)
+}
+
+/// The links between nodes take frames only from a node that proves it knows the cluster's
+/// secret: a wrong answer to the challenge is refused and what follows it never delivered,
+/// while the right one (as a node gives it) can reach a client.
+#[tokio::test]
+async fn links_take_frames_only_from_nodes_that_know_the_secret() {
+    use tokio::io::AsyncWriteExt;
+
+    let redis = Redis::start().await;
+    let (a, b) = (redis.node().await, redis.node().await);
+    let (mut alice, bob) = support::pair(&a, &b, "room").await;
+    let node = node_of(&redis, "room", alice.id()).await;
+    let mut conn = redis.connection().await.expect("redis");
+    let (address, secret): (String, String) = redis::pipe()
+        .get(format!("rtcio:node:{node}:link"))
+        .get("rtcio:link-secret")
+        .query_async(&mut conn)
+        .await
+        .expect("link address and secret");
+    let alice_id = alice.id().to_string();
+    let frame = |text: &str| {
+        let body = format!("M{alice_id}\nchat-message\n{{\"text\":\"{text}\"}}");
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body.as_bytes());
+        frame
+    };
+
+    let (mut forged, taken) = knock(&address, "feedface", &node, b"not the secret").await;
+    assert!(!taken, "a wrong answer was taken");
+    let _ = forged.write_all(&frame("forged")).await;
+    let (mut misnamed, taken) = knock(&address, "feedface", "beef", secret.as_bytes()).await;
+    assert!(!taken, "an answer for another node was taken");
+    let _ = misnamed.write_all(&frame("misnamed")).await;
+    alice.assert_nothing_before_probe(&bob).await;
+
+    let (mut link, taken) = knock(&address, "feedface", &node, secret.as_bytes()).await;
+    assert!(taken, "the right answer was refused");
+    link.write_all(&frame("genuine")).await.expect("frame");
+    assert_eq!(alice.expect("chat-message").await["text"], json!("genuine"));
 }

@@ -266,6 +266,55 @@ async fn a_dropped_session_comes_back_on_another_node() {
     bob2.assert_nothing_before_probe(&alice).await;
 }
 
+/// Three nodes: a sender on one keeps relaying while its target's session moves between the
+/// other two and back. The sending node goes straight to the target's node over their link,
+/// so each move must repoint it without a relay lost, repeated or overtaken.
+#[tokio::test]
+async fn relays_from_a_third_node_follow_a_moving_session_in_order() {
+    let redis = Redis::start().await;
+    let burst = [("RELAY_BURST", "1000")];
+    let (a, b, c) = (
+        redis.node_with(&burst).await,
+        redis.node_with(&burst).await,
+        redis.node_with(&burst).await,
+    );
+    let (mut alice, mut bob) = support::pair(&a, &b, "call").await;
+    let bob_id = bob.id().to_string();
+    let (mut sent, mut next) = (0, 0);
+    for (from, to, sub) in [(&b, &c, "bob"), (&c, &b, "bob"), (&b, &c, "bob")] {
+        for _ in 0..5 {
+            alice.relay(&bob_id, json!({ "n": sent }));
+            sent += 1;
+        }
+        // Bob reads a few on the old connection; the rest are replayed or follow him.
+        expect_relays(&mut bob, &alice, next..next + 2).await;
+        next += 2;
+        let token = to.token(sub);
+        tokio::join!(bob.reconnect(to, &token), async {
+            for _ in 0..40 {
+                alice.relay(&bob_id, json!({ "n": sent }));
+                sent += 1;
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(bob.session["recovered"], json!(true));
+        assert_eq!(bob.id(), bob_id);
+        expect_relays(&mut bob, &alice, next..sent).await;
+        next = sent;
+        // Alice's node was told where bob went: the node he left is not a detour.
+        let detours = from.letters_received().await;
+        for _ in 0..5 {
+            alice.relay(&bob_id, json!({ "n": sent }));
+            sent += 1;
+        }
+        expect_relays(&mut bob, &alice, next..sent).await;
+        next = sent;
+        assert_eq!(from.letters_received().await, detours);
+    }
+    bob.assert_nothing_before_probe(&alice).await;
+    alice.assert_nothing_before_probe(&bob).await;
+}
+
 /// The server's own replies to a client cross nodes with its session like any other event.
 #[tokio::test]
 async fn a_reply_the_client_missed_follows_it_to_another_node() {

@@ -1,6 +1,7 @@
-//! Node-targeted delivery: every node reads its own Redis channel, `rtcio:inbox:{node}`, and
-//! an event for peers whose sessions live on another node is published there only, so a
-//! node receives what its own peers are sent and nothing else, however many nodes there are.
+//! Node-targeted delivery: an event for peers whose sessions live on another node is sent to
+//! that node only, over its link (`cluster::links`), so a node receives what its own peers
+//! are sent and nothing else, however many nodes there are. Each node also reads its own
+//! Redis channel, `rtcio:inbox:{node}`, for the note that ends a session's move.
 //!
 //! A letter is one event for some peers of the node, as one binary blob (the payload's bytes
 //! as they are, nothing re-encoded): `peer peer …\nevent\ndata`. Peer ids and event names
@@ -13,6 +14,7 @@ use std::sync::{Arc, Weak};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::links::{Frame, Links};
 use crate::hub::Hub;
 use crate::ids::{NodeId, PeerId};
 use crate::protocol as p;
@@ -126,25 +128,65 @@ pub fn unbundle(message: Vec<u8>) -> Option<Vec<Vec<u8>>> {
     Some(parts)
 }
 
-/// Delivers the letters of this node's inbox to its sessions and reads its notes, in the
-/// order they came.
+/// Delivers the letters of this node's inbox channel in Redis to its sessions and reads its
+/// notes, in the order they came (the note that ends a session's move comes this way).
 pub async fn read_inbox(hub: Weak<Hub>, mut inbox: mpsc::Receiver<Vec<u8>>) {
     while let Some(message) = inbox.recv().await {
         let Some(hub) = hub.upgrade() else { return };
-        let Some(mail) = unbundle(message) else {
-            tracing::warn!("unreadable bundle in this node's inbox; dropped");
-            continue;
-        };
-        crate::metrics::get()
-            .letters_received
-            .inc_by(mail.len() as u64);
-        for bytes in mail {
-            match Mail::read(bytes) {
-                Some(Mail::Letter(letter)) => hub.delivery.deliver_letter(letter).await,
-                Some(Mail::Note(json)) => hub.read_note(&json).await,
-                None => tracing::warn!("unreadable letter in this node's inbox; dropped"),
+        read_mail(&hub, message).await;
+    }
+}
+
+/// Delivers the letters in one message (a bundle or not) and reads its notes, in order.
+async fn read_mail(hub: &Arc<Hub>, message: Vec<u8>) {
+    let Some(mail) = unbundle(message) else {
+        return tracing::warn!("unreadable bundle from another node; dropped");
+    };
+    crate::metrics::get()
+        .letters_received
+        .inc_by(mail.len() as u64);
+    for bytes in mail {
+        match Mail::read(bytes) {
+            Some(Mail::Letter(letter)) => hub.delivery.deliver_letter(letter).await,
+            Some(Mail::Note(json)) => hub.read_note(&json).await,
+            None => tracing::warn!("unreadable letter from another node; dropped"),
+        }
+    }
+}
+
+/// Handles a frame another node sent over its link to this one, in the order it came.
+pub async fn read_frame(hub: &Arc<Hub>, links: &Arc<Links>, from: &NodeId, frame: Frame) {
+    match frame {
+        Frame::Mail(message) => read_mail(hub, message).await,
+        Frame::Relay {
+            sender,
+            target,
+            rooms,
+            data,
+        } => {
+            crate::metrics::get().letters_received.inc();
+            let Some(data) = String::from_utf8(data)
+                .ok()
+                .and_then(|data| RawValue::from_string(data).ok())
+            else {
+                return tracing::warn!("unreadable relay from another node; dropped");
+            };
+            if !hub
+                .delivery
+                .deliver_relay(&sender, &target, rooms, &Arc::from(data))
+            {
+                links.send(from, &Frame::Unreachable { sender, target });
             }
         }
+        Frame::Unreachable { sender, target } => {
+            links.forget(&target, from);
+            if let Some(session) = hub.delivery.session(&sender) {
+                hub.delivery
+                    .refuse(&session, p::RELAY, p::Refusal::UnknownTarget);
+            }
+        }
+        // Answered by the links themselves.
+        Frame::Sync { .. } | Frame::Synced(_) => {}
     }
 }
 

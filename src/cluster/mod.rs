@@ -1,9 +1,10 @@
 //! Cluster mode's moving parts: connecting to Redis at start, the node's heartbeat loop (which
-//! also reaps nodes that died), its inbox of events for its peers ([`inbox`]) and the
-//! subscriber connection that carries it ([`pubsub`]). Room state itself is in
-//! `store::redis`.
+//! also reaps nodes that died), the direct links between nodes ([`links`]), what a node
+//! reads from them ([`inbox`]) and the subscriber connection for its Redis channel
+//! ([`pubsub`]). Room state itself is in `store::redis`.
 
 pub mod inbox;
+pub mod links;
 pub mod pubsub;
 
 use std::path::Path;
@@ -83,7 +84,11 @@ fn client(redis_url: &str, ca_file: Option<&Path>) -> Result<redis::Client, Star
 /// Connects both Redis connections (the subscriber and room state), registers this node and
 /// subscribes to its inbox, or says clearly why not within [`REDIS_CONNECT_TIMEOUT`] (a
 /// certificate that does not verify says so).
-pub async fn connect(redis_url: &str, ca_file: Option<&Path>) -> Result<Connected, StartError> {
+pub async fn connect(
+    redis_url: &str,
+    ca_file: Option<&Path>,
+    link_address: String,
+) -> Result<Connected, StartError> {
     let client = client(redis_url, ca_file)?;
     let unreachable = |e: &dyn std::fmt::Display| unreachable(redis_url, e);
     let connect = async {
@@ -100,7 +105,7 @@ pub async fn connect(redis_url: &str, ca_file: Option<&Path>) -> Result<Connecte
         let pubsub = PubSub::connect(client.clone())
             .await
             .map_err(|e| unreachable(&e))?;
-        let rooms = RedisRooms::connect(client)
+        let rooms = RedisRooms::connect(client, link_address)
             .await
             .map_err(|e| unreachable(&e))?;
         let inbox = pubsub

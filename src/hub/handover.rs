@@ -399,6 +399,13 @@ impl Hub {
             if !fresh.is_empty() {
                 let peers = fresh.iter().map(|s| s.peer.to_string()).collect();
                 self.post_note(&heir, &Note::Expect { peers }).await;
+                // The heir holds for them before any other node learns they moved.
+                if let Some(postbox) = self.rooms.postbox() {
+                    postbox
+                        .links()
+                        .sync(std::slice::from_ref(&heir), None)
+                        .await;
+                }
                 for session in &fresh {
                     let (hub, job_session, heir) =
                         (Arc::clone(self), Arc::clone(session), heir.clone());
@@ -565,8 +572,8 @@ impl Hub {
         }
     }
 
-    /// Old node, once every letter routed here before the move has arrived: hands the session
-    /// to `to`.
+    /// Old node, once Redis routes the peer's events to `to`: hands the session over as soon
+    /// as nothing more is on its way here for it.
     async fn hand(
         self: &Arc<Self>,
         ticket: u64,
@@ -575,6 +582,7 @@ impl Hub {
         received: u64,
         pushed: bool,
     ) {
+        self.settle_route(&session.peer, &to).await;
         let handed = {
             let mut link = session.link();
             let events: Option<Vec<HandedEvent>> = link.outbox.after(received).map(|kept| {
@@ -623,6 +631,18 @@ impl Hub {
         tracing::debug!(peer = %session.peer, %to, "session handed to another node");
     }
 
+    /// Has every other node point `peer` at `to` and answer behind what it sent here before
+    /// (see `cluster::links`): what was on its way is in the session then.
+    async fn settle_route(&self, peer: &PeerId, to: &NodeId) {
+        let (RoomStore::Redis(redis), Some(postbox)) = (&self.rooms, self.rooms.postbox()) else {
+            return;
+        };
+        match redis.other_nodes().await {
+            Ok(nodes) => postbox.links().sync(&nodes, Some((peer, to))).await,
+            Err(e) => tracing::warn!(cause = %e, "other nodes unknown; handing over unsettled"),
+        }
+    }
+
     /// New node: a session handed over after the wait for it was given up. Nobody will take
     /// it up, so it ends here, its departure announced.
     async fn end_stray(self: &Arc<Self>, peer: PeerId, handed: Handed) {
@@ -665,10 +685,8 @@ impl Hub {
                 return;
             };
             let letter = inbox::letter(&[&session.peer], &inbox::body(p::JOIN_ERROR, &reply));
-            if let Some(postbox) = self.rooms.postbox()
-                && let Err(e) = postbox.post(vec![(node.clone(), letter)]).await
-            {
-                tracing::warn!(%node, cause = %e, "refusal to a moved session not sent");
+            if let Some(postbox) = self.rooms.postbox() {
+                postbox.post(vec![(node.clone(), letter)]);
             }
             return;
         }
@@ -687,9 +705,7 @@ impl Hub {
             Ok(json) => json,
             Err(e) => return tracing::error!(cause = %e, "note not serializable"),
         };
-        if let Err(e) = postbox.post(vec![(node.clone(), inbox::note(&json))]).await {
-            tracing::warn!(%node, cause = %e, "note to another node not sent");
-        }
+        postbox.post(vec![(node.clone(), inbox::note(&json))]);
     }
 }
 

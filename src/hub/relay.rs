@@ -1,13 +1,12 @@
 //! `#rtcio:message`: one peer to another, only between peers that share a room. The payload's
-//! `data` is passed on without being parsed. In cluster mode the check that the two share a
-//! room and the posting to the target's node are one Redis step.
+//! `data` is passed on without being parsed. In cluster mode a relay goes straight to the
+//! target's node, which checks the rooms again (`cluster::inbox::read_frame`).
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
 use super::Hub;
-use crate::cluster::inbox;
 use crate::delivery;
 use crate::ids::PeerId;
 use crate::metrics::{self, Timer};
@@ -41,7 +40,7 @@ impl Hub {
         };
         let route = self
             .rooms
-            .route_relay(session, &target, || inbox::body(p::RELAY, &relayed))
+            .route_relay(session, &target, || relayed.get().as_bytes().to_vec())
             .await;
         if let Ok(RelayRoute::Here | RelayRoute::Posted) = route {
             metrics.relayed.inc();

@@ -76,9 +76,17 @@ pub struct Link {
 /// Events held for a session, and whether they are being delivered now.
 #[derive(Default)]
 pub struct Held {
-    pub events: Vec<(&'static str, Arc<RawValue>)>,
+    pub events: Vec<HeldEvent>,
     /// Someone is delivering them: it ends the hold once none is left.
     pub releasing: bool,
+}
+
+pub struct HeldEvent {
+    pub event: &'static str,
+    pub data: Arc<RawValue>,
+    /// A relay from another node: delivered only if the session is then in one of these rooms
+    /// (its sender's when it was sent).
+    pub only_in: Option<Vec<String>>,
 }
 
 impl Drop for Session {

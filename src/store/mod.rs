@@ -57,7 +57,8 @@ pub enum RelayRoute {
     Unshared,
     /// The target's session is on this node: deliver it here.
     Here,
-    /// The target is on another node, and the relay is already on its way there.
+    /// The target is on another node (as far as this one knows), and the relay is on its way
+    /// there.
     Posted,
 }
 
@@ -216,13 +217,13 @@ impl RoomStore {
     }
 
     /// Whether `target` shares a room with `session`, and if so where its session is; a target
-    /// on another node is sent `body` (a letter's body, see `cluster::inbox`) in the same step,
-    /// so a relay costs one round trip at most. `body` is only built for that.
+    /// on another node is sent `data` (the relayed event's), which that node checks again.
+    /// `data` is only built for that.
     pub async fn route_relay(
         &self,
         session: &Session,
         target: &PeerId,
-        body: impl FnOnce() -> Vec<u8>,
+        data: impl FnOnce() -> Vec<u8>,
     ) -> Result<RelayRoute, StoreError> {
         match self {
             RoomStore::Memory(memory) => Ok(if session.any_room(|r| memory.is_member(r, target)) {
@@ -230,7 +231,11 @@ impl RoomStore {
             } else {
                 RelayRoute::Unshared
             }),
-            RoomStore::Redis(redis) => redis.route_relay(session.rooms(), target, body()).await,
+            RoomStore::Redis(redis) => {
+                redis
+                    .route_relay(session.rooms(), &session.peer, target, data())
+                    .await
+            }
         }
     }
 

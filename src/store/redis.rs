@@ -25,9 +25,13 @@
 //!   changes), trimmed to `WEBHOOK_QUEUE`; `rtcio:webhooks:dropped` counts those trimmed;
 //!   `rtcio:webhooks:sender` the node holding the delivery lease (`webhooks`)
 //!
-//! Events for peers on other nodes are published to those nodes' inboxes (`cluster::inbox`);
-//! the relay script does so itself, in the step that checks the two peers share a room, for
-//! a batch of relays at a time.
+//! - `rtcio:node:{id}:link` the address of the node's link listener (`cluster::links`),
+//!   expiring with its heartbeat; `rtcio:link-secret` the secret links are authenticated with
+//!
+//! Events for peers on other nodes go over direct links to those nodes (`cluster::links`),
+//! to the node Redis names for each peer at that instant; the relay script looks up a batch
+//! of relays' targets at a time. Only the note that ends a session's move goes through
+//! Redis, to the moving node's own inbox channel.
 //!
 //! A node that stops refreshing its heartbeat (killed, partitioned) is reaped by whichever
 //! survivor notices first: one script removes all its entries and returns who was in which
@@ -44,7 +48,8 @@ use super::relays::{Relay, RelayRouter};
 use super::{
     Expect, JoinOutcome, Member, Recipient, RelayRoute, RoomSummary, RoomView, StoreError,
 };
-use crate::cluster::inbox::{self, INBOX_PREFIX};
+use crate::cluster::inbox;
+use crate::cluster::links::{Frame, Links};
 use crate::ids::{NodeId, PeerId};
 use crate::limits::{GuessLimits, WindowLimit};
 use crate::protocol::MediaState;
@@ -249,7 +254,7 @@ for _, entry in ipairs(redis.call('SMEMBERS', mine)) do
     table.insert(out, table.concat(remaining, ' '))
   end
 end
-redis.call('DEL', mine)
+redis.call('DEL', mine, prefix .. 'node:' .. node .. ':link')
 return out
 "#
 );
@@ -275,29 +280,18 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 0
 "#;
 
-/// Sends a letter (ARGV[3] its body) to members of a room (KEYS[1]) at the nodes their
-/// entries name at this instant (so a member moving between nodes gets it where its
-/// session is, or will be handed it with the session); returns those on this node (ARGV[1]).
+/// The nodes serving those of the peers ARGV (from ARGV[1] on) still in a room (KEYS[1]), at
+/// this instant: a flat list of peer, node.
 const POST: &str = r#"
-local here, prefix, body = ARGV[1], ARGV[2], ARGV[3]
-local groups, order, local_peers = {}, {}, {}
-for i = 4, #ARGV do
-  local peer = ARGV[i]
-  local value = redis.call('HGET', KEYS[1], peer)
+local placed = {}
+for i = 1, #ARGV do
+  local value = redis.call('HGET', KEYS[1], ARGV[i])
   if value then
-    local node = string.match(value, '^[^|]*|([^|]*)|') or ''
-    if node == here then
-      table.insert(local_peers, peer)
-    else
-      if not groups[node] then groups[node] = {}; table.insert(order, node) end
-      table.insert(groups[node], peer)
-    end
+    table.insert(placed, ARGV[i])
+    table.insert(placed, string.match(value, '^[^|]*|([^|]*)|') or '')
   end
 end
-for _, node in ipairs(order) do
-  redis.call('PUBLISH', prefix .. node, table.concat(groups[node], ' ') .. '\n' .. body)
-end
-return local_peers
+return placed
 "#;
 
 /// Follows a node's forwarding addresses (ARGV[1] the node, ARGV[2] the prefix) to a live node.
@@ -362,18 +356,22 @@ pub struct RedisRooms {
     forgive_guess: Script,
     set_media: Script,
     relays: Arc<RelayRouter>,
+    links: Arc<Links>,
+    /// Where this node's link listener is, advertised with every heartbeat.
+    link_address: String,
     moves: Script,
     holder: Script,
     reap: Script,
 }
 
-/// How a node sends events to peers on other nodes, on the connection the scripts use, so a
-/// letter leaves in order with the scripts its sender ran before it (a join, a leave).
+/// How a node sends events to peers on other nodes: over its links (`cluster::links`), each
+/// to the node serving it.
 #[derive(Clone)]
 pub struct Postbox {
     conn: ConnectionManager,
     here: NodeId,
     post: Script,
+    links: Arc<Links>,
 }
 
 impl Postbox {
@@ -386,31 +384,47 @@ impl Postbox {
         body: Vec<u8>,
     ) -> redis::RedisResult<Vec<PeerId>> {
         let mut call = self.post.prepare_invoke();
-        call.key(room_key(room))
-            .arg(self.here.as_str())
-            .arg(INBOX_PREFIX)
-            .arg(body);
+        call.key(room_key(room));
         for peer in peers {
             call.arg(peer.as_str());
         }
-        crate::metrics::get().letters_sent.inc();
-        let here: Vec<String> = call.invoke_async(&mut self.conn.clone()).await?;
-        Ok(here.iter().filter_map(|p| PeerId::parse(p)).collect())
+        // A session moving meanwhile waits for this routing (see `cluster::links`).
+        let _routing = self.links.routing().await;
+        let flat: Vec<String> = call.invoke_async(&mut self.conn.clone()).await?;
+        let mut here = Vec::new();
+        let mut elsewhere: Vec<(NodeId, Vec<PeerId>)> = Vec::new();
+        for pair in flat.chunks_exact(2) {
+            let (Some(peer), Some(node)) = (PeerId::parse(&pair[0]), NodeId::parse(&pair[1]))
+            else {
+                continue;
+            };
+            if node == self.here {
+                here.push(peer);
+            } else if let Some((_, peers)) = elsewhere.iter_mut().find(|(n, _)| *n == node) {
+                peers.push(peer);
+            } else {
+                elsewhere.push((node, vec![peer]));
+            }
+        }
+        for (node, peers) in elsewhere {
+            let peers: Vec<&PeerId> = peers.iter().collect();
+            self.post(vec![(node, inbox::letter(&peers, &body))]);
+        }
+        Ok(here)
     }
 
-    /// Publishes each letter to its node's inbox, in one pipeline.
-    pub async fn post(&self, letters: Vec<(NodeId, Vec<u8>)>) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
+    /// Sends each letter to its node, in order.
+    pub fn post(&self, letters: Vec<(NodeId, Vec<u8>)>) {
         crate::metrics::get()
             .letters_sent
             .inc_by(letters.len() as u64);
         for (node, letter) in letters {
-            pipe.cmd("PUBLISH")
-                .arg(inbox::channel(&node))
-                .arg(letter)
-                .ignore();
+            self.links.send(&node, &Frame::Mail(letter));
         }
-        pipe.query_async(&mut self.conn.clone()).await
+    }
+
+    pub fn links(&self) -> &Arc<Links> {
+        &self.links
     }
 }
 
@@ -527,6 +541,16 @@ fn members_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:members")
 }
 
+/// Where a node's link listener is (`cluster::links`), refreshed with its heartbeat.
+pub fn link_key(node: &NodeId) -> String {
+    format!("{PREFIX}node:{node}:link")
+}
+
+/// The secret every node's links are authenticated with; the first node makes it.
+fn link_secret_key() -> String {
+    format!("{PREFIX}link-secret")
+}
+
 fn alive_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:alive")
 }
@@ -585,8 +609,11 @@ fn pairs(flat: Vec<String>) -> impl Iterator<Item = (String, String)> {
 }
 
 impl RedisRooms {
-    /// Connects and registers this node.
-    pub async fn connect(client: redis::Client) -> Result<RedisRooms, StoreError> {
+    /// Connects and registers this node, its links listening at `link_address`.
+    pub async fn connect(
+        client: redis::Client,
+        link_address: String,
+    ) -> Result<RedisRooms, StoreError> {
         // Fail fast while Redis is away: a join gets `unavailable` in well under a second
         // instead of waiting out redis-rs's default six reconnection attempts (about 6 s). The
         // heartbeat keeps trying every second, so the connection comes back with Redis.
@@ -608,7 +635,21 @@ impl RedisRooms {
             }
         };
         let node = NodeId::random();
-        let relays = Arc::new(RelayRouter::new(conn.clone(), node.clone()));
+        let relays = Arc::new(RelayRouter::new(conn.clone()));
+        let secret: String = redis::pipe()
+            .cmd("SET")
+            .arg(link_secret_key())
+            .arg(crate::auth::random_hex(32))
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(link_secret_key())
+            .query_async::<(String,)>(&mut conn.clone())
+            .await
+            .map_err(store_error)?
+            .0;
+        let links =
+            Links::new(node.clone(), secret.as_bytes(), conn.clone()).map_err(StoreError)?;
         let rooms = RedisRooms {
             conn,
             node,
@@ -621,6 +662,8 @@ impl RedisRooms {
             forgive_guess: Script::new(FORGIVE_GUESS),
             set_media: Script::new(SET_MEDIA),
             relays,
+            links,
+            link_address,
             moves: Script::new(MOVE),
             holder: Script::new(HOLDER),
             reap: Script::new(REAP),
@@ -662,6 +705,7 @@ impl RedisRooms {
             conn: self.conn.clone(),
             here: self.node.clone(),
             post: Script::new(POST),
+            links: Arc::clone(&self.links),
         }
     }
 
@@ -947,21 +991,45 @@ impl RedisRooms {
             .map_err(store_error)
     }
 
+    /// Routes a relay of `data` from `sender`, in `rooms`, to `target`: to the node its
+    /// relays went to before, else to the node Redis finds it at in one of those rooms. The
+    /// receiving node checks the rooms again (see `cluster::inbox::read_frame`).
     pub async fn route_relay(
         &self,
         rooms: Vec<Arc<str>>,
+        sender: &PeerId,
         target: &PeerId,
-        body: Vec<u8>,
+        data: Vec<u8>,
     ) -> Result<RelayRoute, StoreError> {
         if rooms.is_empty() {
             return Ok(RelayRoute::Unshared);
         }
-        let relay = Relay {
-            rooms,
-            target: target.clone(),
-            body,
+        let _routing = self.links.routing().await;
+        let node = match self.links.route(target) {
+            Some(node) => node,
+            None => {
+                let relay = Relay {
+                    rooms: rooms.clone(),
+                    target: target.clone(),
+                };
+                match self.relays.route(relay).await? {
+                    None => return Ok(RelayRoute::Unshared),
+                    Some(node) if node == self.node => return Ok(RelayRoute::Here),
+                    Some(node) => {
+                        self.links.remember(target, &node);
+                        node
+                    }
+                }
+            }
         };
-        self.relays.route(relay).await
+        let frame = Frame::Relay {
+            sender: sender.clone(),
+            target: target.clone(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            data,
+        };
+        self.links.send(&node, &frame);
+        Ok(RelayRoute::Posted)
     }
 
     /// The live node holding the sessions `node` held: `node` itself while it lives, else the
@@ -1096,6 +1164,12 @@ impl RedisRooms {
             .cmd("SADD")
             .arg(nodes_key())
             .arg(self.node.as_str())
+            .cmd("SET")
+            .arg(link_key(&self.node))
+            .arg(&self.link_address)
+            .arg("PX")
+            .arg(NODE_TTL.as_millis() as u64)
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(store_error)?;
@@ -1153,6 +1227,7 @@ impl RedisRooms {
             .cmd("DEL")
             .arg(alive_key(self.node.as_str()))
             .arg(members_key(self.node.as_str()))
+            .arg(link_key(&self.node))
             .query_async::<()>(&mut conn)
             .await
             .map_err(store_error)

@@ -1,12 +1,11 @@
-//! Cluster relays, routed in batches. Each relay must check that its two peers share a room
-//! and reach the target's node in one atomic Redis step (so no relay slips past a leave), and
-//! a busy node sends thousands a second: one script call per relay, and one pub/sub message
-//! per letter, would cost a round trip and a wake-up each. So the relay that finds no batch in
-//! flight goes at once, on its own, and those that come meanwhile wait and go together in the
-//! next call, which publishes one bundle per target node. A quiet node pays nothing extra, a
-//! busy one a round trip per batch.
+//! Where cluster relays go, looked up in batches. The first relay a node sends to a remote
+//! peer must find the node serving it, and check that the two peers share a room, in one
+//! atomic Redis step; later ones go where the first went (`cluster::links`). When many
+//! senders look up at once (a node starting, a room filling), one script call per lookup
+//! would cost a round trip each. So the lookup that finds no batch in flight goes at once,
+//! on its own, and those that come meanwhile wait and go together in the next call.
 //!
-//! Lock story: one mutex over the waiting relays and whether a batch is in flight, held only
+//! Lock story: one mutex over the waiting lookups and whether a batch is in flight, held only
 //! to push or take them, never across a round trip.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,53 +14,28 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
 
+use super::StoreError;
 use super::redis::{room_key, store_error};
-use super::{RelayRoute, StoreError};
-use crate::cluster::inbox::INBOX_PREFIX;
 use crate::ids::{NodeId, PeerId};
 
-/// Routes a batch of relays, in order. ARGV[1] is this node, ARGV[2] the inbox prefix, then
-/// three per relay: how many rooms its sender is in (their keys come next in KEYS), the
-/// target, and the letter's body. Each relay's route comes back: 0 if the target is in none
-/// of those rooms, 1 if its session is on this node, else 2 and the letter is published to
-/// the target's node. A node is sent one message per batch: a lone letter as it is, several
-/// as a bundle (`cluster::inbox`), so a busy node wakes once for many letters.
+/// Looks up a batch of relays, in order: two arguments per relay, how many rooms its sender
+/// is in (their keys come next in KEYS) and the target. For each, the node named by the
+/// target's entry in the first of those rooms that has one, or '' if none does.
 const RELAY_BATCH: &str = r#"
-local here, prefix = ARGV[1], ARGV[2]
-local routes, bundles, order = {}, {}, {}
+local routes = {}
 local key = 1
-for arg = 3, #ARGV, 3 do
+for arg = 1, #ARGV, 2 do
   local rooms, target = tonumber(ARGV[arg]), ARGV[arg + 1]
-  local route = 0
+  local route = ''
   for i = key, key + rooms - 1 do
     local value = redis.call('HGET', KEYS[i], target)
     if value then
-      local node = string.match(value, '^[^|]*|([^|]*)|') or ''
-      if node == here then
-        route = 1
-      else
-        if not bundles[node] then bundles[node] = {}; table.insert(order, node) end
-        table.insert(bundles[node], target .. '\n' .. ARGV[arg + 2])
-        route = 2
-      end
+      route = string.match(value, '^[^|]*|([^|]*)|') or ''
       break
     end
   end
   table.insert(routes, route)
   key = key + rooms
-end
-for _, node in ipairs(order) do
-  local letters, message = bundles[node], nil
-  if #letters == 1 then
-    message = letters[1]
-  else
-    local parts = {'*'}
-    for _, letter in ipairs(letters) do
-      table.insert(parts, #letter .. ':' .. letter)
-    end
-    message = table.concat(parts)
-  end
-  redis.call('PUBLISH', prefix .. node, message)
 end
 return routes
 "#;
@@ -69,17 +43,19 @@ return routes
 /// Most relays routed in one script call.
 const BATCH_MOST: usize = 256;
 
-/// One relay to route: the sender's rooms, the target, and the letter's body for its node.
+/// One relay to look up: the sender's rooms and the target.
 pub struct Relay {
     pub rooms: Vec<Arc<str>>,
     pub target: PeerId,
-    pub body: Vec<u8>,
 }
+
+/// The node serving a relay's target, if it is in one of the sender's rooms.
+type Route = Option<NodeId>;
 
 /// A relay waiting for the next batch, and where its route is reported.
 struct Waiting {
     relay: Relay,
-    routed: oneshot::Sender<Result<RelayRoute, StoreError>>,
+    routed: oneshot::Sender<Result<Route, StoreError>>,
 }
 
 #[derive(Default)]
@@ -91,16 +67,14 @@ struct Queue {
 
 pub struct RelayRouter {
     conn: ConnectionManager,
-    here: NodeId,
     script: Script,
     queue: Mutex<Queue>,
 }
 
 impl RelayRouter {
-    pub fn new(conn: ConnectionManager, here: NodeId) -> RelayRouter {
+    pub fn new(conn: ConnectionManager) -> RelayRouter {
         RelayRouter {
             conn,
-            here,
             script: Script::new(RELAY_BATCH),
             queue: Mutex::default(),
         }
@@ -109,7 +83,7 @@ impl RelayRouter {
     /// Routes `relay`: at once if no batch is in flight, else in the next one. A relay's
     /// sender waits for its route before its next event, so each sender's relays keep their
     /// order.
-    pub async fn route(self: &Arc<Self>, relay: Relay) -> Result<RelayRoute, StoreError> {
+    pub async fn route(self: &Arc<Self>, relay: Relay) -> Result<Route, StoreError> {
         let lead = {
             let mut queue = self.lock();
             if queue.busy {
@@ -133,36 +107,26 @@ impl RelayRouter {
         // future is dropped half way.
         let _lead = Lead(Arc::clone(self));
         let mut routes = self.run(std::slice::from_ref(&relay)).await?;
-        Ok(routes.pop().unwrap_or(RelayRoute::Unshared))
+        Ok(routes.pop().flatten())
     }
 
     /// One script call for `batch`; its routes, in order.
-    async fn run(&self, batch: &[Relay]) -> Result<Vec<RelayRoute>, StoreError> {
+    async fn run(&self, batch: &[Relay]) -> Result<Vec<Route>, StoreError> {
         let mut call = self.script.prepare_invoke();
-        call.arg(self.here.as_str()).arg(INBOX_PREFIX);
         for relay in batch {
             for room in &relay.rooms {
                 call.key(room_key(room));
             }
-            call.arg(relay.rooms.len())
-                .arg(relay.target.as_str())
-                .arg(relay.body.as_slice());
+            call.arg(relay.rooms.len()).arg(relay.target.as_str());
         }
-        let routes: Vec<u8> = call
+        let routes: Vec<String> = call
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
         if routes.len() != batch.len() {
             return Err(StoreError("relay batch: not one route per relay".into()));
         }
-        Ok(routes
-            .into_iter()
-            .map(|route| match route {
-                0 => RelayRoute::Unshared,
-                1 => RelayRoute::Here,
-                _ => RelayRoute::Posted,
-            })
-            .collect())
+        Ok(routes.iter().map(|route| NodeId::parse(route)).collect())
     }
 
     /// The relays waiting now, at most a batch of them; none left ends the turn in flight.

@@ -158,6 +158,15 @@ impl Server {
         (peer, backfill)
     }
 
+    /// How many letters (events from other nodes) this node has read, from `/metrics`.
+    pub async fn letters_received(&self) -> u64 {
+        let (_, body) = http_get(self.addr, "/metrics").await;
+        body.lines()
+            .find_map(|line| line.strip_prefix("rtcio_cluster_letters_received_total "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub async fn health(&self) -> Value {
         http_get_json(self.addr, "/health").await
     }
