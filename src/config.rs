@@ -223,8 +223,9 @@ pub struct Config {
     pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Cluster mode: where this node listens for direct links from the other nodes, which
-    /// carry every event between them (port 0 picks a free one).
-    #[arg(long, env = "CLUSTER_LINK_LISTEN", default_value = "0.0.0.0:0")]
+    /// carry every event between them (port 0 picks a free one). Only the cluster's nodes
+    /// should reach it: links are authenticated, not encrypted.
+    #[arg(long, env = "CLUSTER_LINK_LISTEN", default_value = "127.0.0.1:0")]
     pub cluster_link_listen: std::net::SocketAddr,
 
     /// Cluster mode: the host (name or IP) the other nodes reach this node's link listener

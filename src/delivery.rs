@@ -233,12 +233,17 @@ impl Delivery {
     /// session is still arriving, forwarded if it has moved on, dropped if it ended (nobody is
     /// left to tell).
     pub async fn deliver_here(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) {
-        let forward = if self.hold_for_arrival(peer, event, data) {
-            None
-        } else if let Some(session) = self.session(peer) {
-            self.deliver_unless_held(&session, event, data, None)
-        } else {
-            self.forwarded_to(peer)
+        let unchecked = HeldEvent {
+            event,
+            data: Arc::clone(data),
+            only_in: None,
+        };
+        let forward = match self.hold_for_arrival(peer, unchecked) {
+            None => None,
+            Some(unchecked) => match self.session(peer) {
+                Some(session) => self.deliver_unless_held(&session, unchecked).flatten(),
+                None => self.forwarded_to(peer),
+            },
         };
         if let Some(node) = forward {
             let letter = inbox::letter(&[peer], &inbox::body(event, data));
@@ -247,9 +252,10 @@ impl Delivery {
     }
 
     /// Delivers a relay from `sender` that another node sent to `target`, if the target is
-    /// in one of `rooms` (the sender's when it was sent). A relay held behind the target's
-    /// join is checked once the join is done. False if the target is not here or shares
-    /// none of the rooms: its sender is to be told.
+    /// in one of `rooms` (the sender's when it was sent). A relay held for the target (behind
+    /// its join, or until its session arrives from another node) is checked when it is
+    /// delivered. False if the target is not here or shares none of the rooms: its sender is
+    /// to be told.
     pub fn deliver_relay(
         &self,
         sender: &PeerId,
@@ -257,9 +263,14 @@ impl Delivery {
         rooms: Vec<String>,
         data: &Arc<RawValue>,
     ) -> bool {
-        if self.hold_for_arrival(target, p::RELAY, data) {
+        let relay = HeldEvent {
+            event: p::RELAY,
+            data: Arc::clone(data),
+            only_in: Some(rooms),
+        };
+        let Some(relay) = self.hold_for_arrival(target, relay) else {
             return true;
-        }
+        };
         let Some(session) = self.session(target) else {
             // Moved on, its old node not told in time (see `cluster::links`): it follows.
             let (Some(node), Some(postbox)) = (self.forwarded_to(target), &self.postbox) else {
@@ -268,33 +279,34 @@ impl Delivery {
             let frame = Frame::Relay {
                 sender: sender.clone(),
                 target: target.clone(),
-                rooms,
+                rooms: relay.only_in.unwrap_or_default(),
                 data: data.get().as_bytes().to_vec(),
             };
             postbox.links().send(&node, &frame);
             return true;
         };
-        let shares = session.any_room(|room| rooms.iter().any(|r| r == room));
-        if !shares && session.link().held_events.is_none() {
-            return false;
+        match self.deliver_unless_held(&session, relay) {
+            None => false,
+            Some(forward) => {
+                if let Some(node) = forward {
+                    let letter = inbox::letter(&[target], &inbox::body(p::RELAY, data));
+                    self.forward(vec![(node, letter)]);
+                }
+                true
+            }
         }
-        if let Some(node) = self.deliver_unless_held(&session, p::RELAY, data, Some(rooms)) {
-            let letter = inbox::letter(&[target], &inbox::body(p::RELAY, data));
-            self.forward(vec![(node, letter)]);
-        }
-        true
     }
 
-    /// Holds the event if `peer`'s session is on its way here; false if it is not.
-    fn hold_for_arrival(&self, peer: &PeerId, event: &'static str, data: &Arc<RawValue>) -> bool {
+    /// Holds the event if `peer`'s session is on its way here; gives it back if not.
+    fn hold_for_arrival(&self, peer: &PeerId, event: HeldEvent) -> Option<HeldEvent> {
         let Some(mut arrival) = self.arriving.get_mut(peer) else {
-            return false;
+            return Some(event);
         };
         // One more than the session may keep marks it as overflowed (see `arrive`).
         if arrival.held.len() <= self.keep.events {
-            arrival.held.push((event, Arc::clone(data)));
+            arrival.held.push(event);
         }
-        true
+        None
     }
 
     /// Delivers a letter another node posted to this one.
@@ -321,31 +333,28 @@ impl Delivery {
     }
 
     /// Keeps the event if `session` holds its events now, else delivers it (under the same
-    /// lock). Past what a session may keep, the hold ends early: what it held is delivered,
-    /// in order, rather than lost.
-    /// `only_in`: see [`HeldEvent`]; a relay not held is checked by the caller.
+    /// lock) if it is still for the session (see [`HeldEvent`]): `None` if it is not, else
+    /// the node to forward it to if the session moved there. Past what a session may keep,
+    /// the hold ends early: what it held is delivered, in order, rather than lost.
     fn deliver_unless_held(
         &self,
         session: &Arc<Session>,
-        event: &'static str,
-        data: &Arc<RawValue>,
-        only_in: Option<Vec<String>>,
-    ) -> Option<NodeId> {
+        event: HeldEvent,
+    ) -> Option<Option<NodeId>> {
         let mut link = session.link();
         let Some(held) = &mut link.held_events else {
-            return self.deliver_locked(session, link, event, data);
+            if !event.still_for(session) {
+                return None;
+            }
+            return Some(self.deliver_locked(session, link, event.event, &event.data));
         };
-        held.events.push(HeldEvent {
-            event,
-            data: Arc::clone(data),
-            only_in,
-        });
+        held.events.push(event);
         let overflowing = !held.releasing && held.events.len() > self.keep.events;
         drop(link);
         if overflowing {
             self.release_held(session);
         }
-        None
+        Some(None)
     }
 
     /// Ends `session`'s hold, delivering what it held in order; events that come meanwhile
@@ -368,19 +377,10 @@ impl Delivery {
                     }
                 }
             };
-            for HeldEvent {
-                event,
-                data,
-                only_in,
-            } in batch
-            {
-                if let Some(rooms) = only_in
-                    && !session.any_room(|room| rooms.iter().any(|r| r == room))
-                {
-                    continue;
-                }
-                if let Some(node) = self.deliver(session, event, &data) {
-                    let letter = inbox::letter(&[&session.peer], &inbox::body(event, &data));
+            for held in batch.into_iter().filter(|held| held.still_for(session)) {
+                if let Some(node) = self.deliver(session, held.event, &held.data) {
+                    let letter =
+                        inbox::letter(&[&session.peer], &inbox::body(held.event, &held.data));
                     forwards.push((node, letter));
                 }
             }
@@ -426,8 +426,10 @@ impl Delivery {
         self.register(Arc::clone(session));
         // Back from a trip to another node: nothing here follows it any more.
         self.forwards.remove(&session.peer);
-        for (event, data) in arrival.get_mut().held.drain(..) {
-            let _ = self.deliver(session, event, &data);
+        for held in arrival.get_mut().held.drain(..) {
+            if held.still_for(session) {
+                let _ = self.deliver(session, held.event, &held.data);
+            }
         }
         arrival.remove();
         true
@@ -720,7 +722,7 @@ impl Drop for EventHold<'_> {
 /// A session on its way to this node, and what reached it before it did.
 struct Arrival {
     since: Instant,
-    held: Vec<(&'static str, Arc<RawValue>)>,
+    held: Vec<HeldEvent>,
 }
 
 /// An event's payload as JSON, once for however many recipients.
@@ -907,7 +909,7 @@ mod tests {
     #[tokio::test]
     async fn a_relay_from_another_node_is_checked_against_the_rooms_when_delivered() {
         let delivery = delivery(8);
-        let session = session();
+        let (session, arriving) = (session(), session());
         delivery.register(Arc::clone(&session));
         let sender = PeerId::parse("sender").expect("peer");
         let relay = |i: u32| serialize(p::RELAY, &serde_json::json!({ "i": i })).expect("json");
@@ -938,6 +940,28 @@ mod tests {
             .map(|k| k.data.get().to_string())
             .collect();
         assert_eq!(kept, [r#"{"i":1}"#, r#"{"i":3}"#, r#"{"i":5}"#]);
+        drop(link);
+
+        // Held for a session on its way here from another node: checked once it arrives.
+        arriving.add_room("a");
+        assert!(delivery.expect_arrival(&arriving.peer));
+        for (i, rooms) in [(6, ["a"]), (7, ["b"]), (8, ["a"])] {
+            assert!(delivery.deliver_relay(
+                &sender,
+                &arriving.peer,
+                rooms.iter().map(|r| r.to_string()).collect(),
+                &relay(i)
+            ));
+        }
+        assert!(delivery.arrive(&arriving));
+        let link = arriving.link();
+        let kept: Vec<String> = link
+            .outbox
+            .after(0)
+            .expect("kept")
+            .map(|k| k.data.get().to_string())
+            .collect();
+        assert_eq!(kept, [r#"{"i":6}"#, r#"{"i":8}"#]);
     }
 
     /// A sender cut off for flooding is remembered (what it still sends to a socket that is

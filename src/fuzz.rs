@@ -1,6 +1,6 @@
 //! Property tests of every decoder that reads bytes from a client (the frame splitter, each
-//! payload parser, the CONNECT auth payload and its resume fields) or from another node (inbox
-//! letters, handover notes), fed generated input: none may panic, and what a well-formed input
+//! payload parser, the CONNECT auth payload and its resume fields) or from another node (link
+//! frames, inbox letters, handover notes), fed generated input: none may panic, and what a well-formed input
 //! says must come out of it unchanged. proptest keeps any failing case it finds in
 //! `proptest-regressions/`, which is committed, so each is tried again on every run.
 
@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::cluster::inbox::{self, Mail};
+use crate::cluster::links::Frame as LinkFrame;
 use crate::ids::{Credential, NodeId, PeerId, Presented};
 use crate::protocol::inbound::{self, Frame, JoinRequest, RelayRequest, RoomCheck};
 use crate::protocol::{self as p, MAX_NAME_CHARS};
@@ -158,6 +159,25 @@ proptest! {
         prop_assert_eq!(letter.peers, peers);
         prop_assert_eq!(letter.event, p::CHAT_MESSAGE);
         prop_assert_eq!(letter.data.get(), data.get());
+    }
+
+    #[test]
+    fn links_take_any_frame(bytes in prop::collection::vec(any::<u8>(), 0..300), tag in 0..6usize) {
+        let _ = LinkFrame::decode(&bytes);
+        let mut tagged = vec![b"MRSsUx"[tag]];
+        tagged.extend_from_slice(&bytes);
+        let _ = LinkFrame::decode(&tagged);
+    }
+
+    #[test]
+    fn a_relay_frame_gives_back_its_peers_rooms_and_data(
+        sender in peer_id(),
+        target in peer_id(),
+        rooms in prop::collection::vec(".{0,40}", 0..5),
+        data in json_value(),
+    ) {
+        let frame = LinkFrame::Relay { sender, target, rooms, data: data.to_string().into_bytes() };
+        prop_assert_eq!(LinkFrame::decode(&frame.encode()), Some(frame));
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub async fn run(
     );
     hub.attach();
     tokio::spawn(cluster::inbox::read_inbox(Arc::downgrade(&hub), inbox));
-    tokio::spawn(links.serve(link_listener, Arc::downgrade(&hub)));
+    tokio::spawn(Arc::clone(&links).serve(link_listener, Arc::downgrade(&hub)));
 
     let heartbeat = tokio::spawn(cluster::keep_node_alive(
         Arc::clone(&hub),
@@ -187,6 +187,8 @@ pub async fn run(
         Stopped::HandedOff => true,
         Stopped::Closed => hub.end_all(grace).await,
     };
+    // What is still on its way to other nodes (handed sessions, departures) gets there first.
+    links.flush().await;
     heartbeat.abort();
     if drained && let Err(e) = hub.deregister_node().await {
         tracing::warn!(cause = %e, "could not deregister this node; survivors will reap it");

@@ -698,6 +698,8 @@ async fn knock(address: &str, from: &str, to: &str, key: &[u8]) -> (tokio::net::
     let mut hello = (from.len() as u16).to_be_bytes().to_vec();
     hello.extend_from_slice(from.as_bytes());
     hello.extend_from_slice(&mac.finalize().into_bytes());
+    // A challenge of its own, which a real node checks the listener's answer to.
+    hello.extend_from_slice(&[7; 32]);
     stream.write_all(&hello).await.expect("hello");
     let mut answer = [0; 1];
     let taken = matches!(stream.read(&mut answer).await, Ok(1) if answer[0] == 1);
@@ -742,4 +744,178 @@ async fn links_take_frames_only_from_nodes_that_know_the_secret() {
     assert!(taken, "the right answer was refused");
     link.write_all(&frame("genuine")).await.expect("frame");
     assert_eq!(alice.expect("chat-message").await["text"], json!("genuine"));
+}
+
+/// A node checks the node it links to as that node checks it: to a listener that cannot
+/// answer its challenge it sends nothing, and to one that can, a relay goes as one frame
+/// naming the sender, the target, the sender's rooms and the payload's bytes as they are.
+#[tokio::test]
+async fn a_node_sends_only_to_a_listener_that_knows_the_secret() {
+    use hmac::{Hmac, Mac};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Plays a node at a fake address: answers the handshake with `key`, then returns
+    /// whatever the real node writes until it closes the link or stays quiet for a while.
+    async fn fake_node(listener: &tokio::net::TcpListener, me: &str, key: &[u8]) -> Vec<u8> {
+        let (mut stream, _) = listener.accept().await.expect("a link");
+        stream.write_all(&[9; 32]).await.expect("challenge");
+        let len = stream.read_u16().await.expect("id length") as usize;
+        let mut from = vec![0; len];
+        stream.read_exact(&mut from).await.expect("id");
+        let mut rest = [0; 64];
+        stream
+            .read_exact(&mut rest)
+            .await
+            .expect("answer and challenge");
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("key");
+        for part in [
+            &b"rtcio-link\n"[..],
+            &rest[32..],
+            me.as_bytes(),
+            b"\n",
+            &from,
+        ] {
+            mac.update(part);
+        }
+        let mut answer = vec![1];
+        answer.extend_from_slice(&mac.finalize().into_bytes());
+        stream.write_all(&answer).await.expect("answer");
+        let mut written = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut written)).await;
+        written
+    }
+
+    let redis = Redis::start().await;
+    let a = redis.node().await;
+    let (mut alice, _) = a.joined("alice", "x").await;
+    let mut conn = redis.connection().await.expect("redis");
+    let secret: String = redis::cmd("GET")
+        .arg("rtcio:link-secret")
+        .query_async(&mut conn)
+        .await
+        .expect("secret");
+    for (fake, key, expected) in [
+        ("f00d", b"wrong".to_vec(), false),
+        ("beef", secret.into_bytes(), true),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let peer = format!("peer-of-{fake}");
+        let _: () = redis::pipe()
+            .set(
+                format!("rtcio:node:{fake}:link"),
+                listener.local_addr().expect("addr").to_string(),
+            )
+            .hset("rtcio:room:x", &peer, format!("99|{fake}|{{}}"))
+            .query_async(&mut conn)
+            .await
+            .expect("a fake member on a fake node");
+        alice.relay(&peer, json!({ "sdp": "v=0\r\n" }));
+        let written = fake_node(&listener, fake, &key).await;
+        if !expected {
+            assert!(
+                written.is_empty(),
+                "{} bytes sent to a listener that failed",
+                written.len()
+            );
+            continue;
+        }
+        let relay = format!(
+            r#"{{"source":"{}","target":"{peer}","data":{{"sdp":"v=0\r\n"}}}}"#,
+            alice.id()
+        );
+        let mut frame = vec![b'R'];
+        for field in [alice.id(), &peer] {
+            frame.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            frame.extend_from_slice(field.as_bytes());
+        }
+        frame.extend_from_slice(&[0, 1, 0, 1, b'x']);
+        frame.extend_from_slice(relay.as_bytes());
+        let mut expected = (frame.len() as u32).to_be_bytes().to_vec();
+        expected.extend_from_slice(&frame);
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+}
+
+/// A node cut off from Redis keeps relaying for calls already set up only while its
+/// heartbeat is fresh: past 4 s the others may reap it (at 5 s) and announce its peers gone,
+/// so from then on nothing of theirs may reach anyone.
+#[tokio::test]
+async fn a_node_cut_off_from_redis_stops_sending_before_it_can_be_reaped() {
+    let redis = Redis::start().await;
+    // Alice relays without pause until her node stops.
+    let burst = [("RELAY_BURST", "100000")];
+    let (a, b) = (redis.node_with(&burst).await, redis.node_with(&burst).await);
+    let (alice, mut bob) = support::pair(&a, &b, "call").await;
+    alice.relay(bob.id(), json!({ "n": 0 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(0));
+    let cut_off = Instant::now();
+    redis.stop().await;
+
+    let mut n = 1;
+    let stopped = loop {
+        alice.relay(bob.id(), json!({ "n": n }));
+        match bob
+            .client
+            .next_event_within(Duration::from_millis(300))
+            .await
+        {
+            Some(event) => assert_eq!(event.data["data"]["n"], json!(n), "in order"),
+            None => break cut_off.elapsed(),
+        }
+        assert!(
+            cut_off.elapsed() < Duration::from_secs(10),
+            "still relaying"
+        );
+        n += 1;
+    };
+    assert!(
+        stopped > Duration::from_secs(2) && stopped < Duration::from_secs(5),
+        "stopped {stopped:?} after the last heartbeat"
+    );
+    alice.relay(bob.id(), json!({ "n": "after" }));
+    assert!(
+        bob.client
+            .next_event_within(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}
+
+/// Should Redis lose the link secret and another node make a new one, every node takes it
+/// up within a heartbeat or two: new links are authenticated with it, not the old one.
+#[tokio::test]
+async fn nodes_follow_the_link_secret_redis_holds() {
+    let redis = Redis::start().await;
+    let a = redis.node().await;
+    let (alice, _) = a.joined("alice", "room").await;
+    let node = node_of(&redis, "room", alice.id()).await;
+    let mut conn = redis.connection().await.expect("redis");
+    let (address, old): (String, String) = redis::pipe()
+        .get(format!("rtcio:node:{node}:link"))
+        .get("rtcio:link-secret")
+        .query_async(&mut conn)
+        .await
+        .expect("link address and secret");
+    let _: () = redis::cmd("SET")
+        .arg("rtcio:link-secret")
+        .arg("a-new-secret")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    support::poll_until(
+        support::WAIT,
+        Duration::from_millis(100),
+        async || match knock(&address, "feedface", &node, b"a-new-secret").await {
+            (_, true) => Ok(()),
+            _ => Err("the new secret is not taken yet".to_string()),
+        },
+    )
+    .await;
+    assert!(!knock(&address, "feedface", &node, old.as_bytes()).await.1);
 }

@@ -28,16 +28,16 @@
 //! (across a Redis round trip), and exclusively by a `sync` while it repoints a peer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{RwLock, RwLockReadGuard, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, RwLock, RwLockReadGuard, Semaphore, mpsc, oneshot};
 
 use redis::aio::ConnectionManager;
 
@@ -47,31 +47,59 @@ use crate::store::redis::link_key;
 
 /// Largest frame a link accepts; a bigger one closes the link (no node of ours writes one).
 const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Frames queued for one node; beyond this they are dropped, with an error logged.
+/// Frames, and bytes of them, queued for one node; beyond either they are dropped, with an
+/// error logged.
 const LINK_DEPTH: usize = 65_536;
+const LINK_BYTES: usize = 64 * 1024 * 1024;
+/// A link whose writes stall this long is taken for dead and opened again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after its last heartbeat this node still sends to the others. Past it the
+/// others may have reaped it and announced its peers gone, so nothing of theirs may reach
+/// anyone: less than `store::redis::NODE_TTL`, by a margin for the heartbeat's round trip.
+const FRESH_FOR: Duration = Duration::from_secs(4);
+/// Most links in their handshake at once: more are closed at once.
+const MOST_HANDSHAKES: usize = 64;
 const CHALLENGE_BYTES: usize = 32;
 /// How long a connecting node has to answer the challenge, and to connect at all.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a node waits for the others' answers to a `sync`.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node waits for the others' answers to a `sync`, all together: well within the
+/// time a node taking a session up waits for it (`hub::handover`).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most remote peers whose node is remembered; past it the memory starts over.
 const MOST_ROUTES: usize = 100_000;
 
 pub struct Links {
     here: NodeId,
-    /// Keyed with the cluster's link secret.
-    keyed: Hmac<Sha256>,
+    /// The cluster's link secret, and the HMAC keyed with it.
+    secret: std::sync::RwLock<(String, Hmac<Sha256>)>,
+    handshakes: Arc<Semaphore>,
     /// Where the other nodes' link addresses are.
     redis: ConnectionManager,
     /// The queue of each node this one writes to (its writer task holds the other end).
-    outgoing: DashMap<NodeId, mpsc::Sender<Vec<u8>>>,
+    outgoing: DashMap<NodeId, Outgoing>,
+    next_writer: AtomicU64,
     /// The node each remote peer's relays go to.
     routes: DashMap<PeerId, NodeId>,
     gate: RwLock<()>,
     /// `sync`s this node sent and awaits answers to.
     syncs: DashMap<u64, oneshot::Sender<()>>,
     next_sync: AtomicU64,
+    /// Until when (in ms after `started`) this node may send: see [`FRESH_FOR`].
+    fresh_until_ms: AtomicU64,
+    started: Instant,
 }
+
+/// The queue of frames for one node, which writer task reads it, and the bytes in it.
+#[derive(Clone)]
+struct Outgoing {
+    writer: u64,
+    queue: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A writer that cannot connect this many times in a row gives up: the node is gone. The
+/// next frame for it starts a new writer.
+const CONNECT_ATTEMPTS: u32 = 3;
 
 /// A frame on a link, after its length.
 #[derive(Debug, PartialEq, Eq)]
@@ -223,26 +251,59 @@ pub struct Routing<'a> {
 }
 
 impl Links {
-    pub fn new(
-        here: NodeId,
-        secret: &[u8],
-        redis: ConnectionManager,
-    ) -> Result<Arc<Links>, String> {
-        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|e| e.to_string())?;
+    pub fn new(here: NodeId, secret: &str, redis: ConnectionManager) -> Result<Arc<Links>, String> {
+        let keyed = keyed(secret)?;
         Ok(Arc::new(Links {
             here,
-            keyed,
+            secret: std::sync::RwLock::new((secret.to_string(), keyed)),
+            handshakes: Arc::new(Semaphore::new(MOST_HANDSHAKES)),
             redis,
             outgoing: DashMap::new(),
+            next_writer: AtomicU64::new(1),
             routes: DashMap::new(),
             gate: RwLock::new(()),
             syncs: DashMap::new(),
             next_sync: AtomicU64::new(1),
+            fresh_until_ms: AtomicU64::new(FRESH_FOR.as_millis() as u64),
+            started: Instant::now(),
         }))
     }
 
     pub fn here(&self) -> &NodeId {
         &self.here
+    }
+
+    /// This node's heartbeat, sent at `at`, was taken (and had not lapsed): it may send for
+    /// [`FRESH_FOR`] more.
+    pub fn beat(&self, at: Instant) {
+        let until = at.saturating_duration_since(self.started) + FRESH_FOR;
+        self.fresh_until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The link secret this node uses.
+    pub fn secret(&self) -> String {
+        self.secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Uses `secret` from now on, if it is not the one in use (Redis lost the old one and
+    /// another node made a new one).
+    pub fn keep_secret(&self, secret: &str) {
+        if self.secret() == secret {
+            return;
+        }
+        match keyed(secret) {
+            Ok(keyed) => {
+                *self.secret.write().unwrap_or_else(|p| p.into_inner()) =
+                    (secret.to_string(), keyed);
+                tracing::warn!("the cluster's link secret changed; using the new one");
+            }
+            Err(e) => tracing::error!(cause = %e, "unusable link secret"),
+        }
     }
 
     /// Starts a routing: a `sync` that repoints a peer waits until it is dropped.
@@ -271,22 +332,57 @@ impl Links {
 
     /// Queues `frame` for `node`, behind everything queued for it before.
     pub fn send(self: &Arc<Self>, node: &NodeId, frame: &Frame) {
+        let now = self.started.elapsed().as_millis() as u64;
+        if now > self.fresh_until_ms.load(Ordering::Relaxed) {
+            return tracing::debug!(%node, "frame dropped: this node's heartbeat is stale");
+        }
         let bytes = frame.encode();
-        let queue = match self.outgoing.get(node) {
-            Some(queue) => queue.clone(),
-            None => self
-                .outgoing
-                .entry(node.clone())
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(LINK_DEPTH);
-                    tokio::spawn(write_link(Arc::downgrade(self), node.clone(), rx));
-                    tx
-                })
-                .clone(),
+        let outgoing = match self.outgoing.get(node) {
+            Some(outgoing) => outgoing.clone(),
+            None => {
+                // Sends can come from drops; with the runtime gone nothing can be written.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                self.outgoing
+                    .entry(node.clone())
+                    .or_insert_with(|| {
+                        let (queue, frames) = mpsc::channel(LINK_DEPTH);
+                        let writer = self.next_writer.fetch_add(1, Ordering::Relaxed);
+                        let queued = Arc::new(AtomicUsize::new(0));
+                        let task = write_link(
+                            Arc::downgrade(self),
+                            node.clone(),
+                            writer,
+                            frames,
+                            Arc::clone(&queued),
+                        );
+                        runtime.spawn(task);
+                        Outgoing {
+                            writer,
+                            queue,
+                            queued,
+                        }
+                    })
+                    .clone()
+            }
         };
-        if let Err(e) = queue.try_send(bytes) {
+        let size = bytes.len();
+        if outgoing.queued.fetch_add(size, Ordering::Relaxed) + size > LINK_BYTES {
+            outgoing.queued.fetch_sub(size, Ordering::Relaxed);
+            return tracing::error!(%node, "frame for another node dropped: its link is behind");
+        }
+        if let Err(e) = outgoing.queue.try_send(bytes) {
+            outgoing.queued.fetch_sub(size, Ordering::Relaxed);
             tracing::error!(%node, cause = %e, "frame for another node dropped: its link is behind");
         }
+    }
+
+    /// Waits (up to [`SYNC_TIMEOUT`]) until every node this one has sent to has what it was
+    /// sent: before a node stops.
+    pub async fn flush(self: &Arc<Self>) {
+        let nodes: Vec<NodeId> = self.outgoing.iter().map(|o| o.key().clone()).collect();
+        self.sync(&nodes, None).await;
     }
 
     /// Sends a `sync` to each of `nodes` and waits (up to [`SYNC_TIMEOUT`]) for their answers:
@@ -302,8 +398,9 @@ impl Links {
             self.send(node, &Frame::Sync { id, moved });
             answers.push((id, node, rx));
         }
+        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
         for (id, node, answer) in answers {
-            if tokio::time::timeout(SYNC_TIMEOUT, answer).await.is_err() {
+            if tokio::time::timeout_at(deadline, answer).await.is_err() {
                 tracing::warn!(%node, "no answer to a sync; going on without it");
             }
             self.syncs.remove(&id);
@@ -340,19 +437,26 @@ impl Links {
                     continue;
                 }
             };
+            let Ok(handshake) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+                tracing::warn!(%address, "too many links in their handshake; closed");
+                continue;
+            };
             let links = Arc::clone(&self);
             let hub = hub.clone();
             tokio::spawn(async move {
-                if let Err(e) = links.read_link(stream, hub).await {
+                if let Err(e) = links.read_link(stream, handshake, hub).await {
                     tracing::warn!(%address, cause = %e, "link from another node closed");
                 }
             });
         }
     }
 
+    /// Reads a link another node opened: the handshake (each side proves it knows the
+    /// secret), then its frames in order.
     async fn read_link(
         self: Arc<Self>,
         mut stream: TcpStream,
+        handshake: OwnedSemaphorePermit,
         hub: Weak<Hub>,
     ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
@@ -364,15 +468,21 @@ impl Links {
             stream.read_exact(&mut id).await?;
             let mut mac = [0; 32];
             stream.read_exact(&mut mac).await?;
+            let mut theirs = [0; CHALLENGE_BYTES];
+            stream.read_exact(&mut theirs).await?;
             let from = std::str::from_utf8(&id).ok().and_then(NodeId::parse);
-            match from {
-                Some(from) if len <= 64 && self.verify(&challenge, &from, &mac) => Ok(from),
-                _ => Err(invalid("the other node did not prove it knows the secret")),
-            }
+            let from = match from {
+                Some(from) if len <= 64 && self.verify(&challenge, &from, &self.here, &mac) => from,
+                _ => return Err(invalid("the other node did not prove it knows the secret")),
+            };
+            let mut answer = vec![1];
+            answer.extend_from_slice(&self.answer(&theirs, &self.here, &from));
+            stream.write_all(&answer).await?;
+            Ok(from)
         })
         .await
         .map_err(|_| invalid("no handshake in time"))??;
-        stream.write_all(&[1]).await?;
+        drop(handshake);
         let mut stream = tokio::io::BufReader::new(stream);
         loop {
             let len = match stream.read_u32().await {
@@ -406,8 +516,14 @@ impl Links {
         }
     }
 
+    /// The HMAC that proves `from` knows the secret, answering `to`'s `challenge`.
     fn mac(&self, challenge: &[u8], from: &NodeId, to: &NodeId) -> Hmac<Sha256> {
-        let mut mac = self.keyed.clone();
+        let mut mac = self
+            .secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
         mac.update(b"rtcio-link\n");
         mac.update(challenge);
         mac.update(from.as_str().as_bytes());
@@ -416,10 +532,16 @@ impl Links {
         mac
     }
 
-    fn verify(&self, challenge: &[u8], from: &NodeId, answer: &[u8]) -> bool {
-        self.mac(challenge, from, &self.here)
-            .verify_slice(answer)
-            .is_ok()
+    fn answer(&self, challenge: &[u8], from: &NodeId, to: &NodeId) -> Vec<u8> {
+        self.mac(challenge, from, to)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Whether `answer` proves `from` knows the secret (compared in constant time).
+    fn verify(&self, challenge: &[u8], from: &NodeId, to: &NodeId, answer: &[u8]) -> bool {
+        self.mac(challenge, from, to).verify_slice(answer).is_ok()
     }
 
     /// Opens an authenticated link to `node`.
@@ -435,22 +557,29 @@ impl Links {
             let _ = stream.set_nodelay(true);
             let mut challenge = [0; CHALLENGE_BYTES];
             stream.read_exact(&mut challenge).await?;
-            let answer = self
-                .mac(&challenge, &self.here, node)
-                .finalize()
-                .into_bytes();
-            let mut hello = Vec::with_capacity(2 + self.here.as_str().len() + answer.len());
+            let ours: [u8; CHALLENGE_BYTES] = rand::random();
+            let mut hello = Vec::new();
             put_str(&mut hello, self.here.as_str());
-            hello.extend_from_slice(&answer);
+            hello.extend_from_slice(&self.answer(&challenge, &self.here, node));
+            hello.extend_from_slice(&ours);
             stream.write_all(&hello).await?;
-            match stream.read_u8().await? {
-                1 => Ok(stream),
-                _ => Err(invalid("link refused")),
+            if stream.read_u8().await? != 1 {
+                return Err(invalid("link refused"));
             }
+            let mut answer = [0; 32];
+            stream.read_exact(&mut answer).await?;
+            if !self.verify(&ours, node, &self.here, &answer) {
+                return Err(invalid("the listener did not prove it knows the secret"));
+            }
+            Ok(stream)
         })
         .await
         .map_err(|_| invalid("no handshake in time"))?
     }
+}
+
+fn keyed(secret: &str) -> Result<Hmac<Sha256>, String> {
+    <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())
 }
 
 fn invalid(why: &'static str) -> std::io::Error {
@@ -459,10 +588,17 @@ fn invalid(why: &'static str) -> std::io::Error {
 
 /// Writes the frames queued for `node` to its link, connecting (again) as needed. Frames
 /// that find the node unreachable are dropped: it is dead or not yet listening, and its
-/// peers are announced gone by whoever reaps it.
-async fn write_link(links: Weak<Links>, node: NodeId, mut queue: mpsc::Receiver<Vec<u8>>) {
+/// peers are announced gone by whoever reaps it. After [`CONNECT_ATTEMPTS`] failures in a
+/// row the writer stops and takes its queue away, so a dead node costs nothing for long.
+async fn write_link(
+    links: Weak<Links>,
+    node: NodeId,
+    writer: u64,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0;
     'connect: while let Some(first) = queue.recv().await {
         batch.push(first);
         let Some(owner) = links.upgrade() else { return };
@@ -473,15 +609,20 @@ async fn write_link(links: Weak<Links>, node: NodeId, mut queue: mpsc::Receiver<
                     batch.push(frame);
                 }
                 tracing::warn!(%node, cause = %e, dropped = batch.len(), "cannot reach another node");
+                queued.fetch_sub(batch.iter().map(Vec::len).sum(), Ordering::Relaxed);
                 batch.clear();
+                failures += 1;
+                if failures >= CONNECT_ATTEMPTS {
+                    owner.outgoing.remove_if(&node, |_, o| o.writer == writer);
+                    return;
+                }
                 drop(owner);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(Duration::from_millis(50) * 2u32.pow(failures)).await;
                 continue;
             }
         };
         drop(owner);
-        backoff = Duration::from_millis(50);
+        failures = 0;
         let mut stream = BufWriter::with_capacity(64 * 1024, stream);
         loop {
             while batch.len() < 1024
@@ -496,7 +637,12 @@ async fn write_link(links: Weak<Links>, node: NodeId, mut queue: mpsc::Receiver<
                 }
                 stream.flush().await
             };
-            if let Err(e) = written.await {
+            let written = tokio::time::timeout(WRITE_TIMEOUT, written)
+                .await
+                .unwrap_or_else(|_| Err(invalid("writes stalled")));
+            let bytes: usize = batch.iter().map(Vec::len).sum();
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            if let Err(e) = written {
                 tracing::warn!(%node, cause = %e, lost = batch.len(), "link to another node broke");
                 batch.clear();
                 continue 'connect;
@@ -528,7 +674,7 @@ pub async fn bind(
         }
         Some(host) => format!("{host}:{}", bound.port()),
         None if bound.ip().is_unspecified() => {
-            tracing::warn!(
+            tracing::info!(
                 "CLUSTER_LINK_ADVERTISE is not set: other nodes can reach this one only from this host"
             );
             format!("127.0.0.1:{}", bound.port())

@@ -151,6 +151,9 @@ pub async fn keep_node_alive(hub: Arc<Hub>, io: SocketIo, pubsub: PubSub) {
                 if let Err(e) = io.local().disconnect().await {
                     tracing::warn!(cause = %e, "disconnecting clients failed");
                 }
+                if let Some(postbox) = hub.rooms.postbox() {
+                    postbox.links().beat(std::time::Instant::now());
+                }
             }
             Err(e) => tracing::error!(cause = %e, "heartbeat failed; Redis unreachable"),
         }

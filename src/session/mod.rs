@@ -89,6 +89,16 @@ pub struct HeldEvent {
     pub only_in: Option<Vec<String>>,
 }
 
+impl HeldEvent {
+    /// Whether the event is still for `session`: a relay from another node only while the
+    /// session is in one of the rooms it was sent in.
+    pub fn still_for(&self, session: &Session) -> bool {
+        self.only_in
+            .as_ref()
+            .is_none_or(|rooms| session.any_room(|room| rooms.iter().any(|r| r == room)))
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::Relaxed);

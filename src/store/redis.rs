@@ -648,8 +648,7 @@ impl RedisRooms {
             .await
             .map_err(store_error)?
             .0;
-        let links =
-            Links::new(node.clone(), secret.as_bytes(), conn.clone()).map_err(StoreError)?;
+        let links = Links::new(node.clone(), &secret, conn.clone()).map_err(StoreError)?;
         let rooms = RedisRooms {
             conn,
             node,
@@ -1154,7 +1153,8 @@ impl RedisRooms {
     /// other nodes may already have announced this node's members as gone.
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let (previous, _): (Option<String>, i64) = redis::pipe()
+        let sent = std::time::Instant::now();
+        let (previous, _, secret): (Option<String>, i64, String) = redis::pipe()
             .cmd("SET")
             .arg(alive_key(self.node.as_str()))
             .arg("1")
@@ -1170,9 +1170,24 @@ impl RedisRooms {
             .arg("PX")
             .arg(NODE_TTL.as_millis() as u64)
             .ignore()
+            // Should Redis have lost the link secret, the first node to beat puts its own
+            // back, and every node uses whichever is there.
+            .cmd("SET")
+            .arg(link_secret_key())
+            .arg(self.links.secret())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(link_secret_key())
             .query_async(&mut conn)
             .await
             .map_err(store_error)?;
+        self.links.keep_secret(&secret);
+        // A lapsed heartbeat allows sending again only once the clients are cut off
+        // (`cluster::keep_node_alive`).
+        if previous.is_some() {
+            self.links.beat(sent);
+        }
         Ok(previous.is_some())
     }
 
