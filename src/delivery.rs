@@ -377,8 +377,12 @@ impl Delivery {
                     }
                 }
             };
-            for held in batch.into_iter().filter(|held| held.still_for(session)) {
-                if let Some(node) = self.deliver(session, held.event, &held.data) {
+            for held in batch {
+                let link = session.link();
+                if !held.still_for(session) {
+                    continue;
+                }
+                if let Some(node) = self.deliver_locked(session, link, held.event, &held.data) {
                     let letter =
                         inbox::letter(&[&session.peer], &inbox::body(held.event, &held.data));
                     forwards.push((node, letter));
@@ -427,8 +431,9 @@ impl Delivery {
         // Back from a trip to another node: nothing here follows it any more.
         self.forwards.remove(&session.peer);
         for held in arrival.get_mut().held.drain(..) {
+            let link = session.link();
             if held.still_for(session) {
-                let _ = self.deliver(session, held.event, &held.data);
+                let _ = self.deliver_locked(session, link, held.event, &held.data);
             }
         }
         arrival.remove();

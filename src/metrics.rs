@@ -209,12 +209,12 @@ impl Metrics {
             letters_sent: counter(
                 &r,
                 "rtcio_cluster_letters_sent_total",
-                "Posts through Redis to peers on other nodes (relays, echoes, notes)",
+                "Letters (relays, echoes) and notes sent to other nodes over the links",
             ),
             letters_received: counter(
                 &r,
                 "rtcio_cluster_letters_received_total",
-                "Letters and notes read from this node's inbox",
+                "Letters and notes this node read from the other nodes",
             ),
             webhooks_dropped: counter(
                 &r,

@@ -788,7 +788,7 @@ async fn a_node_sends_only_to_a_listener_that_knows_the_secret() {
 
     let redis = Redis::start().await;
     let a = redis.node().await;
-    let (mut alice, _) = a.joined("alice", "x").await;
+    let (alice, _) = a.joined("alice", "x").await;
     let mut conn = redis.connection().await.expect("redis");
     let secret: String = redis::cmd("GET")
         .arg("rtcio:link-secret")

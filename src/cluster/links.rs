@@ -51,16 +51,19 @@ const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// error logged.
 const LINK_DEPTH: usize = 65_536;
 const LINK_BYTES: usize = 64 * 1024 * 1024;
-/// A link whose writes stall this long is taken for dead and opened again.
+/// A link on which one write makes no progress for this long is taken for dead and opened
+/// again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long after its last heartbeat this node still sends to the others. Past it the
 /// others may have reaped it and announced its peers gone, so nothing of theirs may reach
 /// anyone: less than `store::redis::NODE_TTL`, by a margin for the heartbeat's round trip.
 const FRESH_FOR: Duration = Duration::from_secs(4);
-/// Most links in their handshake at once: more are closed at once.
-const MOST_HANDSHAKES: usize = 64;
+/// Most links in their handshake at once (more are closed at once), and how long a node
+/// that connects here has to prove itself.
+const MOST_HANDSHAKES: usize = 256;
+const PROOF_TIMEOUT: Duration = Duration::from_secs(1);
 const CHALLENGE_BYTES: usize = 32;
-/// How long a connecting node has to answer the challenge, and to connect at all.
+/// How long a node connecting to another has to connect and get through the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node waits for the others' answers to a `sync`, all together: well within the
 /// time a node taking a session up waits for it (`hub::handover`).
@@ -86,6 +89,12 @@ pub struct Links {
     next_sync: AtomicU64,
     /// Until when (in ms after `started`) this node may send: see [`FRESH_FOR`].
     fresh_until_ms: AtomicU64,
+    /// When the heartbeat that found this node lapsed was sent (ms after `started`): it
+    /// counts once the clients are cut off ([`Links::resume`]).
+    lapsed_beat_ms: AtomicU64,
+    /// One reader at a time per node, so a link opened again is read only once the one
+    /// before it is done and a node's frames stay in order.
+    readers: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
     started: Instant,
 }
 
@@ -265,6 +274,8 @@ impl Links {
             syncs: DashMap::new(),
             next_sync: AtomicU64::new(1),
             fresh_until_ms: AtomicU64::new(FRESH_FOR.as_millis() as u64),
+            lapsed_beat_ms: AtomicU64::new(0),
+            readers: DashMap::new(),
             started: Instant::now(),
         }))
     }
@@ -273,12 +284,31 @@ impl Links {
         &self.here
     }
 
-    /// This node's heartbeat, sent at `at`, was taken (and had not lapsed): it may send for
-    /// [`FRESH_FOR`] more.
-    pub fn beat(&self, at: Instant) {
-        let until = at.saturating_duration_since(self.started) + FRESH_FOR;
+    /// This node's heartbeat, sent at `at`, was taken. If it had not lapsed, the node may
+    /// send for [`FRESH_FOR`] more; if it had, only once [`Links::resume`] says its clients
+    /// are cut off.
+    pub fn beat(&self, at: Instant, lapsed: bool) {
+        let at = at.saturating_duration_since(self.started).as_millis() as u64;
+        if lapsed {
+            self.lapsed_beat_ms.store(at, Ordering::Relaxed);
+        } else {
+            self.fresh_until_ms
+                .fetch_max(at + FRESH_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The clients of a node whose heartbeat had lapsed are cut off: it may send again, for
+    /// [`FRESH_FOR`] after that heartbeat.
+    pub fn resume(&self) {
+        let at = self.lapsed_beat_ms.load(Ordering::Relaxed);
         self.fresh_until_ms
-            .fetch_max(until.as_millis() as u64, Ordering::Relaxed);
+            .fetch_max(at + FRESH_FOR.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether this node's heartbeat is recent enough for it to send (see [`FRESH_FOR`]).
+    fn is_fresh(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        now <= self.fresh_until_ms.load(Ordering::Relaxed)
     }
 
     /// The link secret this node uses.
@@ -332,8 +362,7 @@ impl Links {
 
     /// Queues `frame` for `node`, behind everything queued for it before.
     pub fn send(self: &Arc<Self>, node: &NodeId, frame: &Frame) {
-        let now = self.started.elapsed().as_millis() as u64;
-        if now > self.fresh_until_ms.load(Ordering::Relaxed) {
+        if !self.is_fresh() {
             return tracing::debug!(%node, "frame dropped: this node's heartbeat is stale");
         }
         let bytes = frame.encode();
@@ -461,7 +490,7 @@ impl Links {
     ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let challenge: [u8; CHALLENGE_BYTES] = rand::random();
-        let from = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let from = tokio::time::timeout(PROOF_TIMEOUT, async {
             stream.write_all(&challenge).await?;
             let len = stream.read_u16().await? as usize;
             let mut id = vec![0; len.min(64)];
@@ -483,6 +512,8 @@ impl Links {
         .await
         .map_err(|_| invalid("no handshake in time"))??;
         drop(handshake);
+        let reader = Arc::clone(&self.readers.entry(from.clone()).or_default());
+        let _only_reader = reader.lock().await;
         let mut stream = tokio::io::BufReader::new(stream);
         loop {
             let len = match stream.read_u32().await {
@@ -578,6 +609,16 @@ impl Links {
     }
 }
 
+/// One write that must make progress within `limit`.
+async fn within<T>(
+    limit: Duration,
+    write: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(invalid("writes stalled")))
+}
+
 fn keyed(secret: &str) -> Result<Hmac<Sha256>, String> {
     <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())
 }
@@ -630,19 +671,25 @@ async fn write_link(
             {
                 batch.push(frame);
             }
+            // Checked again here, as a frame may have waited in the queue.
+            let fresh = links.upgrade().is_some_and(|links| links.is_fresh());
             let written = async {
-                for frame in &batch {
-                    stream.write_u32(frame.len() as u32).await?;
-                    stream.write_all(frame).await?;
+                if !fresh {
+                    return Err(invalid("this node's heartbeat is stale"));
                 }
-                stream.flush().await
-            };
-            let written = tokio::time::timeout(WRITE_TIMEOUT, written)
-                .await
-                .unwrap_or_else(|_| Err(invalid("writes stalled")));
+                for frame in &batch {
+                    within(WRITE_TIMEOUT, stream.write_u32(frame.len() as u32)).await?;
+                    within(WRITE_TIMEOUT, stream.write_all(frame)).await?;
+                }
+                within(WRITE_TIMEOUT, stream.flush()).await
+            }
+            .await;
             let bytes: usize = batch.iter().map(Vec::len).sum();
             queued.fetch_sub(bytes, Ordering::Relaxed);
-            if let Err(e) = written {
+            if !fresh {
+                tracing::debug!(%node, dropped = batch.len(), "frames dropped: heartbeat stale");
+                batch.clear();
+            } else if let Err(e) = written {
                 tracing::warn!(%node, cause = %e, lost = batch.len(), "link to another node broke");
                 batch.clear();
                 continue 'connect;
@@ -664,6 +711,12 @@ pub async fn bind(
 ) -> std::io::Result<(TcpListener, String)> {
     let listener = TcpListener::bind(listen).await?;
     let bound = listener.local_addr()?;
+    if bound.ip().is_loopback() && advertise.is_some_and(|host| !is_loopback(host)) {
+        tracing::warn!(
+            %bound,
+            "links listen on loopback but are advertised elsewhere: set CLUSTER_LINK_LISTEN so other hosts can reach them"
+        );
+    }
     let advertised = match advertise {
         Some(host)
             if host.contains(':')
@@ -682,6 +735,14 @@ pub async fn bind(
         None => bound.to_string(),
     };
     Ok((listener, advertised))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

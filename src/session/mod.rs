@@ -5,9 +5,11 @@
 //! A session outlives its sockets: when a connection drops it stays, away, for the recovery
 //! window, and a reconnecting client with its credential takes it up again.
 //!
-//! Lock story: `rooms`, `wrong_passwords`, `rates` and `link` are separate short-lived locks, never
-//! held together and never across an await. `link` is held while an event is numbered and
-//! written to the socket, so numbering and writing happen in the same order.
+//! Lock story: `rooms`, `wrong_passwords`, `rates` and `link` are separate short-lived locks,
+//! never held across an await. Only `rooms` is ever taken while `link` is held (a relay from
+//! another node is checked against the rooms under the lock that delivers it), never the
+//! other way round. `link` is held while an event is numbered and written to the socket, so
+//! numbering and writing happen in the same order.
 
 pub mod outbox;
 mod serial;

@@ -1154,7 +1154,7 @@ impl RedisRooms {
     pub async fn heartbeat(&self) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let sent = std::time::Instant::now();
-        let (previous, _, secret): (Option<String>, i64, String) = redis::pipe()
+        let (previous, _, secret): (Option<String>, i64, Option<Vec<u8>>) = redis::pipe()
             .cmd("SET")
             .arg(alive_key(self.node.as_str()))
             .arg("1")
@@ -1182,12 +1182,12 @@ impl RedisRooms {
             .query_async(&mut conn)
             .await
             .map_err(store_error)?;
-        self.links.keep_secret(&secret);
+        if let Some(secret) = secret.and_then(|s| String::from_utf8(s).ok()) {
+            self.links.keep_secret(&secret);
+        }
         // A lapsed heartbeat allows sending again only once the clients are cut off
         // (`cluster::keep_node_alive`).
-        if previous.is_some() {
-            self.links.beat(sent);
-        }
+        self.links.beat(sent, previous.is_none());
         Ok(previous.is_some())
     }
 
