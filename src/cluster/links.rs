@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, RwLock, RwLockReadGuard, Semaphore, mpsc, oneshot};
 
@@ -51,9 +51,10 @@ const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// error logged.
 const LINK_DEPTH: usize = 65_536;
 const LINK_BYTES: usize = 64 * 1024 * 1024;
-/// A link on which one write makes no progress for this long is taken for dead and opened
-/// again.
+/// A link on which a chunk of [`WRITE_CHUNK`] bytes takes this long to write is taken for
+/// dead and opened again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_CHUNK: usize = 256 * 1024;
 /// How long after its last heartbeat this node still sends to the others. Past it the
 /// others may have reaped it and announced its peers gone, so nothing of theirs may reach
 /// anyone: less than `store::redis::NODE_TTL`, by a margin for the heartbeat's round trip.
@@ -609,16 +610,6 @@ impl Links {
     }
 }
 
-/// One write that must make progress within `limit`.
-async fn within<T>(
-    limit: Duration,
-    write: impl Future<Output = std::io::Result<T>>,
-) -> std::io::Result<T> {
-    tokio::time::timeout(limit, write)
-        .await
-        .unwrap_or_else(|_| Err(invalid("writes stalled")))
-}
-
 fn keyed(secret: &str) -> Result<Hmac<Sha256>, String> {
     <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())
 }
@@ -664,7 +655,8 @@ async fn write_link(
         };
         drop(owner);
         failures = 0;
-        let mut stream = BufWriter::with_capacity(64 * 1024, stream);
+        let mut stream = stream;
+        let mut bytes = Vec::new();
         loop {
             while batch.len() < 1024
                 && let Ok(frame) = queue.try_recv()
@@ -673,15 +665,25 @@ async fn write_link(
             }
             // Checked again here, as a frame may have waited in the queue.
             let fresh = links.upgrade().is_some_and(|links| links.is_fresh());
+            // A burst's buffer is not kept for good.
+            if bytes.capacity() > WRITE_CHUNK * 4 {
+                bytes = Vec::new();
+            }
+            bytes.clear();
+            for frame in &batch {
+                bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(frame);
+            }
             let written = async {
                 if !fresh {
-                    return Err(invalid("this node's heartbeat is stale"));
+                    return Ok(());
                 }
-                for frame in &batch {
-                    within(WRITE_TIMEOUT, stream.write_u32(frame.len() as u32)).await?;
-                    within(WRITE_TIMEOUT, stream.write_all(frame)).await?;
+                for chunk in bytes.chunks(WRITE_CHUNK) {
+                    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(chunk))
+                        .await
+                        .unwrap_or_else(|_| Err(invalid("writes stalled")))?;
                 }
-                within(WRITE_TIMEOUT, stream.flush()).await
+                Ok::<_, std::io::Error>(())
             }
             .await;
             let bytes: usize = batch.iter().map(Vec::len).sum();
