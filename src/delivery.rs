@@ -922,6 +922,11 @@ mod tests {
         let relay_to = |i: u32, names: &[&str]| {
             delivery.deliver_relay(&sender, &session.peer, rooms(names), &relay(i))
         };
+        let kept = |session: &Session| -> Vec<String> {
+            let link = session.link();
+            let kept = link.outbox.after(0).expect("kept");
+            kept.map(|k| k.data.get().to_string()).collect()
+        };
         let nobody = PeerId::parse("nobody").expect("peer");
         assert!(!delivery.deliver_relay(&sender, &nobody, rooms(&["a"]), &relay(0)));
 
@@ -937,15 +942,7 @@ mod tests {
         assert!(relay_to(5, &["a"]));
         session.add_room("b");
         drop(held);
-        let link = session.link();
-        let kept: Vec<String> = link
-            .outbox
-            .after(0)
-            .expect("kept")
-            .map(|k| k.data.get().to_string())
-            .collect();
-        assert_eq!(kept, [r#"{"i":1}"#, r#"{"i":3}"#, r#"{"i":5}"#]);
-        drop(link);
+        assert_eq!(kept(&session), [r#"{"i":1}"#, r#"{"i":3}"#, r#"{"i":5}"#]);
 
         // Held for a session on its way here from another node: checked once it arrives.
         arriving.add_room("a");
@@ -959,14 +956,7 @@ mod tests {
             ));
         }
         assert!(delivery.arrive(&arriving));
-        let link = arriving.link();
-        let kept: Vec<String> = link
-            .outbox
-            .after(0)
-            .expect("kept")
-            .map(|k| k.data.get().to_string())
-            .collect();
-        assert_eq!(kept, [r#"{"i":6}"#, r#"{"i":8}"#]);
+        assert_eq!(kept(&arriving), [r#"{"i":6}"#, r#"{"i":8}"#]);
     }
 
     /// A sender cut off for flooding is remembered (what it still sends to a socket that is
