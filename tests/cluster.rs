@@ -874,9 +874,10 @@ async fn a_node_cut_off_from_redis_stops_sending_before_it_can_be_reaped() {
         );
         n += 1;
     };
+    // The last heartbeat was at most a second or two before the cut.
     assert!(
-        stopped > Duration::from_secs(2) && stopped < Duration::from_secs(5),
-        "stopped {stopped:?} after the last heartbeat"
+        stopped < Duration::from_secs(5),
+        "stopped {stopped:?} after Redis did"
     );
     alice.relay(bob.id(), json!({ "n": "after" }));
     assert!(
