@@ -781,6 +781,27 @@ mod tests {
         }
     }
 
+    /// What other nodes are told to connect to: the advertised host with the bound port, an
+    /// IPv6 address in brackets, and without a host the bound address (loopback for one
+    /// that listens on every address).
+    #[tokio::test]
+    async fn the_advertised_address_has_the_bound_port() {
+        let listen = |addr: &str| addr.parse::<SocketAddr>().expect("address");
+        for (at, host, expected) in [
+            ("127.0.0.1:0", Some("fdaa:0:1::3"), "[fdaa:0:1::3]"),
+            ("127.0.0.1:0", Some("[fdaa:0:1::3]"), "[fdaa:0:1::3]"),
+            ("127.0.0.1:0", Some("node-1.internal"), "node-1.internal"),
+            ("127.0.0.1:0", None, "127.0.0.1"),
+            ("0.0.0.0:0", None, "127.0.0.1"),
+        ] {
+            let (listener, advertised) = bind(listen(at), host).await.expect("bind");
+            let port = listener.local_addr().expect("bound").port();
+            assert_eq!(advertised, format!("{expected}:{port}"), "{at} {host:?}");
+        }
+        assert!(is_loopback("localhost") && is_loopback("[::1]") && is_loopback("127.0.0.2"));
+        assert!(!is_loopback("fdaa::3") && !is_loopback("node-1.internal"));
+    }
+
     #[test]
     fn anything_else_is_not_a_frame() {
         for bad in [
