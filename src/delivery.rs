@@ -909,6 +909,25 @@ mod tests {
         );
     }
 
+    /// A hold that another caller is draining (an overflow on another thread, say) is left
+    /// to it: a second drainer could deliver a later event before an earlier one.
+    #[tokio::test]
+    async fn a_hold_being_drained_is_left_to_its_drainer() {
+        let delivery = delivery(3);
+        let session = session();
+        delivery.register(Arc::clone(&session));
+        let chat = serialize(p::CHAT_MESSAGE, &serde_json::json!({ "i": 0 })).expect("json");
+        let hold = delivery.hold_events(&session);
+        delivery
+            .deliver_here(&session.peer, p::CHAT_MESSAGE, &chat)
+            .await;
+        session.link().held_events.as_mut().expect("held").releasing = true;
+        drop(hold);
+        let link = session.link();
+        assert_eq!(link.outbox.last(), 0, "not delivered by the second caller");
+        assert_eq!(link.held_events.as_ref().map(|h| h.events.len()), Some(1));
+    }
+
     /// A relay from another node reaches its target only in one of the rooms the sender was
     /// in: checked at once, or, behind the target's join, once the join is done.
     #[tokio::test]

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::redis::Redis;
+use support::redis::{LinkGate, Redis};
 use support::{Peer, SECRET, Server};
 
 async fn server(window_ms: Option<&str>) -> Server {
@@ -313,6 +313,46 @@ async fn relays_from_a_third_node_follow_a_moving_session_in_order() {
     }
     bob.assert_nothing_before_probe(&alice).await;
     alice.assert_nothing_before_probe(&bob).await;
+}
+
+/// A node that cannot answer a move's sync in time (stalled, say) may still have sent the
+/// old node what it routed there before the move: the old node forwards it, and the client
+/// gets it once, on its new node.
+#[tokio::test]
+async fn what_a_stalled_node_sent_before_a_move_follows_the_session() {
+    let redis = Redis::start().await;
+    let port = support::redis::free_port();
+    let (listen, gate_at) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+    let a = redis
+        .node_with(&[
+            ("CLUSTER_LINK_LISTEN", &listen),
+            ("CLUSTER_LINK_ADVERTISE", "127.0.0.3"),
+        ])
+        .await;
+    let gate = LinkGate::start(&gate_at, &listen).await;
+    let (b, c) = (redis.node().await, redis.node().await);
+    let (mut alice, _) = a.joined("alice", "call").await;
+    let (carol, _) = c.joined("carol", "call").await;
+    let (mut dan, _) = c.joined("dan", "call").await;
+    // Their arrivals, and then dan's relay, came to alice over the one link from their node.
+    dan.relay(alice.id(), json!({ "ready": true }));
+    alice.until("#rtcio:message").await;
+    assert_eq!(gate.links(), 1, "only carol's node has sent to alice's");
+    gate.hold_first();
+    carol.emit("chat-message", json!({ "roomId": "call", "n": 1 }));
+    // Her node posts to the other nodes before it delivers to its own peers.
+    assert_eq!(dan.expect("chat-message").await["n"], json!(1));
+
+    drop_connection(&a, &alice).await;
+    alice.reconnect(&b, &b.token("alice")).await;
+    assert_eq!(alice.session["recovered"], json!(true));
+    gate.open();
+    let chat = alice.expect("chat-message").await;
+    assert_eq!(
+        (chat["n"].clone(), chat["id"].clone()),
+        (json!(1), json!(carol.id()))
+    );
+    alice.assert_nothing_before_probe(&carol).await;
 }
 
 /// The server's own replies to a client cross nodes with its session like any other event.

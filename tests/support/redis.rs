@@ -371,3 +371,81 @@ async fn pass_through(
     };
     tokio::join!(requests, replies);
 }
+
+/// A proxy in front of a node's link listener that can hold back what the first link into
+/// it carries, as a stalled sender would: the bytes wait, in order, until it opens. Other
+/// links pass freely. It listens on `at` and carries to `to` (same port, another loopback
+/// address: a node advertises its link's host, not its port).
+pub struct LinkGate {
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    hold: tokio::sync::watch::Sender<bool>,
+}
+
+impl LinkGate {
+    pub async fn start(at: &str, to: &str) -> LinkGate {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind(at)
+            .await
+            .expect("bind the gate");
+        let (hold, _) = tokio::sync::watch::channel(false);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (gate, count, to) = (
+            hold.clone(),
+            std::sync::Arc::clone(&accepted),
+            to.to_string(),
+        );
+        tokio::spawn(async move {
+            while let Ok((from, _)) = listener.accept().await {
+                let Ok(node) = tokio::net::TcpStream::connect(&to).await else {
+                    continue;
+                };
+                // Only the first link is ever held.
+                let hold = (count.fetch_add(1, Ordering::SeqCst) == 0).then(|| gate.subscribe());
+                tokio::spawn(carry(from, node, hold));
+            }
+        });
+        LinkGate { accepted, hold }
+    }
+
+    /// How many links came through so far.
+    pub fn links(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Holds back what the first link carries from now on.
+    pub fn hold_first(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn open(&self) {
+        self.hold.send_replace(false);
+    }
+}
+
+/// Carries one link both ways; what its sender writes waits while `hold` says so.
+async fn carry(
+    from: tokio::net::TcpStream,
+    to: tokio::net::TcpStream,
+    mut hold: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_reads, mut from_writes) = from.into_split();
+    let (mut to_reads, mut to_writes) = to.into_split();
+    let forth = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from_reads.read(&mut buf).await {
+            if let Some(hold) = &mut hold
+                && hold.wait_for(|held| !held).await.is_err()
+            {
+                break;
+            }
+            if to_writes.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let back = async move {
+        let _ = tokio::io::copy(&mut to_reads, &mut from_writes).await;
+    };
+    tokio::join!(forth, back);
+}
