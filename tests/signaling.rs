@@ -316,7 +316,23 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (json!("#rtcio:message"), json!("payload-too-large"))
     );
 
-    // Both still work, and alice saw none of it.
+    // The cap counts the event as sent (`["#rtcio:message",{…}]`): at it, the relay goes
+    // through; one byte over, it is refused.
+    let target = alice.id().to_string();
+    let relay_of = |bytes: usize| {
+        let empty = json!({ "target": target, "data": { "pad": "" } });
+        let base = serde_json::to_string(&("#rtcio:message", &empty))
+            .expect("json")
+            .len();
+        json!({ "target": target, "data": { "pad": "a".repeat(bytes - base) } })
+    };
+    let at_cap = relay_of(65_536);
+    bob.emit("#rtcio:message", at_cap.clone());
+    assert_eq!(alice.expect("#rtcio:message").await["data"], at_cap["data"]);
+    bob.emit("#rtcio:message", relay_of(65_537));
+    bob.expect_error("payload-too-large").await;
+
+    // Both still work, and alice saw nothing else.
     alice.assert_nothing_before_probe(&bob).await;
     bob.assert_nothing_before_probe(&alice).await;
     let (status, _) = http_get(server.addr, "/health").await;
