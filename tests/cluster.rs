@@ -850,10 +850,14 @@ async fn a_node_cut_off_from_redis_stops_sending_before_it_can_be_reaped() {
     let redis = Redis::start().await;
     // Alice relays without pause until her node stops.
     let burst = [("RELAY_BURST", "100000")];
+    let started = Instant::now();
     let (a, b) = (redis.node_with(&burst).await, redis.node_with(&burst).await);
     let (alice, mut bob) = support::pair(&a, &b, "call").await;
-    alice.relay(bob.id(), json!({ "n": 0 }));
-    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(0));
+    // While heartbeats are taken, a node keeps sending past its first 4 s.
+    while started.elapsed() < Duration::from_secs(5) {
+        alice.relay(bob.id(), json!({ "n": 0 }));
+        assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(0));
+    }
     let cut_off = Instant::now();
     redis.stop().await;
 
@@ -888,8 +892,9 @@ async fn a_node_cut_off_from_redis_stops_sending_before_it_can_be_reaped() {
     );
 }
 
-/// Should Redis lose the link secret and another node make a new one, every node takes it
-/// up within a heartbeat or two: new links are authenticated with it, not the old one.
+/// Should Redis lose the link secret, the nodes put theirs back; should another node make a
+/// new one, every node takes it up within a heartbeat or two: new links are authenticated
+/// with it, not the old one.
 #[tokio::test]
 async fn nodes_follow_the_link_secret_redis_holds() {
     let redis = Redis::start().await;
@@ -903,6 +908,24 @@ async fn nodes_follow_the_link_secret_redis_holds() {
         .query_async(&mut conn)
         .await
         .expect("link address and secret");
+    // Lost altogether, it is put back by the next heartbeat: the one the nodes use.
+    let _: () = redis::cmd("DEL")
+        .arg("rtcio:link-secret")
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    support::poll_until(support::WAIT, Duration::from_millis(100), async || {
+        let secret: Option<String> = redis::cmd("GET")
+            .arg("rtcio:link-secret")
+            .query_async(&mut redis.connection().await.map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
+        match secret {
+            Some(secret) if secret == old => Ok(()),
+            other => Err(format!("the secret in Redis is {other:?}")),
+        }
+    })
+    .await;
     let _: () = redis::cmd("SET")
         .arg("rtcio:link-secret")
         .arg("a-new-secret")

@@ -88,15 +88,57 @@ pub struct Links {
     /// `sync`s this node sent and awaits answers to.
     syncs: DashMap<u64, oneshot::Sender<()>>,
     next_sync: AtomicU64,
-    /// Until when (in ms after `started`) this node may send: see [`FRESH_FOR`].
-    fresh_until_ms: AtomicU64,
-    /// When the heartbeat that found this node lapsed was sent (ms after `started`): it
-    /// counts once the clients are cut off ([`Links::resume`]).
-    lapsed_beat_ms: AtomicU64,
+    freshness: Freshness,
     /// One reader at a time per node, so a link opened again is read only once the one
     /// before it is done and a node's frames stay in order.
     readers: DashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// Until when this node may send, from its heartbeats (see [`FRESH_FOR`]); lock-free, as every
+/// frame asks.
+struct Freshness {
     started: Instant,
+    /// Until when (in ms after `started`) this node may send.
+    until_ms: AtomicU64,
+    /// When the heartbeat that found this node lapsed was sent (ms after `started`): it
+    /// counts once the clients are cut off ([`Freshness::resume`]).
+    lapsed_beat_ms: AtomicU64,
+}
+
+impl Freshness {
+    /// A node starting at `started` may send for [`FRESH_FOR`] before its first heartbeat.
+    fn new(started: Instant) -> Freshness {
+        Freshness {
+            started,
+            until_ms: AtomicU64::new(FRESH_FOR.as_millis() as u64),
+            lapsed_beat_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    fn beat(&self, at: Instant, lapsed: bool) {
+        let at = self.ms_at(at);
+        if lapsed {
+            self.lapsed_beat_ms.store(at, Ordering::Relaxed);
+        } else {
+            self.until_ms
+                .fetch_max(at + FRESH_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn resume(&self) {
+        let at = self.lapsed_beat_ms.load(Ordering::Relaxed);
+        self.until_ms
+            .fetch_max(at + FRESH_FOR.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the node may send at `now`.
+    fn at(&self, now: Instant) -> bool {
+        self.ms_at(now) <= self.until_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// The queue of frames for one node, which writer task reads it, and the bytes in it.
@@ -274,10 +316,8 @@ impl Links {
             gate: RwLock::new(()),
             syncs: DashMap::new(),
             next_sync: AtomicU64::new(1),
-            fresh_until_ms: AtomicU64::new(FRESH_FOR.as_millis() as u64),
-            lapsed_beat_ms: AtomicU64::new(0),
+            freshness: Freshness::new(Instant::now()),
             readers: DashMap::new(),
-            started: Instant::now(),
         }))
     }
 
@@ -289,27 +329,18 @@ impl Links {
     /// send for [`FRESH_FOR`] more; if it had, only once [`Links::resume`] says its clients
     /// are cut off.
     pub fn beat(&self, at: Instant, lapsed: bool) {
-        let at = at.saturating_duration_since(self.started).as_millis() as u64;
-        if lapsed {
-            self.lapsed_beat_ms.store(at, Ordering::Relaxed);
-        } else {
-            self.fresh_until_ms
-                .fetch_max(at + FRESH_FOR.as_millis() as u64, Ordering::Relaxed);
-        }
+        self.freshness.beat(at, lapsed);
     }
 
     /// The clients of a node whose heartbeat had lapsed are cut off: it may send again, for
     /// [`FRESH_FOR`] after that heartbeat.
     pub fn resume(&self) {
-        let at = self.lapsed_beat_ms.load(Ordering::Relaxed);
-        self.fresh_until_ms
-            .fetch_max(at + FRESH_FOR.as_millis() as u64, Ordering::Relaxed);
+        self.freshness.resume();
     }
 
     /// Whether this node's heartbeat is recent enough for it to send (see [`FRESH_FOR`]).
     fn is_fresh(&self) -> bool {
-        let now = self.started.elapsed().as_millis() as u64;
-        now <= self.fresh_until_ms.load(Ordering::Relaxed)
+        self.freshness.at(Instant::now())
     }
 
     /// The link secret this node uses.
@@ -753,6 +784,33 @@ mod tests {
 
     fn peer(name: &str) -> PeerId {
         PeerId::parse(name).expect("valid")
+    }
+
+    /// A node may send for 4 s after its last heartbeat that had not lapsed. After one that
+    /// had, not until its clients are cut off, and then for 4 s after that heartbeat.
+    #[test]
+    fn a_node_sends_only_within_four_seconds_of_a_heartbeat() {
+        let start = Instant::now();
+        let s = |secs: f64| start + Duration::from_secs_f64(secs);
+        let fresh = Freshness::new(start);
+        assert!(
+            fresh.at(s(4.0)) && !fresh.at(s(4.1)),
+            "before the first heartbeat"
+        );
+        fresh.beat(s(3.0), false);
+        assert!(fresh.at(s(7.0)) && !fresh.at(s(7.1)));
+        fresh.beat(s(2.0), false);
+        assert!(
+            fresh.at(s(7.0)),
+            "an older heartbeat taken late shortens nothing"
+        );
+        fresh.beat(s(6.0), true);
+        assert!(
+            !fresh.at(s(7.1)),
+            "lapsed: not until the clients are cut off"
+        );
+        fresh.resume();
+        assert!(fresh.at(s(10.0)) && !fresh.at(s(10.1)));
     }
 
     #[test]
