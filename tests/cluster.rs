@@ -446,6 +446,17 @@ async fn node_of(redis: &Redis, room: &str, peer: &str) -> String {
         .to_string()
 }
 
+/// The link address `node` advertises, and the cluster's link secret.
+async fn link_of(redis: &Redis, node: &str) -> (String, String) {
+    let mut conn = redis.connection().await.expect("redis");
+    redis::pipe()
+        .get(format!("rtcio:node:{node}:link"))
+        .get("rtcio:link-secret")
+        .query_async(&mut conn)
+        .await
+        .expect("link address and secret")
+}
+
 /// Each event goes to the nodes serving its recipients and nowhere else, over the links
 /// between nodes: no payload crosses Redis.
 #[tokio::test]
@@ -717,13 +728,7 @@ async fn links_take_frames_only_from_nodes_that_know_the_secret() {
     let (a, b) = (redis.node().await, redis.node().await);
     let (mut alice, bob) = support::pair(&a, &b, "room").await;
     let node = node_of(&redis, "room", alice.id()).await;
-    let mut conn = redis.connection().await.expect("redis");
-    let (address, secret): (String, String) = redis::pipe()
-        .get(format!("rtcio:node:{node}:link"))
-        .get("rtcio:link-secret")
-        .query_async(&mut conn)
-        .await
-        .expect("link address and secret");
+    let (address, secret) = link_of(&redis, &node).await;
     let alice_id = alice.id().to_string();
     let frame = |text: &str| {
         let body = format!("M{alice_id}\nchat-message\n{{\"text\":\"{text}\"}}");
@@ -901,13 +906,8 @@ async fn nodes_follow_the_link_secret_redis_holds() {
     let a = redis.node().await;
     let (alice, _) = a.joined("alice", "room").await;
     let node = node_of(&redis, "room", alice.id()).await;
+    let (address, old) = link_of(&redis, &node).await;
     let mut conn = redis.connection().await.expect("redis");
-    let (address, old): (String, String) = redis::pipe()
-        .get(format!("rtcio:node:{node}:link"))
-        .get("rtcio:link-secret")
-        .query_async(&mut conn)
-        .await
-        .expect("link address and secret");
     // Lost altogether, it is put back by the next heartbeat: the one the nodes use.
     let _: () = redis::cmd("DEL")
         .arg("rtcio:link-secret")
