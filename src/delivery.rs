@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::cluster::inbox::{self, Letter};
 use crate::cluster::links::Frame;
@@ -45,6 +45,9 @@ pub struct Delivery {
     /// Sessions on their way here from another node: the events that came first, held until
     /// the session itself arrives.
     arriving: DashMap<PeerId, Arrival>,
+    /// Woken whenever arrivals end (taken up, called off or forgotten), for a client that
+    /// waits for its own session to finish arriving.
+    arrivals_ended: Notify,
     /// Sessions that moved to another node, and when: what still reaches them here follows.
     forwards: DashMap<PeerId, (NodeId, Instant)>,
     /// Peers cut off lately for overflowing another's queue: what they still send to a socket
@@ -70,6 +73,7 @@ impl Delivery {
             postbox,
             sessions: DashMap::new(),
             arriving: DashMap::new(),
+            arrivals_ended: Notify::new(),
             forwards: DashMap::new(),
             flooders: DashMap::new(),
             keep,
@@ -425,6 +429,7 @@ impl Delivery {
         };
         if arrival.get().held.len() > self.keep.events {
             arrival.remove();
+            self.arrivals_ended.notify_waiters();
             return false;
         }
         self.register(Arc::clone(session));
@@ -437,6 +442,7 @@ impl Delivery {
             }
         }
         arrival.remove();
+        self.arrivals_ended.notify_waiters();
         true
     }
 
@@ -445,9 +451,26 @@ impl Delivery {
         self.arriving.contains_key(peer)
     }
 
+    /// Waits until no session for `peer` is on its way here, or until `deadline`.
+    pub async fn until_arrived(&self, peer: &PeerId, deadline: tokio::time::Instant) {
+        loop {
+            // Registered before looking, so an arrival that ends in between still wakes us.
+            let ended = self.arrivals_ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            ended.as_mut().enable();
+            if !self.is_arriving(peer) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Stops holding for `peer`: its session is not coming.
     pub fn call_off_arrival(&self, peer: &PeerId) {
         self.arriving.remove(peer);
+        self.arrivals_ended.notify_waiters();
     }
 
     /// `session` has moved to `node`: it leaves this node, and what still reaches it here
@@ -476,6 +499,7 @@ impl Delivery {
             .retain(|_, (_, since)| now.saturating_duration_since(*since) < age);
         self.arriving
             .retain(|_, arrival| now.saturating_duration_since(arrival.since) < age);
+        self.arrivals_ended.notify_waiters();
         self.flooders
             .retain(|_, since| now.saturating_duration_since(*since) < age);
     }
@@ -816,6 +840,36 @@ mod tests {
         assert!(!delivery.is_arriving(&session.peer));
         assert!(!delivery.arrive(&session));
         assert!(delivery.session(&session.peer).is_none());
+    }
+
+    /// A client waiting for its session to finish arriving is woken when it has (not by
+    /// another session's arrival), and gives up at its deadline.
+    #[tokio::test]
+    async fn a_wait_for_an_arrival_ends_when_it_is_taken_up_or_at_the_deadline() {
+        let delivery = Arc::new(delivery(3));
+        let (coming, other, late) = (session(), session(), session());
+        for session in [&coming, &other, &late] {
+            assert!(delivery.expect_arrival(&session.peer));
+        }
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let waiter = {
+            let (delivery, peer) = (Arc::clone(&delivery), coming.peer.clone());
+            tokio::spawn(async move { delivery.until_arrived(&peer, far).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(delivery.arrive(&other));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "woken by another session's arrival");
+        assert!(delivery.arrive(&coming));
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the arrival, long before its deadline")
+            .expect("the waiter ends");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        delivery.until_arrived(&late.peer, deadline).await;
+        assert!(tokio::time::Instant::now() >= deadline);
+        assert!(delivery.is_arriving(&late.peer));
     }
 
     /// A session that moved on leaves a forwarding address, which is forgotten once older

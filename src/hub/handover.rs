@@ -145,9 +145,7 @@ impl Hub {
         if self.delivery.is_arriving(peer) {
             // Pushed here by a node shutting down, and not quite here yet.
             let deadline = tokio::time::Instant::now() + HANDOVER_DEADLINE;
-            while self.delivery.is_arriving(peer) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            self.delivery.until_arrived(peer, deadline).await;
             return self.take_up(sid, identity, resume);
         }
         // The node that issued the credential, or the heir it left its sessions to.
