@@ -69,6 +69,17 @@ enum SoakTarget {
     Both,
 }
 
+/// How a fixed relay rate is offered.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Pacing {
+    /// Every millisecond, the messages that fell due in it, back to back (tokio's timer
+    /// granularity): at 5,000 msg/s a burst of 5 each millisecond.
+    Tick,
+    /// Each message at its own instant, evenly spaced (a thread that sleeps between sends), as
+    /// many independent clients look to a server.
+    Even,
+}
+
 /// Whether the storm's rooms have passwords.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Passwords {
@@ -115,6 +126,9 @@ struct Args {
     /// Relay: fixed offered rates in msg/s (saturation is always run too).
     #[arg(long, value_delimiter = ',')]
     relay_rates: Option<Vec<u64>>,
+    /// Relay: how the fixed rates are offered.
+    #[arg(long, value_enum, default_value_t = Pacing::Tick)]
+    relay_pacing: Pacing,
     /// Relay: measured window per rate, seconds.
     #[arg(long)]
     relay_secs: Option<u64>,
@@ -158,6 +172,7 @@ pub struct Plan {
     pub quick: bool,
     pub idle_sizes: Vec<usize>,
     pub relay_rates: Vec<u64>,
+    pub relay_pacing: Pacing,
     pub relay_secs: u64,
     pub relay_pairs: usize,
     pub storm_rooms: Vec<usize>,
@@ -287,6 +302,7 @@ async fn run(args: Args, nofile: u64) -> i32 {
         } else {
             vec![2_000, 5_000, 20_000]
         }),
+        relay_pacing: args.relay_pacing,
         relay_secs: args.relay_secs.unwrap_or(if q { 1 } else { 10 }),
         relay_pairs: args.relay_pairs.unwrap_or(if q { 20 } else { 100 }),
         storm_rooms: args.storm_rooms.clone().unwrap_or(if q {

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use sioclient::{Client, Sender};
 use tokio::sync::watch;
 
-use crate::Plan;
 use crate::fleet::{self, Then};
 use crate::machine;
 use crate::report::{self, Col, Report, quantile};
 use crate::server::{self, Kind, Redis, Server, ServerConfig};
+use crate::{Pacing, Plan};
 
 const EVENT: &str = "#rtcio:message";
 
@@ -250,45 +250,58 @@ async fn phase(
         let peers = peers.clone();
         let shared = shared.clone();
         let bodies = bodies.clone();
-        tokio::spawn(async move {
-            let send_one = |i: usize| {
-                let now = Instant::now();
-                shared.phases.lock().unwrap()[p].record_send(now);
-                send_to_partner(&peers, &shared, &bodies, i, p, now);
-            };
-            match rate {
-                None => {
-                    // Closed loop: seed `IN_FLIGHT` messages per client; readers answer.
-                    for _ in 0..IN_FLIGHT {
-                        for i in 0..n {
-                            send_one(i);
-                        }
-                    }
-                }
-                Some(rate) => {
-                    let mut sent = 0u64;
-                    let mut rr = 0usize;
-                    let mut tick = start;
-                    loop {
-                        let now = Instant::now();
-                        if now >= we {
-                            break;
-                        }
-                        let due = (now.duration_since(start).as_secs_f64() * rate as f64) as u64;
-                        while sent < due {
-                            send_one(rr % n);
-                            rr += 1;
-                            sent += 1;
-                        }
-                        tick += Duration::from_millis(1);
-                        if tick < now {
-                            tick = now;
-                        }
-                        tokio::time::sleep_until(tick.into()).await;
-                    }
-                }
+        let send_one = move |i: usize| {
+            let now = Instant::now();
+            shared.phases.lock().unwrap()[p].record_send(now);
+            send_to_partner(&peers, &shared, &bodies, i, p, now);
+        };
+        // The messages due by `now` at `rate`, sent round robin over the clients.
+        let mut sent = 0u64;
+        let mut rr = 0usize;
+        let mut send_due = move |rate: u64, now: Instant| {
+            let due = (now.duration_since(start).as_secs_f64() * rate as f64) as u64;
+            while sent < due {
+                send_one(rr % n);
+                rr += 1;
+                sent += 1;
             }
-        })
+            sent
+        };
+        match (rate, plan.relay_pacing) {
+            // Closed loop: seed `IN_FLIGHT` messages per client (all due after one second at
+            // that many per second); readers answer.
+            (None, _) => tokio::spawn(async move {
+                send_due((IN_FLIGHT * n) as u64, start + Duration::from_secs(1));
+            }),
+            (Some(rate), Pacing::Tick) => tokio::spawn(async move {
+                let mut tick = start;
+                loop {
+                    let now = Instant::now();
+                    if now >= we {
+                        break;
+                    }
+                    send_due(rate, now);
+                    tick += Duration::from_millis(1);
+                    if tick < now {
+                        tick = now;
+                    }
+                    tokio::time::sleep_until(tick.into()).await;
+                }
+            }),
+            // tokio's timers fire on whole milliseconds, so a thread of its own sleeps until
+            // each message's instant.
+            (Some(rate), Pacing::Even) => tokio::task::spawn_blocking(move || {
+                loop {
+                    let now = Instant::now();
+                    if now >= we {
+                        break;
+                    }
+                    let sent = send_due(rate, now);
+                    let next = start + Duration::from_secs_f64((sent + 1) as f64 / rate as f64);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            }),
+        }
     };
     tokio::time::sleep_until(ws.into()).await;
     let (s0, l0, t0, m0) = (
@@ -537,10 +550,11 @@ fn modes(plan: &Plan) -> Vec<Option<u64>> {
 }
 
 /// The report section of one rate.
-fn section(rate: Option<u64>) -> String {
-    match rate {
-        Some(r) => format!("relay {r} msg/s"),
-        None => "relay saturation".to_string(),
+fn section(rate: Option<u64>, pacing: Pacing) -> String {
+    match (rate, pacing) {
+        (Some(r), Pacing::Tick) => format!("relay {r} msg/s"),
+        (Some(r), Pacing::Even) => format!("relay {r} msg/s even"),
+        (None, _) => "relay saturation".to_string(),
     }
 }
 
@@ -606,7 +620,7 @@ pub async fn bench(
     let meters = target.meters();
     let mut skipping = false;
     for rate in modes(plan) {
-        let label = section(rate);
+        let label = section(rate, plan.relay_pacing);
         if skipping && rate.is_some() {
             report.note(col, format!("{label}: not run, a lower rate was not held"));
             continue;
@@ -881,7 +895,10 @@ impl ClusterReport {
                 true,
             ),
             by_size: Vec::new(),
-            sections: modes(plan).into_iter().map(section).collect(),
+            sections: modes(plan)
+                .into_iter()
+                .map(|rate| section(rate, plan.relay_pacing))
+                .collect(),
         }
     }
 
