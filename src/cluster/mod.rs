@@ -166,3 +166,24 @@ pub async fn keep_node_alive(hub: Arc<Hub>, io: SocketIo, pubsub: PubSub) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Redis URL in a log line or start error never shows its user and password.
+    #[test]
+    fn urls_in_messages_lose_their_credentials() {
+        assert_eq!(
+            redact("rediss://app:s3cret@redis.internal:6380/0"),
+            "rediss://***@redis.internal:6380/0"
+        );
+        assert_eq!(
+            redact("redis://:p@ss@127.0.0.1:6379"),
+            "redis://***@127.0.0.1:6379"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        // An `@` only before the scheme separates no credentials.
+        assert_eq!(redact("odd@redis://host:6379"), "odd@redis://host:6379");
+    }
+}
