@@ -391,3 +391,44 @@ async fn serve_metrics(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(flags: &[&str]) -> Config {
+        let args = std::iter::once("rtcio-signal").chain(flags.iter().copied());
+        Config::try_parse_from(args).expect("valid flags")
+    }
+
+    /// `RECOVERY_WINDOW_MS=0` turns session recovery off; any other value keeps a dropped
+    /// session that long.
+    #[test]
+    fn a_recovery_window_of_zero_turns_recovery_off() {
+        let off = config(&["--recovery-window-ms", "0"]);
+        assert_eq!(limits(&off).recovery_window, None);
+        let short = config(&["--recovery-window-ms", "1"]);
+        assert_eq!(
+            limits(&short).recovery_window,
+            Some(Duration::from_millis(1))
+        );
+    }
+
+    /// Half of `MAX_QUEUED_BYTES` may be given at once, and the other half over the time a
+    /// client that stops reading stays connected.
+    #[test]
+    fn the_queue_budget_spreads_half_the_cap_over_a_silent_clients_last_ping() {
+        let budget = queue_budget(&config(&[
+            "--max-queued-bytes",
+            "1000000",
+            "--ping-interval-ms",
+            "20000",
+            "--ping-timeout-ms",
+            "30000",
+        ]));
+        assert_eq!(budget.burst, 500_000);
+        assert!((budget.per_second - 10_000.0).abs() < 1e-6, "{budget:?}");
+    }
+}

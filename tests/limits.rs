@@ -381,16 +381,31 @@ async fn the_bytes_waiting_for_a_socket_are_capped_at_the_senders_cost() {
 }
 
 #[tokio::test]
-async fn a_queue_cap_below_four_events_is_refused_at_start() {
+async fn a_queue_cap_below_four_events_is_refused_at_start_and_four_are_enough() {
     let stderr = support::refused_start(&[
         ("JWT_SECRET", SECRET),
         ("MAX_PAYLOAD_BYTES", "65536"),
-        ("MAX_QUEUED_BYTES", "200000"),
+        ("MAX_QUEUED_BYTES", "262143"),
     ])
     .await;
     assert!(
         stderr.contains("MAX_QUEUED_BYTES must be at least 4 times MAX_PAYLOAD_BYTES"),
         "{stderr}"
+    );
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("MAX_PAYLOAD_BYTES", "65536"),
+            ("MAX_QUEUED_BYTES", "262144"),
+        ],
+    )
+    .await;
+    let (alice, mut bob) = support::pair(&server, &server, "four-events").await;
+    alice.relay(bob.id(), json!({ "hello": true }));
+    assert_eq!(
+        bob.expect("#rtcio:message").await["data"],
+        json!({ "hello": true })
     );
 }
 
