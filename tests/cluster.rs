@@ -366,6 +366,37 @@ async fn a_leave_during_a_redis_outage_is_announced_once_redis_is_back() {
     carol.assert_nothing_before_probe(&alice).await;
 }
 
+/// A member's media state belongs to the room it was sent in: a newcomer to another room the
+/// member is also in hears nothing of it, and one to that room does.
+#[tokio::test]
+async fn a_media_state_stays_in_its_room() {
+    let redis = Redis::start().await;
+    let (a, b) = (redis.node().await, redis.node().await);
+    let (mut alice, mut bob) = support::pair(&a, &b, "x").await;
+    alice.join("y", "alice");
+    alice.until("join-ok").await;
+    alice.emit(
+        "media-state",
+        json!({ "roomId": "x", "mic": false, "cam": false }),
+    );
+    bob.expect("media-state").await;
+
+    let (_carol, backfill) = b.joined("carol", "y").await;
+    let names: Vec<&str> = backfill.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["user-connected", "join-ok"],
+        "no media-state of room x"
+    );
+    let (_dave, backfill) = b.joined("dave", "x").await;
+    let muted = backfill
+        .iter()
+        .find(|e| e.name == "media-state")
+        .expect("room x's media-state");
+    assert_eq!(muted.data["id"], json!(alice.id()));
+    assert_eq!(muted.data["roomId"], json!("x"));
+}
+
 /// Leaving drops a member's cached media state and stops the room's echoes to it; an emptied
 /// room leaves no key behind.
 #[tokio::test]
