@@ -366,6 +366,49 @@ async fn a_leave_during_a_redis_outage_is_announced_once_redis_is_back() {
     carol.assert_nothing_before_probe(&alice).await;
 }
 
+/// Two joiners on two nodes racing for a room's last place: in every room one gets in and
+/// the other hears `room-full`, whichever of them the room's check let through first.
+#[tokio::test]
+async fn a_rooms_last_place_goes_to_one_of_two_racing_joiners() {
+    const ROOMS: usize = 12;
+    let redis = Redis::start().await;
+    let settings = [("MAX_PEERS_PER_ROOM", "2")];
+    let (a, b) = (
+        redis.node_with(&settings).await,
+        redis.node_with(&settings).await,
+    );
+    let mut hosts = Vec::new();
+    let mut racers = Vec::new();
+    for i in 0..ROOMS {
+        hosts.push(a.joined("host", &format!("race-{i}")).await.0);
+        racers.push((a.client("left").await, b.client("right").await));
+    }
+    for (i, (left, right)) in racers.iter().enumerate() {
+        left.join(&format!("race-{i}"), "left");
+        right.join(&format!("race-{i}"), "right");
+    }
+    for (i, (left, right)) in racers.iter_mut().enumerate() {
+        let mut answers = Vec::new();
+        for racer in [left, right] {
+            let answer = loop {
+                let event = racer.next().await;
+                match event.name.as_str() {
+                    "join-ok" => break "join-ok".to_string(),
+                    "join-error" => break format!("join-error {}", event.data["reason"]),
+                    _ => {}
+                }
+            };
+            answers.push(answer);
+        }
+        answers.sort();
+        assert_eq!(
+            answers,
+            [r#"join-error "room-full""#, "join-ok"],
+            "race-{i}"
+        );
+    }
+}
+
 /// A member's media state belongs to the room it was sent in: a newcomer to another room the
 /// member is also in hears nothing of it, and one to that room does.
 #[tokio::test]
