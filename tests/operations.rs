@@ -63,6 +63,40 @@ async fn until_status(addr: SocketAddr, path: &str, status: u16) -> Value {
     }
 }
 
+/// A dropped session taken up again counts as resumed, once; one whose window runs out counts
+/// as expired, once; the sessions that simply connect count as neither.
+#[tokio::test]
+async fn metrics_count_resumed_and_expired_sessions() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", support::SECRET),
+            ("RECOVERY_WINDOW_MS", "1500"),
+        ],
+    )
+    .await;
+    let before = scrape(server.addr).await;
+    let (mut alice, mut bob) = pair(&server, &server, "kept").await;
+    bob.client.abort();
+    server.health_until(|h| h["away"] == json!(1)).await;
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(true));
+
+    // Carol drops after bob is back and never returns: when alice hears her leave, bob's
+    // window (counted again from his return) has run out too, with bob connected.
+    let (carol, _) = server.joined("carol", "kept").await;
+    alice.expect("user-connected").await;
+    let carol_id = carol.id().to_string();
+    carol.client.abort();
+    let gone = alice.until("user-disconnected").await;
+    assert_eq!(gone.last().expect("departure").data["id"], json!(carol_id));
+
+    let after = scrape(server.addr).await;
+    let d = |name: &str| moved(&before, &after, name, &[]);
+    assert_eq!(d("rtcio_sessions_resumed_total"), 1.0);
+    assert_eq!(d("rtcio_sessions_expired_total"), 1.0);
+}
+
 #[tokio::test]
 async fn metrics_count_a_scripted_call_exactly() {
     let server = Server::start_with(
