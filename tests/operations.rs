@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use prometheus_parse::{Scrape, Value as Sampled};
 use serde_json::{Value, json};
 use support::redis::{Redis, free_port};
-use support::{Server, WAIT, http_get, pair};
+use support::{Server, WAIT, departure_heard, drop_connection, http_get, pair};
 
 /// One scrape of `/metrics` at `addr`, parsed by a Prometheus exposition parser.
 async fn scrape(addr: SocketAddr) -> Metrics {
@@ -77,8 +77,7 @@ async fn metrics_count_resumed_and_expired_sessions() {
     .await;
     let before = scrape(server.addr).await;
     let (mut alice, mut bob) = pair(&server, &server, "kept").await;
-    bob.client.abort();
-    server.health_until(|h| h["away"] == json!(1)).await;
+    drop_connection(&server, &bob).await;
     bob.reconnect(&server, &server.token("bob")).await;
     assert_eq!(bob.session["recovered"], json!(true));
 
@@ -88,8 +87,7 @@ async fn metrics_count_resumed_and_expired_sessions() {
     alice.expect("user-connected").await;
     let carol_id = carol.id().to_string();
     carol.client.abort();
-    let gone = alice.until("user-disconnected").await;
-    assert_eq!(gone.last().expect("departure").data["id"], json!(carol_id));
+    assert_eq!(departure_heard(&mut alice).await, json!(carol_id));
 
     let after = scrape(server.addr).await;
     let d = |name: &str| moved(&before, &after, name, &[]);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::redis::{LinkGate, Redis};
-use support::{Peer, SECRET, Server};
+use support::{Peer, SECRET, Server, departure_heard, drop_connection};
 
 async fn server(window_ms: Option<&str>) -> Server {
     // Some tests relay 300 at once, past what a session keeps (256) and a person's burst.
@@ -18,19 +18,6 @@ async fn server(window_ms: Option<&str>) -> Server {
         env.push(("RECOVERY_WINDOW_MS", window));
     }
     Server::start_with(&[], &env).await
-}
-
-/// Drops `peer`'s connection without a close frame and waits until the server holds its
-/// session away (there is no event to await: the server tells nobody).
-async fn drop_connection(server: &Server, peer: &Peer) {
-    peer.client.abort();
-    server.health_until(|h| h["away"] == json!(1)).await;
-}
-
-/// The id in the next `user-disconnected` `peer` hears.
-async fn departure_heard(peer: &mut Peer) -> Value {
-    let seen = peer.until("user-disconnected").await;
-    seen.last().expect("an event").data["id"].clone()
 }
 
 async fn expect_relays(peer: &mut Peer, from: &Peer, numbers: std::ops::Range<u64>) {

@@ -208,6 +208,20 @@ impl Server {
     }
 }
 
+/// Drops `peer`'s connection without a close frame and waits until the server holds its
+/// session away (there is no event to await: the server tells nobody). For a server with no
+/// other session away.
+pub async fn drop_connection(server: &Server, peer: &Peer) {
+    peer.client.abort();
+    server.health_until(|h| h["away"] == json!(1)).await;
+}
+
+/// The id in the next `user-disconnected` `peer` hears.
+pub async fn departure_heard(peer: &mut Peer) -> Value {
+    let seen = peer.until("user-disconnected").await;
+    seen.last().expect("an event").data["id"].clone()
+}
+
 /// `alice` (on `alice_on`) and then `bob` (on `bob_on`) in `room`, with alice's
 /// `user-connected` and `#rtcio:init-offer` for bob already consumed.
 pub async fn pair(alice_on: &Server, bob_on: &Server, room: &str) -> (Peer, Peer) {
