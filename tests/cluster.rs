@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::SECRET;
-use support::redis::{Redis, ReplyGate, free_port};
+use support::redis::{Redis, ReplyGate, TurnAway, free_port};
 
 #[tokio::test]
 async fn a_call_spans_two_nodes() {
@@ -637,6 +637,40 @@ async fn no_relay_gets_past_a_leave_across_nodes() {
         bob.until("#rtcio:init-offer").await;
     }
     alice.assert_nothing_before_probe(&bob).await;
+}
+
+/// A node whose Redis handshake times out at start (a busy machine) tries again, and starts.
+#[tokio::test]
+async fn a_handshake_that_times_out_at_start_is_tried_again() {
+    let redis = Redis::start().await;
+    // A node's first two connections are its probe and its subscriber. The next three, its
+    // command connection's first attempt and the two retries it makes, get no answer.
+    let gate = ReplyGate::start_turning_away(&redis, 3..=5, TurnAway::Silently).await;
+    let a = redis.node_with(&[("REDIS_URL", &gate.url())]).await;
+    assert!(
+        gate.accepted() >= 6,
+        "{} connections: the silent one was never tried again",
+        gate.accepted()
+    );
+    let b = redis.node().await;
+    let (alice, mut bob) = support::pair(&a, &b, "x").await;
+    alice.relay(bob.id(), json!({ "n": 1 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(1));
+}
+
+/// A Redis that turns the node away part way through its start (its client limit reached)
+/// stops the start at once, saying why; only a handshake that times out is tried again.
+#[tokio::test]
+async fn a_redis_that_turns_a_node_away_at_start_is_a_clear_error() {
+    let redis = Redis::start().await;
+    let full = TurnAway::Saying(b"-ERR max number of clients reached\r\n");
+    let gate = ReplyGate::start_turning_away(&redis, 3..=usize::MAX, full).await;
+    let stderr =
+        support::refused_start(&[("JWT_SECRET", SECRET), ("REDIS_URL", &gate.url())]).await;
+    // Redis closes such a connection at once: the node, writing its handshake to it, reads a
+    // broken pipe or a reset, and says so instead of trying until no time is left.
+    assert!(stderr.contains("cannot reach Redis"), "{stderr}");
+    assert!(!stderr.contains("no answer"), "{stderr}");
 }
 
 /// A departure that reaches a joiner's node before the joiner's own join reply (Redis sent

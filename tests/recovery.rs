@@ -148,6 +148,54 @@ async fn when_the_window_runs_out_the_departure_is_announced_once() {
     assert_ne!(bob.id(), bob_id);
 }
 
+/// A session taken up again stays, however long its client stays: the window it came back
+/// in running out ends nothing.
+#[tokio::test]
+async fn a_resumed_session_outlives_the_window_it_came_back_in() {
+    let server = server(Some("1000")).await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "call").await;
+    drop_connection(&server, &bob).await;
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(true));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    alice.relay(bob.id(), json!({ "n": 1 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(1));
+    alice.assert_nothing_before_probe(&bob).await;
+    assert_eq!(server.health().await["away"], json!(0));
+}
+
+/// Each drop keeps the session for a window of its own: the timer of an earlier away spell,
+/// ended by a resume, does not end the session dropped again since.
+#[tokio::test]
+async fn a_second_drop_is_kept_for_a_window_of_its_own() {
+    let window = Duration::from_millis(3000);
+    let server = server(Some("3000")).await;
+    let (mut alice, mut bob) = support::pair(&server, &server, "call").await;
+    let bob_id = bob.id().to_string();
+    drop_connection(&server, &bob).await;
+    bob.reconnect(&server, &server.token("bob")).await;
+    let resumed = Instant::now();
+    assert_eq!(bob.session["recovered"], json!(true));
+    server.health_until(|h| h["away"] == json!(0)).await;
+
+    // Dropped again halfway through the window the resume started...
+    tokio::time::sleep_until((resumed + window / 2).into()).await;
+    drop_connection(&server, &bob).await;
+    // ...and back after that window would have run out, inside the second drop's.
+    tokio::time::sleep_until((resumed + window * 5 / 4).into()).await;
+    bob.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(
+        bob.session["recovered"],
+        json!(true),
+        "the second window held"
+    );
+    assert_eq!(bob.id(), bob_id);
+    alice.relay(&bob_id, json!({ "n": 1 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(1));
+    alice.assert_nothing_before_probe(&bob).await;
+}
+
 #[tokio::test]
 async fn an_away_session_that_overflows_is_given_up_at_once() {
     let server = server(None).await; // a 30 s window: the announcement must come long before

@@ -281,20 +281,53 @@ pub struct ReplyGate {
     /// `Some(marker)`: hold back, on every command connection, the first reply that contains
     /// `marker` and everything after it; `None`: let everything through.
     hold: tokio::sync::watch::Sender<Option<&'static [u8]>>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What a [`ReplyGate`] does with the connections it turns away instead of carrying them.
+#[derive(Clone, Copy)]
+pub enum TurnAway {
+    /// Accepts and never answers, as a Redis too busy to finish a handshake in time.
+    Silently,
+    /// Sends this reply and closes, as Redis does at its client limit.
+    Saying(&'static [u8]),
 }
 
 impl ReplyGate {
     /// Open, in front of `redis`.
     pub async fn start(redis: &Redis) -> ReplyGate {
+        ReplyGate::start_turning_away(redis, 0..=0, TurnAway::Silently).await
+    }
+
+    /// Open, in front of `redis`, except that its connections numbered `numbers` (counted
+    /// from 1) are turned away `how`.
+    pub async fn start_turning_away(
+        redis: &Redis,
+        numbers: std::ops::RangeInclusive<usize>,
+        how: TurnAway,
+    ) -> ReplyGate {
+        use std::sync::atomic::Ordering;
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the gate");
         let port = listener.local_addr().expect("its address").port();
         let (hold, _) = tokio::sync::watch::channel(None);
-        let gate = hold.clone();
+        let accepted: std::sync::Arc<std::sync::atomic::AtomicUsize> = std::sync::Arc::default();
+        let (gate, counted) = (hold.clone(), std::sync::Arc::clone(&accepted));
         let upstream = redis.port;
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            let mut unanswered = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                if numbers.contains(&(counted.fetch_add(1, Ordering::SeqCst) + 1)) {
+                    match how {
+                        TurnAway::Silently => unanswered.push(client),
+                        TurnAway::Saying(reply) => {
+                            let _ = client.write_all(reply).await;
+                        }
+                    }
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                 else {
                     continue;
@@ -302,7 +335,16 @@ impl ReplyGate {
                 tokio::spawn(pass_through(client, server, gate.subscribe()));
             }
         });
-        ReplyGate { port, hold }
+        ReplyGate {
+            port,
+            hold,
+            accepted,
+        }
+    }
+
+    /// How many connections the gate has accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
