@@ -221,6 +221,34 @@ async fn readyz_turns_unready_on_sigterm_before_the_drain() {
     alice.expect_closed().await;
 }
 
+/// A node that dies with members is counted once, by the survivor that removed them; the
+/// survivor's reaps that found every node alive count nothing. A relay between two members
+/// of one node stays there: no letter.
+#[tokio::test]
+async fn metrics_count_a_reaped_node_once_and_no_letter_within_a_node() {
+    let redis = Redis::start().await;
+    let (mut dying, survivor) = (redis.node().await, redis.node().await);
+    let before = scrape(survivor.addr).await;
+    let (alice, mut bob) = pair(&survivor, &survivor, "k").await;
+    alice.relay(bob.id(), json!({ "n": 1 }));
+    assert_eq!(bob.expect("#rtcio:message").await["data"]["n"], json!(1));
+    let local = scrape(survivor.addr).await;
+    assert_eq!(
+        moved(&before, &local, "rtcio_cluster_letters_sent_total", &[]),
+        0.0,
+        "a relay within one node was sent as a letter"
+    );
+
+    let (carol, _) = dying.joined("carol", "k").await;
+    let carol_id = carol.id().to_string();
+    bob.until("#rtcio:init-offer").await;
+
+    dying.child.start_kill().expect("kill -9");
+    assert_eq!(departure_heard(&mut bob).await, json!(carol_id));
+    let after = scrape(survivor.addr).await;
+    assert_eq!(moved(&before, &after, "rtcio_reaped_nodes_total", &[]), 1.0);
+}
+
 #[tokio::test]
 async fn readyz_follows_redis_and_cluster_metrics_count_letters() {
     let redis = Redis::start().await;
