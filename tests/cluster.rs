@@ -6,8 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::SECRET;
 use support::redis::{Redis, ReplyGate, TurnAway, free_port};
+use support::{Peer, SECRET};
 
 #[tokio::test]
 async fn a_call_spans_two_nodes() {
@@ -637,6 +637,54 @@ async fn no_relay_gets_past_a_leave_across_nodes() {
         bob.until("#rtcio:init-offer").await;
     }
     alice.assert_nothing_before_probe(&bob).await;
+}
+
+/// Relays `alice` to `bob` until one arrives: across a link that just broke, what was
+/// written as it broke is lost.
+async fn relay_until_heard(alice: &Peer, bob: &mut Peer) {
+    for n in 0..40 {
+        alice.relay(bob.id(), json!({ "n": n }));
+        if let Some(event) = bob
+            .client
+            .next_event_within(Duration::from_millis(250))
+            .await
+        {
+            assert_eq!(event.name, "#rtcio:message");
+            return;
+        }
+    }
+    panic!("no relay reached bob");
+}
+
+/// A link that breaks is opened again with the next frame. One that cannot be opened is given
+/// up after a few tries (what was sent meanwhile is lost), and opened afresh once the node
+/// can be reached.
+#[tokio::test]
+async fn a_broken_link_is_opened_again() {
+    let redis = Redis::start().await;
+    let (b, gate) = redis.node_behind_gate().await;
+    let a = redis.node().await;
+    let (alice, mut bob) = support::pair(&a, &b, "call").await;
+    relay_until_heard(&alice, &mut bob).await;
+    let opened = gate.links();
+    assert!(opened >= 1, "alice's relay came through the gate");
+
+    gate.break_links();
+    relay_until_heard(&alice, &mut bob).await;
+    assert_eq!(gate.links(), opened + 1, "the link was opened again");
+
+    gate.refuse(true);
+    gate.break_links();
+    for n in 0.. {
+        if gate.refused() >= 3 {
+            break;
+        }
+        assert!(n < 100, "{} links tried in 10 s", gate.refused());
+        alice.relay(bob.id(), json!({ "lost": n }));
+        tokio::time::sleep(Duration::from_millis(100)).await; // the writer backs off between tries
+    }
+    gate.refuse(false);
+    relay_until_heard(&alice, &mut bob).await;
 }
 
 /// A node whose Redis handshake times out at start (a busy machine) tries again, and starts.

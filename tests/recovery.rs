@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::redis::{LinkGate, Redis};
+use support::redis::Redis;
 use support::{Peer, SECRET, Server, departure_heard, drop_connection};
 
 async fn server(window_ms: Option<&str>) -> Server {
@@ -356,15 +356,7 @@ async fn relays_from_a_third_node_follow_a_moving_session_in_order() {
 #[tokio::test]
 async fn what_a_stalled_node_sent_before_a_move_follows_the_session() {
     let redis = Redis::start().await;
-    let port = support::redis::free_port();
-    let (listen, gate_at) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
-    let a = redis
-        .node_with(&[
-            ("CLUSTER_LINK_LISTEN", &listen),
-            ("CLUSTER_LINK_ADVERTISE", "127.0.0.3"),
-        ])
-        .await;
-    let gate = LinkGate::start(&gate_at, &listen).await;
+    let (a, gate) = redis.node_behind_gate().await;
     let (b, c) = (redis.node().await, redis.node().await);
     let (mut alice, _) = a.joined("alice", "call").await;
     let (carol, _) = c.joined("carol", "call").await;

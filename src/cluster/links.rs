@@ -850,6 +850,7 @@ mod tests {
             ("127.0.0.1:0", Some("[fdaa:0:1::3]"), "[fdaa:0:1::3]"),
             ("127.0.0.1:0", Some("node-1.internal"), "node-1.internal"),
             ("127.0.0.1:0", None, "127.0.0.1"),
+            ("127.0.0.2:0", None, "127.0.0.2"),
             ("0.0.0.0:0", None, "127.0.0.1"),
         ] {
             let (listener, advertised) = bind(listen(at), host).await.expect("bind");

@@ -163,6 +163,19 @@ impl Redis {
         Server::start_with(&[], &env).await
     }
 
+    /// A node whose links from other nodes all come through a [`LinkGate`].
+    pub async fn node_behind_gate(&self) -> (Server, LinkGate) {
+        let port = free_port();
+        let (listen, gate_at) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+        let node = self
+            .node_with(&[
+                ("CLUSTER_LINK_LISTEN", &listen),
+                ("CLUSTER_LINK_ADVERTISE", "127.0.0.3"),
+            ])
+            .await;
+        (node, LinkGate::start(&gate_at, &listen).await)
+    }
+
     pub fn url(&self) -> String {
         match self.ca {
             None => format!("redis://127.0.0.1:{}", self.port),
@@ -416,37 +429,53 @@ async fn pass_through(
 
 /// A proxy in front of a node's link listener that can hold back what the first link into
 /// it carries, as a stalled sender would: the bytes wait, in order, until it opens. Other
-/// links pass freely. It listens on `at` and carries to `to` (same port, another loopback
+/// links pass freely. It can also break the links it carries, and turn new ones away, as a
+/// network fault would. It listens on `at` and carries to `to` (same port, another loopback
 /// address: a node advertises its link's host, not its port).
 pub struct LinkGate {
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     hold: tokio::sync::watch::Sender<bool>,
+    /// Bumped to break every link carried so far.
+    breaks: tokio::sync::watch::Sender<u64>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl LinkGate {
     pub async fn start(at: &str, to: &str) -> LinkGate {
+        use std::sync::Arc;
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind(at)
             .await
             .expect("bind the gate");
-        let (hold, _) = tokio::sync::watch::channel(false);
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (gate, count, to) = (
-            hold.clone(),
-            std::sync::Arc::clone(&accepted),
-            to.to_string(),
+        let gate = LinkGate {
+            accepted: Arc::default(),
+            hold: tokio::sync::watch::channel(false).0,
+            breaks: tokio::sync::watch::channel(0).0,
+            refusing: Arc::default(),
+            refused: Arc::default(),
+        };
+        let (hold, breaks, to) = (gate.hold.clone(), gate.breaks.clone(), to.to_string());
+        let (count, refusing, refused) = (
+            Arc::clone(&gate.accepted),
+            Arc::clone(&gate.refusing),
+            Arc::clone(&gate.refused),
         );
         tokio::spawn(async move {
             while let Ok((from, _)) = listener.accept().await {
+                if refusing.load(Ordering::SeqCst) {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
                 let Ok(node) = tokio::net::TcpStream::connect(&to).await else {
                     continue;
                 };
                 // Only the first link is ever held.
-                let hold = (count.fetch_add(1, Ordering::SeqCst) == 0).then(|| gate.subscribe());
-                tokio::spawn(carry(from, node, hold));
+                let hold = (count.fetch_add(1, Ordering::SeqCst) == 0).then(|| hold.subscribe());
+                tokio::spawn(carry(from, node, hold, breaks.subscribe()));
             }
         });
-        LinkGate { accepted, hold }
+        gate
     }
 
     /// How many links came through so far.
@@ -462,13 +491,31 @@ impl LinkGate {
     pub fn open(&self) {
         self.hold.send_replace(false);
     }
+
+    /// Breaks every link carried so far: both ends see their connection close.
+    pub fn break_links(&self) {
+        self.breaks.send_modify(|n| *n += 1);
+    }
+
+    /// While `refusing`, a link opened through the gate is closed as soon as it connects.
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing
+            .store(refusing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many links the gate has turned away.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
-/// Carries one link both ways; what its sender writes waits while `hold` says so.
+/// Carries one link both ways, until the gate breaks it; what its sender writes waits while
+/// `hold` says so.
 async fn carry(
     from: tokio::net::TcpStream,
     to: tokio::net::TcpStream,
     mut hold: Option<tokio::sync::watch::Receiver<bool>>,
+    mut breaks: tokio::sync::watch::Receiver<u64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_reads, mut from_writes) = from.into_split();
@@ -489,5 +536,8 @@ async fn carry(
     let back = async move {
         let _ = tokio::io::copy(&mut to_reads, &mut from_writes).await;
     };
-    tokio::join!(forth, back);
+    tokio::select! {
+        _ = async { tokio::join!(forth, back) } => {}
+        _ = breaks.changed() => {}
+    }
 }
