@@ -923,7 +923,7 @@ async fn knock(address: &str, from: &str, to: &str, key: &[u8]) -> (tokio::net::
 /// while the right one (as a node gives it) can reach a client.
 #[tokio::test]
 async fn links_take_frames_only_from_nodes_that_know_the_secret() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let redis = Redis::start().await;
     let (a, b) = (redis.node().await, redis.node().await);
@@ -950,6 +950,20 @@ async fn links_take_frames_only_from_nodes_that_know_the_secret() {
     assert!(taken, "the right answer was refused");
     link.write_all(&frame("genuine")).await.expect("frame");
     assert_eq!(alice.expect("chat-message").await["text"], json!("genuine"));
+
+    // Not even a node that knows the secret makes this one set 16 MiB aside for a frame:
+    // the link is closed at the frame's length.
+    let (mut greedy, taken) = knock(&address, "c0ffee", &node, secret.as_bytes()).await;
+    assert!(taken, "the right answer was refused");
+    let too_long = 16 * 1024 * 1024 + 1_u32;
+    greedy
+        .write_all(&too_long.to_be_bytes())
+        .await
+        .expect("length");
+    // What is left of the handshake's answer, then the end of the link.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(support::WAIT, greedy.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the link stayed open");
 }
 
 /// A node checks the node it links to as that node checks it: to a listener that cannot
