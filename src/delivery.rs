@@ -29,9 +29,9 @@ use crate::session::outbox::KeepLimits;
 use crate::session::{Held, HeldEvent, Link, Session};
 use crate::store::{Postbox, Recipient};
 
-/// A session that lost, to its bounds, an event sent while it was away, and the connection
-/// generation that happened in: it can no longer be recovered, so it is given up at once.
-pub type Overflow = (Arc<Session>, u64);
+/// A session given up, and the connection generation that happened in: it lost, to its
+/// bounds, an event sent while it was away, so it can no longer be recovered. It ends at once.
+pub type GivenUp = (Arc<Session>, u64);
 
 pub struct Delivery {
     io: SocketIo,
@@ -56,7 +56,7 @@ pub struct Delivery {
     /// Sessions can be recovered, so connected ones keep what they are sent. Without recovery
     /// only a session not yet greeted keeps anything (to replay it after the greeting).
     recoverable: bool,
-    overflow: mpsc::UnboundedSender<Overflow>,
+    given_up: mpsc::UnboundedSender<GivenUp>,
 }
 
 impl Delivery {
@@ -66,7 +66,7 @@ impl Delivery {
         keep: KeepLimits,
         queue_budget: Rate,
         recoverable: bool,
-        overflow: mpsc::UnboundedSender<Overflow>,
+        given_up: mpsc::UnboundedSender<GivenUp>,
     ) -> Delivery {
         Delivery {
             io,
@@ -79,7 +79,7 @@ impl Delivery {
             keep,
             queue_budget,
             recoverable,
-            overflow,
+            given_up,
         }
     }
 
@@ -169,7 +169,7 @@ impl Delivery {
                 .is_some_and(|seq| link.outbox.lost_after(seq))
         {
             link.given_up = true;
-            let _ = self.overflow.send((Arc::clone(session), link.generation));
+            let _ = self.given_up.send((Arc::clone(session), link.generation));
         }
         None
     }
@@ -774,7 +774,7 @@ mod tests {
 
     fn delivery(keep_events: usize) -> Delivery {
         let (_layer, io) = SocketIo::new_layer();
-        let (overflow, _) = mpsc::unbounded_channel();
+        let (given_up, _) = mpsc::unbounded_channel();
         let keep = KeepLimits {
             events: keep_events,
             bytes: 1 << 20,
@@ -784,7 +784,7 @@ mod tests {
             per_second: 1e9,
             burst: u32::MAX,
         };
-        Delivery::new(io, None, keep, unlimited, true, overflow)
+        Delivery::new(io, None, keep, unlimited, true, given_up)
     }
 
     fn session() -> Arc<Session> {

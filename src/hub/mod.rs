@@ -34,7 +34,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::mpsc;
 
 use crate::auth::Verifier;
-use crate::delivery::{Delivery, Overflow};
+use crate::delivery::{Delivery, GivenUp};
 use crate::ids::{NodeId, PeerId};
 use crate::limits::{ConnectionCaps, EventRates, GuessLimits, Rate};
 use crate::session::outbox::KeepLimits;
@@ -113,7 +113,7 @@ impl Hub {
         ice: Arc<IceServers>,
         limits: Limits,
     ) -> Arc<Self> {
-        let (overflow_tx, overflow_rx) = mpsc::unbounded_channel();
+        let (given_up_tx, given_up_rx) = mpsc::unbounded_channel();
         let recoverable = limits.recovery_window.is_some();
         let delivery = Delivery::new(
             io,
@@ -121,7 +121,7 @@ impl Hub {
             limits.keep,
             limits.queue_budget,
             recoverable,
-            overflow_tx,
+            given_up_tx,
         );
         let node = rooms.node().cloned().unwrap_or_else(NodeId::random);
         let hub = Arc::new(Hub {
@@ -143,7 +143,7 @@ impl Hub {
             stopping: AtomicBool::new(false),
             ending: Arc::default(),
         });
-        tokio::spawn(end_overflowed(Arc::downgrade(&hub), overflow_rx));
+        tokio::spawn(end_given_up(Arc::downgrade(&hub), given_up_rx));
         tokio::spawn(forget_old_events(Arc::downgrade(&hub)));
         hub
     }
@@ -264,9 +264,9 @@ async fn until(within: Duration, done: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Ends the sessions that kept more than their bounds while away: they cannot be recovered.
-async fn end_overflowed(hub: Weak<Hub>, mut overflowed: mpsc::UnboundedReceiver<Overflow>) {
-    while let Some((session, generation)) = overflowed.recv().await {
+/// Ends the sessions given up (see [`GivenUp`]).
+async fn end_given_up(hub: Weak<Hub>, mut given_up: mpsc::UnboundedReceiver<GivenUp>) {
+    while let Some((session, generation)) = given_up.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         tracing::info!(peer = %session.peer, "away session kept too much; giving it up");
         hub.end(&session, Some(generation));
