@@ -30,7 +30,8 @@ use crate::session::{Held, HeldEvent, Link, Session};
 use crate::store::{Postbox, Recipient};
 
 /// A session given up, and the connection generation that happened in: it lost, to its
-/// bounds, an event sent while it was away, so it can no longer be recovered. It ends at once.
+/// bounds, an event sent while it was away, so it can no longer be recovered; or the server
+/// cut its socket off (see [`cut_off`]). It ends at once.
 pub type GivenUp = (Arc<Session>, u64);
 
 pub struct Delivery {
@@ -549,12 +550,11 @@ impl Delivery {
         }
         if link.backlog.len() >= BACKLOG_EVENTS {
             tracing::warn!(sid = %socket.id, event, "too far behind its events; disconnecting the socket");
-            link.backlog.clear();
-            let _ = socket.disconnect();
-            return;
+            return cut_off(&self.io, &self.given_up, session, link);
         }
         if link.backlog.is_empty() {
-            tokio::spawn(drain_backlog(self.io.clone(), Arc::clone(session), sid));
+            let (io, given_up) = (self.io.clone(), self.given_up.clone());
+            tokio::spawn(drain_backlog(io, given_up, Arc::clone(session), sid));
         }
         link.backlog.push_back((event, Arc::clone(data)));
     }
@@ -577,6 +577,11 @@ impl Delivery {
         PeerId::parse(peer)
     }
 
+    /// Closes the socket serving `session` for good and ends the session (see [`cut_off`]).
+    pub(crate) fn cut_off(&self, session: &Arc<Session>) {
+        cut_off(&self.io, &self.given_up, session, &mut session.link());
+    }
+
     /// Disconnects `sender`, whose events overflowed `target`'s outgoing queue (if its session
     /// is on another node, that node's rate limits are what hold it back); what it still sends
     /// to a socket that is behind is dropped. In a task of its own: the target's link is locked
@@ -592,20 +597,18 @@ impl Delivery {
         let Some(session) = self.session(&sender) else {
             return tracing::warn!(%target, %sender, "a remote peer's events overflowed a socket's queue; dropped");
         };
-        let io = self.io.clone();
+        let (io, given_up) = (self.io.clone(), self.given_up.clone());
         tokio::spawn(async move {
-            let socket = session.link().socket;
+            let mut link = session.link();
             tracing::warn!(
-                sid = ?socket,
+                sid = ?link.socket,
                 peer = %session.peer,
                 user = %session.identity.user_id,
                 %target,
                 "its events overflowed a peer's outgoing queue; disconnecting the sender"
             );
             metrics::get().flood_disconnects.inc();
-            if let Some(socket) = socket.and_then(|sid| socket_of(&io, sid)) {
-                let _ = socket.disconnect();
-            }
+            cut_off(&io, &given_up, &session, &mut link);
         });
     }
 
@@ -700,7 +703,13 @@ const BACKLOG_RETRY: Duration = Duration::from_millis(10);
 
 /// Moves `session`'s backlog into socket `sid`'s queue as it drains, in order; disconnects the
 /// socket if it does not catch up within [`BACKLOG_FOR`].
-async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
+async fn drain_backlog(
+    io: SocketIo,
+    given_up: mpsc::UnboundedSender<GivenUp>,
+    session: Arc<Session>,
+    sid: Sid,
+) {
+    let _counted = Backlogged::count();
     let started = Instant::now();
     loop {
         tokio::time::sleep(BACKLOG_RETRY).await;
@@ -726,12 +735,48 @@ async fn drain_backlog(io: SocketIo, session: Arc<Session>, sid: Sid) {
             return;
         }
         if started.elapsed() > BACKLOG_FOR {
-            link.backlog.clear();
-            drop(link);
             tracing::warn!(%sid, "did not catch up with its events; disconnecting the socket");
-            let _ = socket.disconnect();
-            return;
+            return cut_off(&io, &given_up, &session, &mut link);
         }
+    }
+}
+
+/// Closes the socket serving `session` for good, the server's own decision (a flooder, a
+/// socket too far behind its events), and ends the session. socketioxide closes a socket only
+/// once its disconnect packet is queued: one whose queue is full would stay open until its
+/// next ping found no room either, and would then pass for a dropped connection, kept for
+/// recovery. So the session lets go of the socket here, and ends at once either way.
+fn cut_off(
+    io: &SocketIo,
+    given_up: &mpsc::UnboundedSender<GivenUp>,
+    session: &Arc<Session>,
+    link: &mut Link,
+) {
+    link.backlog.clear();
+    let Some(sid) = link.socket.take() else {
+        return;
+    };
+    link.generation += 1;
+    let _ = given_up.send((Arc::clone(session), link.generation));
+    if let Some(socket) = socket_of(io, sid) {
+        let _ = socket.disconnect();
+    }
+}
+
+/// Counts a socket among the backlogged (`rtcio_backlogged_sockets`) while its backlog is
+/// being drained.
+struct Backlogged;
+
+impl Backlogged {
+    fn count() -> Backlogged {
+        metrics::get().backlogged_sockets.inc();
+        Backlogged
+    }
+}
+
+impl Drop for Backlogged {
+    fn drop(&mut self) {
+        metrics::get().backlogged_sockets.dec();
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub letters_received: IntCounter,
     pub webhooks_dropped: IntCounter,
     pub admin_actions: IntCounter,
+    /// Sockets with events waiting behind their full outgoing queue (slow readers).
+    pub backlogged_sockets: IntGauge,
     // Current state, set from the hub at each scrape.
     connections: IntGauge,
     sessions_away: IntGauge,
@@ -225,6 +227,11 @@ impl Metrics {
                 &r,
                 "rtcio_admin_actions_total",
                 "Admin API requests that changed something (kick, close)",
+            ),
+            backlogged_sockets: gauge(
+                &r,
+                "rtcio_backlogged_sockets",
+                "Sockets with events waiting behind their full outgoing queue",
             ),
             connections: gauge(&r, "rtcio_connections", "Sessions held, connected or away"),
             sessions_away: gauge(

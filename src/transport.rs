@@ -116,9 +116,7 @@ impl Hub {
                     event,
                     "kept flooding over its rate limit; disconnecting the socket"
                 );
-                if let Some(socket) = socket.and_then(|sid| self.delivery.socket(sid)) {
-                    let _ = socket.disconnect();
-                }
+                self.delivery.cut_off(session);
                 return false;
             }
         };

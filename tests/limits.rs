@@ -270,6 +270,106 @@ async fn overflow_costs_the_sender(flood: Flood) {
     let _ = std::fs::remove_file(&log);
 }
 
+/// A flooder that does not read what it is told (its refusals fill its own queue) is cut off
+/// all the same, and its departure announced at once: not kept for recovery until its pings
+/// fail.
+#[tokio::test]
+async fn a_flooder_that_does_not_read_is_still_cut_off() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("RELAY_RATE", "50"),
+            ("RELAY_BURST", "100"),
+            ("FLOOD_DISCONNECT_MS", "1000"),
+        ],
+    )
+    .await;
+    let (mut victim, mallory) = support::pair(&server, &server, "call").await;
+    let mallory_id = mallory.id().to_string();
+    mallory.client.sender().read(false);
+    let relay = format!(
+        "42{}",
+        json!(["#rtcio:message", { "target": victim.id(), "data": {} }])
+    );
+    // More refusals than the kernel's buffers and the socket's queue of 4,096 hold.
+    for _ in 0..200_000 {
+        mallory.client.send_raw(relay.clone());
+    }
+    let seen = victim.until("user-disconnected").await;
+    assert_eq!(
+        seen.last().expect("departure").data["id"],
+        json!(mallory_id)
+    );
+    assert_eq!(server.health().await["away"], json!(0));
+}
+
+/// A socket that stops reading, with events waiting behind its full queue, is cut off once it
+/// has not caught up for 10 s (its pings would take minutes here), and its departure is
+/// announced: its queue has no room even for a disconnect packet, yet its session ends, and
+/// is not kept for recovery. Its own refusals are what it waits for: only events nobody else
+/// sent are kept behind a full queue.
+#[tokio::test]
+async fn a_socket_that_stops_reading_is_cut_off_when_its_backlog_is_10_s_old() {
+    let server = Server::start_with(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("RELAY_RATE", "1000000"),
+            ("RELAY_BURST", "1000000"),
+            ("PING_INTERVAL_MS", "60000"),
+            ("PING_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await;
+    let (mut watcher, slow) = support::pair(&server, &server, "call").await;
+    let slow_id = slow.id().to_string();
+    slow.client.sender().read(false);
+    let refused = format!(
+        "42{}",
+        json!(["#rtcio:message", { "target": "nobody", "data": {} }])
+    );
+    let refusals = "rtcio_refusals_total{code=\"unknown-target\"}";
+    // Kernel buffers, then the socket's queue of 4,096, then the backlog: in steps well under
+    // the backlog's 1,024, each handled before the next, until the backlog has begun.
+    let mut sent = 0;
+    let backlogged = loop {
+        for _ in 0..500 {
+            slow.client.send_raw(refused.clone());
+        }
+        sent += 500;
+        support::poll_until(support::WAIT, Duration::from_millis(5), async || {
+            match server.metric(refusals).await as usize {
+                handled if handled >= sent => Ok(()),
+                handled => Err(format!("{handled} of {sent} refused")),
+            }
+        })
+        .await;
+        if server.metric("rtcio_backlogged_sockets").await >= 1.0 {
+            break Instant::now();
+        }
+        assert!(sent < 400_000, "no backlog after {sent} refusals");
+    };
+    let gone = loop {
+        let event = watcher
+            .client
+            .next_event_within(Duration::from_secs(20))
+            .await
+            .expect("the slow socket's departure, within 20 s");
+        if event.name == "user-disconnected" {
+            break event.data["id"].clone();
+        }
+    };
+    let after = backlogged.elapsed();
+    assert_eq!(gone, json!(slow_id));
+    assert!(
+        after >= Duration::from_millis(9_500),
+        "cut off {after:?} after its backlog began, before its 10 s"
+    );
+    assert_eq!(server.health().await["away"], json!(0));
+    assert_eq!(server.metric("rtcio_backlogged_sockets").await, 0.0);
+}
+
 /// Relays and echoes also spend their bytes: big ones run out before the event count does.
 #[tokio::test]
 async fn big_relays_are_limited_by_their_bytes() {

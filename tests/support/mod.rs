@@ -160,11 +160,17 @@ impl Server {
 
     /// How many letters (events from other nodes) this node has read, from `/metrics`.
     pub async fn letters_received(&self) -> u64 {
+        self.metric("rtcio_cluster_letters_received_total").await as u64
+    }
+
+    /// The value of one series in `/metrics`, named with its labels as exposed (0 when it is
+    /// not there yet).
+    pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = http_get(self.addr, "/metrics").await;
         body.lines()
-            .find_map(|line| line.strip_prefix("rtcio_cluster_letters_received_total "))
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0)
+            .unwrap_or(0.0)
     }
 
     pub async fn health(&self) -> Value {
