@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::cluster::inbox::{self, Letter};
 use crate::cluster::links::Frame;
-use crate::ids::{Credential, NodeId, PeerId};
+use crate::ids::{Credential, CredentialDigest, NodeId, PeerId};
 use crate::limits::Rate;
 use crate::metrics;
 use crate::protocol::{self as p, Refusal, outbound as out};
@@ -31,7 +31,7 @@ use crate::store::{Postbox, Recipient};
 
 /// A session given up, and the connection generation that happened in: it lost, to its
 /// bounds, an event sent while it was away, so it can no longer be recovered; or the server
-/// cut its socket off (see [`cut_off`]). It ends at once.
+/// cut its socket off (see [`cut_off_locked`]). It ends at once.
 pub type GivenUp = (Arc<Session>, u64);
 
 pub struct Delivery {
@@ -505,8 +505,8 @@ impl Delivery {
             .retain(|_, since| now.saturating_duration_since(*since) < age);
     }
 
-    /// Writes to a socket just taken up (its queue is empty); one whose queue is full anyway
-    /// is disconnected.
+    /// Writes to a socket just taken up (its queue is empty, and a session keeps far fewer
+    /// events than the queue holds); one whose queue is full anyway is disconnected.
     fn write<T: Serialize + ?Sized>(&self, socket: &SocketRef, event: &str, data: &T) {
         match socket.emit(event, data) {
             Ok(()) => {}
@@ -550,7 +550,7 @@ impl Delivery {
         }
         if link.backlog.len() >= BACKLOG_EVENTS {
             tracing::warn!(sid = %socket.id, event, "too far behind its events; disconnecting the socket");
-            return cut_off(&self.io, &self.given_up, session, link);
+            return cut_off_locked(&self.io, &self.given_up, session, link);
         }
         if link.backlog.is_empty() {
             let (io, given_up) = (self.io.clone(), self.given_up.clone());
@@ -577,9 +577,10 @@ impl Delivery {
         PeerId::parse(peer)
     }
 
-    /// Closes the socket serving `session` for good and ends the session (see [`cut_off`]).
+    /// Closes the socket serving `session` for good and ends the session (see
+    /// [`cut_off_locked`]).
     pub(crate) fn cut_off(&self, session: &Arc<Session>) {
-        cut_off(&self.io, &self.given_up, session, &mut session.link());
+        cut_off_locked(&self.io, &self.given_up, session, &mut session.link());
     }
 
     /// Disconnects `sender`, whose events overflowed `target`'s outgoing queue (if its session
@@ -608,7 +609,7 @@ impl Delivery {
                 "its events overflowed a peer's outgoing queue; disconnecting the sender"
             );
             metrics::get().flood_disconnects.inc();
-            cut_off(&io, &given_up, &session, &mut link);
+            cut_off_locked(&io, &given_up, &session, &mut link);
         });
     }
 
@@ -736,17 +737,18 @@ async fn drain_backlog(
         }
         if started.elapsed() > BACKLOG_FOR {
             tracing::warn!(%sid, "did not catch up with its events; disconnecting the socket");
-            return cut_off(&io, &given_up, &session, &mut link);
+            return cut_off_locked(&io, &given_up, &session, &mut link);
         }
     }
 }
 
-/// Closes the socket serving `session` for good, the server's own decision (a flooder, a
-/// socket too far behind its events), and ends the session. socketioxide closes a socket only
-/// once its disconnect packet is queued: one whose queue is full would stay open until its
-/// next ping found no room either, and would then pass for a dropped connection, kept for
-/// recovery. So the session lets go of the socket here, and ends at once either way.
-fn cut_off(
+/// Closes the socket serving `session` (its `link` locked) for good, the server's own
+/// decision (a flooder, a socket too far behind its events), and ends the session.
+/// socketioxide closes a socket only once its disconnect packet is queued: one whose queue is
+/// full would stay open until its next ping found no room either, and would then pass for a
+/// dropped connection, kept for recovery. So the session lets go of the socket here, takes
+/// no resume and no more events from it, and ends at once either way.
+fn cut_off_locked(
     io: &SocketIo,
     given_up: &mpsc::UnboundedSender<GivenUp>,
     session: &Arc<Session>,
@@ -756,6 +758,8 @@ fn cut_off(
     let Some(sid) = link.socket.take() else {
         return;
     };
+    link.credential = CredentialDigest::unmatched();
+    link.given_up = true;
     link.generation += 1;
     let _ = given_up.send((Arc::clone(session), link.generation));
     if let Some(socket) = socket_of(io, sid) {

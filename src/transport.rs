@@ -228,13 +228,14 @@ impl Hub {
             let (hub, session) = (&hub, &job_session);
             let moved = {
                 let link = session.link();
-                link.ended.then(|| link.moved_to.clone())
+                (link.ended || link.given_up).then(|| link.moved_to.clone())
             };
             match moved {
                 None => {}
                 // Sent to this node after its session left: the session's new node handles it.
                 Some(Some(node)) => return hub.act_elsewhere(session, &node, &frame).await,
-                // Events still in flight when the session ended belong to nobody.
+                // Events still in flight when the session ended (or was given up) belong to
+                // nobody.
                 Some(None) => return,
             }
             let Some(frame) = Frame::parse(&frame) else {

@@ -272,7 +272,7 @@ async fn overflow_costs_the_sender(flood: Flood) {
 
 /// A flooder that does not read what it is told (its refusals fill its own queue) is cut off
 /// all the same, and its departure announced at once: not kept for recovery until its pings
-/// fail.
+/// fail, and not taken up again.
 #[tokio::test]
 async fn a_flooder_that_does_not_read_is_still_cut_off() {
     let server = Server::start_with(
@@ -285,7 +285,7 @@ async fn a_flooder_that_does_not_read_is_still_cut_off() {
         ],
     )
     .await;
-    let (mut victim, mallory) = support::pair(&server, &server, "call").await;
+    let (mut victim, mut mallory) = support::pair(&server, &server, "call").await;
     let mallory_id = mallory.id().to_string();
     mallory.client.sender().read(false);
     let relay = format!(
@@ -302,6 +302,9 @@ async fn a_flooder_that_does_not_read_is_still_cut_off() {
         json!(mallory_id)
     );
     assert_eq!(server.health().await["away"], json!(0));
+    // Its session is over: coming back, the flooder starts afresh.
+    mallory.reconnect(&server, &server.token("bob")).await;
+    assert_eq!(mallory.session["recovered"], json!(false));
 }
 
 /// A socket that stops reading, with events waiting behind its full queue, is cut off once it

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::Hub;
 use super::handover::Note;
-use crate::ids::{Credential, NodeId, PeerId};
+use crate::ids::{CredentialDigest, NodeId, PeerId};
 use crate::metrics;
 use crate::protocol::{self as p, outbound as out};
 use crate::store::{Member, StoreError};
@@ -83,7 +83,7 @@ impl Hub {
                 return false;
             }
             // Spoiled first, so the client cannot take the session up again.
-            link.credential = Credential::issue(&session.peer, &self.node).1;
+            link.credential = CredentialDigest::unmatched();
             link.socket
         };
         metrics::get().admin_actions.inc();

@@ -17,7 +17,7 @@ use socketioxide::socket::{DisconnectReason, Sid};
 
 use super::Hub;
 use crate::auth::Identity;
-use crate::ids::{Credential, PeerId, Presented};
+use crate::ids::{Credential, CredentialDigest, PeerId, Presented};
 use crate::metrics;
 use crate::session::Session;
 
@@ -240,7 +240,7 @@ impl Hub {
             } else {
                 // Leaving on purpose: spoil the credential, so no resume slips in before the
                 // end runs.
-                link.credential = Credential::issue(&session.peer, &self.node).1;
+                link.credential = CredentialDigest::unmatched();
             }
             link.generation
         };

@@ -268,7 +268,7 @@ async fn until(within: Duration, done: impl Fn() -> bool) -> bool {
 async fn end_given_up(hub: Weak<Hub>, mut given_up: mpsc::UnboundedReceiver<GivenUp>) {
     while let Some((session, generation)) = given_up.recv().await {
         let Some(hub) = hub.upgrade() else { return };
-        tracing::info!(peer = %session.peer, "away session kept too much; giving it up");
+        tracing::info!(peer = %session.peer, "session given up; ending it");
         hub.end(&session, Some(generation));
     }
 }

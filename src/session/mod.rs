@@ -57,7 +57,8 @@ pub struct Link {
     /// While away: the number of the last event sent before the drop. Only losing an event
     /// sent after it makes the session unrecoverable.
     pub away_from: Option<u64>,
-    /// The session was found unrecoverable and its end is queued.
+    /// The session was found unrecoverable, or its socket cut off, and its end is queued:
+    /// what its client still sends is dropped.
     pub given_up: bool,
     /// The session is over (left, given up, or moved); it can no longer be taken up again.
     pub ended: bool,
