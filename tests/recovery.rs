@@ -382,6 +382,52 @@ async fn what_a_stalled_node_sent_before_a_move_follows_the_session() {
     alice.assert_nothing_before_probe(&carol).await;
 }
 
+/// A node shutting down hands its sessions to an heir but keeps their connections until it
+/// exits: what a client still sends there follows its session to the heir, behind the session
+/// itself.
+#[tokio::test]
+async fn what_a_client_sends_to_a_node_it_left_follows_its_session() {
+    let redis = Redis::start().await;
+    let (heir, gate) = redis.node_behind_gate().await;
+    let log = std::env::temp_dir().join(format!("rtcio-left-{}.log", std::process::id()));
+    let url = redis.url();
+    let leaving = Server::start_logging_to(
+        &[],
+        &[
+            ("JWT_SECRET", SECRET),
+            ("REDIS_URL", &url),
+            ("RUST_LOG", "rtcio_signal=info"),
+        ],
+        std::fs::File::create(&log).expect("log").into(),
+    )
+    .await;
+    let (mut alice, bob) = support::pair(&heir, &leaving, "call").await;
+    bob.relay(alice.id(), json!({ "n": 0 }));
+    expect_relays(&mut alice, &bob, 0..1).await;
+    assert_eq!(gate.links(), 1, "bob's node sends to alice's over one link");
+
+    // Its notes to the heir wait at the gate, so its connections outlive the hand-off.
+    gate.hold_first();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &leaving.pid().to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let handed = "sessions handed to another node";
+    support::poll_until(support::WAIT, Duration::from_millis(10), async || {
+        match std::fs::read_to_string(&log) {
+            Ok(said) if said.contains(handed) => Ok(()),
+            _ => Err(format!("not yet said: {handed}")),
+        }
+    })
+    .await;
+    bob.relay(alice.id(), json!({ "n": 1 }));
+    gate.open();
+    expect_relays(&mut alice, &bob, 1..2).await;
+    let _ = std::fs::remove_file(&log);
+}
+
 /// The server's own replies to a client cross nodes with its session like any other event.
 #[tokio::test]
 async fn a_reply_the_client_missed_follows_it_to_another_node() {
