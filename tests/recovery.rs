@@ -428,6 +428,44 @@ async fn what_a_client_sends_to_a_node_it_left_follows_its_session() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// A client that connects to a node while it hands its sessions off (it still accepts them
+/// until it is done) is handed off too: it comes back on the heir to its own session.
+#[tokio::test]
+async fn a_client_that_connects_during_a_hand_off_is_handed_off_too() {
+    let redis = Redis::start().await;
+    let (heir, gate) = redis.node_behind_gate().await;
+    let leaving = redis.node().await;
+    let (mut alice, bob) = support::pair(&heir, &leaving, "call").await;
+    bob.relay(alice.id(), json!({ "n": 0 }));
+    expect_relays(&mut alice, &bob, 0..1).await;
+
+    // The heir's link is held, so handing bob off takes a while: carol comes in meanwhile.
+    gate.hold_first();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &leaving.pid().to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    support::poll_until(
+        support::WAIT,
+        Duration::from_millis(10),
+        async || match support::http_get(leaving.addr, "/readyz").await {
+            (503, _) => Ok(()),
+            (status, body) => Err(format!("/readyz {status}: {body}")),
+        },
+    )
+    .await;
+    let (mut carol, _) = leaving.joined("carol", "call").await;
+    let carol_id = carol.id().to_string();
+    gate.open();
+    // The node exits once every session is handed off.
+    while carol.client.next_event().await.is_some() {}
+    carol.reconnect(&heir, &heir.token("carol")).await;
+    assert_eq!(carol.session["recovered"], json!(true));
+    assert_eq!(carol.id(), carol_id);
+}
+
 /// The server's own replies to a client cross nodes with its session like any other event.
 #[tokio::test]
 async fn a_reply_the_client_missed_follows_it_to_another_node() {
