@@ -466,6 +466,52 @@ async fn a_client_that_connects_during_a_hand_off_is_handed_off_too() {
     assert_eq!(carol.id(), carol_id);
 }
 
+/// A client that gives up while another node fetches its session for it (the connection gone
+/// before its greeting) leaves that session away for its window, like any drop: it is not
+/// ended when the greeting is overdue.
+#[tokio::test]
+async fn a_session_fetched_for_a_client_that_left_stays_away_for_its_window() {
+    let redis = Redis::start().await;
+    let holder = redis.node().await;
+    let (fetcher, gate) = redis.node_behind_gate().await;
+    let (mut alice, bob) = support::pair(&holder, &holder, "call").await;
+    let (carol, _) = holder.joined("carol", "call").await;
+    alice.until("#rtcio:init-offer").await;
+    drop_connection(&holder, &bob).await;
+
+    // The session's hand to the fetching node waits at the gate while its client gives up.
+    gate.hold_first();
+    let auth = json!({
+        "token": fetcher.token("bob"),
+        "resume": bob.session["resume"],
+        "received": bob.received,
+    });
+    let resuming = tokio::spawn({
+        let fetcher_addr = fetcher.addr;
+        async move {
+            sioclient::Client::connect(sioclient::Options::new(fetcher_addr, Some(auth))).await
+        }
+    });
+    support::poll_until(
+        support::WAIT,
+        Duration::from_millis(10),
+        async || match gate.links() {
+            0 => Err("the holder has not opened its link yet".to_string()),
+            _ => Ok(()),
+        },
+    )
+    .await;
+    resuming.abort();
+    let _ = resuming.await;
+    gate.open();
+    fetcher.health_until(|h| h["away"] == json!(1)).await;
+
+    // Past the greeting's deadline (10 s), well inside the window (30 s).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    alice.assert_nothing_before_probe(&carol).await;
+    assert_eq!(fetcher.health().await["away"], json!(1));
+}
+
 /// The server's own replies to a client cross nodes with its session like any other event.
 #[tokio::test]
 async fn a_reply_the_client_missed_follows_it_to_another_node() {
