@@ -512,6 +512,33 @@ async fn a_session_fetched_for_a_client_that_left_stays_away_for_its_window() {
     assert_eq!(fetcher.health().await["away"], json!(1));
 }
 
+/// A node that gave up waiting for a session (3 s) and then gets it ends it, its departure
+/// announced: the client already has a fresh session, and no peer is left in a room with a
+/// member nobody serves.
+#[tokio::test]
+async fn a_session_that_arrives_too_late_is_ended_where_it_arrives() {
+    let redis = Redis::start().await;
+    let holder = redis.node().await;
+    let (fetcher, gate) = redis.node_behind_gate().await;
+    let (mut alice, mut bob) = support::pair(&holder, &holder, "call").await;
+    let (mut dave, _) = fetcher.joined("dave", "call").await;
+    let bob_id = bob.id().to_string();
+    // The holder's link to the fetching node is open (a link held in its handshake would
+    // be dropped instead, and what it carried with it).
+    alice.relay(dave.id(), json!({ "n": 0 }));
+    expect_relays(&mut dave, &alice, 0..1).await;
+    drop_connection(&holder, &bob).await;
+
+    gate.hold_every();
+    bob.reconnect(&fetcher, &fetcher.token("bob")).await;
+    assert_eq!(bob.session["recovered"], json!(false), "given up after 3 s");
+    gate.open();
+    for peer in [&mut alice, &mut dave] {
+        assert_eq!(departure_heard(peer).await, json!(bob_id));
+    }
+    assert_eq!(fetcher.health().await["away"], json!(0));
+}
+
 /// The server's own replies to a client cross nodes with its session like any other event.
 #[tokio::test]
 async fn a_reply_the_client_missed_follows_it_to_another_node() {

@@ -428,8 +428,8 @@ async fn pass_through(
 }
 
 /// A proxy in front of a node's link listener that can hold back what the first link into
-/// it carries, as a stalled sender would: the bytes wait, in order, until it opens. Other
-/// links pass freely. It can also break the links it carries, and turn new ones away, as a
+/// it (or every link) carries, as a stalled sender would: the bytes wait, in order, until it
+/// opens. Other links pass freely. It can also break the links it carries, and turn new ones away, as a
 /// network fault would. It listens on `at` and carries to `to` (same port, another loopback
 /// address: a node advertises its link's host, not its port).
 pub struct LinkGate {
@@ -439,6 +439,8 @@ pub struct LinkGate {
     breaks: tokio::sync::watch::Sender<u64>,
     refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Links opened from now on are held too, not only the first.
+    holding_every: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LinkGate {
@@ -454,12 +456,14 @@ impl LinkGate {
             breaks: tokio::sync::watch::channel(0).0,
             refusing: Arc::default(),
             refused: Arc::default(),
+            holding_every: Arc::default(),
         };
         let (hold, breaks, to) = (gate.hold.clone(), gate.breaks.clone(), to.to_string());
-        let (count, refusing, refused) = (
+        let (count, refusing, refused, every) = (
             Arc::clone(&gate.accepted),
             Arc::clone(&gate.refusing),
             Arc::clone(&gate.refused),
+            Arc::clone(&gate.holding_every),
         );
         tokio::spawn(async move {
             while let Ok((from, _)) = listener.accept().await {
@@ -470,8 +474,9 @@ impl LinkGate {
                 let Ok(node) = tokio::net::TcpStream::connect(&to).await else {
                     continue;
                 };
-                // Only the first link is ever held.
-                let hold = (count.fetch_add(1, Ordering::SeqCst) == 0).then(|| hold.subscribe());
+                // The first link can be held; later ones only once `hold_every` was called.
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let hold = (first || every.load(Ordering::SeqCst)).then(|| hold.subscribe());
                 tokio::spawn(carry(from, node, hold, breaks.subscribe()));
             }
         });
@@ -485,6 +490,13 @@ impl LinkGate {
 
     /// Holds back what the first link carries from now on.
     pub fn hold_first(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Holds back what every link carries from now on, those opened later too.
+    pub fn hold_every(&self) {
+        self.holding_every
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.hold.send_replace(true);
     }
 
