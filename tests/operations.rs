@@ -200,12 +200,7 @@ async fn readyz_turns_unready_on_sigterm_before_the_drain() {
         until_status(server.addr, "/readyz", 200).await["status"],
         "ready"
     );
-    let kill = tokio::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(kill.success());
+    server.sigterm().await;
     let unready = until_status(server.addr, "/readyz", 503).await;
     assert_eq!(unready["reason"], "draining");
     // Still alive and still serving its client while the balancer catches up.

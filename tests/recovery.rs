@@ -408,12 +408,7 @@ async fn what_a_client_sends_to_a_node_it_left_follows_its_session() {
 
     // Its notes to the heir wait at the gate, so its connections outlive the hand-off.
     gate.hold_first();
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &leaving.pid().to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
+    leaving.sigterm().await;
     let handed = "sessions handed to another node";
     support::poll_until(support::WAIT, Duration::from_millis(10), async || {
         match std::fs::read_to_string(&log) {
@@ -441,12 +436,7 @@ async fn a_client_that_connects_during_a_hand_off_is_handed_off_too() {
 
     // The heir's link is held, so handing bob off takes a while: carol comes in meanwhile.
     gate.hold_first();
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &leaving.pid().to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
+    leaving.sigterm().await;
     support::poll_until(
         support::WAIT,
         Duration::from_millis(10),

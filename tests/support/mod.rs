@@ -194,14 +194,19 @@ impl Server {
         }
     }
 
-    /// Sends SIGTERM and waits (up to 15 s) for the process to exit successfully.
-    pub async fn terminate(&mut self) {
+    /// Sends SIGTERM, as a deploy does, without waiting for the process to exit.
+    pub async fn sigterm(&self) {
         let status = tokio::process::Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .await
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits (up to 15 s) for the process to exit successfully.
+    pub async fn terminate(&mut self) {
+        self.sigterm().await;
         let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .expect("server exits within the grace period")
