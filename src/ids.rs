@@ -107,7 +107,7 @@ pub struct CredentialDigest([u8; 32]);
 impl Credential {
     /// A fresh credential for `peer`, whose session `node` holds, and the digest to keep.
     pub fn issue(peer: &PeerId, node: &NodeId) -> (Credential, CredentialDigest) {
-        let secret = fresh_secret();
+        let secret = crate::auth::random_hex(SECRET_BYTES);
         let digest = CredentialDigest::of(&secret);
         (Credential(format!("{peer}.{node}.{secret}")), digest)
     }
@@ -123,13 +123,6 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// A resume secret nobody has seen: [`SECRET_BYTES`] random bytes in hex.
-fn fresh_secret() -> String {
-    let mut secret = [0u8; SECRET_BYTES];
-    rand::fill(&mut secret[..]);
-    secret.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl CredentialDigest {
     fn of(secret: &str) -> CredentialDigest {
         CredentialDigest(Sha256::digest(secret.as_bytes()).into())
@@ -138,7 +131,7 @@ impl CredentialDigest {
     /// The digest of a secret never handed out: it spoils a session's credential, so that no
     /// resume slips in before the session's end runs.
     pub fn unmatched() -> CredentialDigest {
-        CredentialDigest::of(&fresh_secret())
+        CredentialDigest::of(&crate::auth::random_hex(SECRET_BYTES))
     }
 
     /// Compares in constant time.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::redis::{Redis, ReplyGate, TurnAway, free_port};
-use support::{Peer, SECRET, Server};
+use support::{LogFile, Peer, SECRET};
 
 #[tokio::test]
 async fn a_call_spans_two_nodes() {
@@ -693,20 +693,17 @@ async fn a_broken_link_is_opened_again() {
 async fn a_link_to_a_stalled_node_is_capped() {
     let redis = Redis::start().await;
     let (b, gate) = redis.node_behind_gate().await;
-    let log = std::env::temp_dir().join(format!("rtcio-link-cap-{}.log", std::process::id()));
-    let url = redis.url();
-    let a = Server::start_logging_to(
-        &[],
-        &[
-            ("JWT_SECRET", SECRET),
-            ("REDIS_URL", &url),
-            ("RELAY_BURST", "100000"),
-            ("SEND_BYTES_RATE", "1000000000"),
-            ("SEND_BYTES_BURST", "1000000000"),
-        ],
-        std::process::Stdio::from(std::fs::File::create(&log).expect("log")),
-    )
-    .await;
+    let log = LogFile::new("link-cap");
+    let a = redis
+        .node_logging_to(
+            &[
+                ("RELAY_BURST", "100000"),
+                ("SEND_BYTES_RATE", "1000000000"),
+                ("SEND_BYTES_BURST", "1000000000"),
+            ],
+            log.stdio(),
+        )
+        .await;
     let (alice, mut bob) = support::pair(&a, &b, "call").await;
     relay_until_heard(&alice, &mut bob).await;
     assert_eq!(gate.links(), 1);
@@ -718,17 +715,8 @@ async fn a_link_to_a_stalled_node_is_capped() {
     for _ in 0..1400 {
         alice.client.send_raw(frame.clone());
     }
-    let behind = "frame for another node dropped: its link is behind";
-    support::poll_until(support::WAIT, Duration::from_millis(20), async || {
-        let said = std::fs::read_to_string(&log).unwrap_or_default();
-        if said.contains(behind) {
-            Ok(())
-        } else {
-            Err(format!("not yet said: {behind}"))
-        }
-    })
-    .await;
-    let _ = std::fs::remove_file(&log);
+    log.until_said("frame for another node dropped: its link is behind")
+        .await;
     assert_eq!(a.health().await["status"], json!("ok"));
 }
 

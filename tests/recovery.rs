@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::redis::Redis;
-use support::{Peer, SECRET, Server, departure_heard, drop_connection};
+use support::{LogFile, Peer, SECRET, Server, departure_heard, drop_connection};
 
 async fn server(window_ms: Option<&str>) -> Server {
     // Some tests relay 300 at once, past what a session keeps (256) and a person's burst.
@@ -389,18 +389,10 @@ async fn what_a_stalled_node_sent_before_a_move_follows_the_session() {
 async fn what_a_client_sends_to_a_node_it_left_follows_its_session() {
     let redis = Redis::start().await;
     let (heir, gate) = redis.node_behind_gate().await;
-    let log = std::env::temp_dir().join(format!("rtcio-left-{}.log", std::process::id()));
-    let url = redis.url();
-    let leaving = Server::start_logging_to(
-        &[],
-        &[
-            ("JWT_SECRET", SECRET),
-            ("REDIS_URL", &url),
-            ("RUST_LOG", "rtcio_signal=info"),
-        ],
-        std::fs::File::create(&log).expect("log").into(),
-    )
-    .await;
+    let log = LogFile::new("left");
+    let leaving = redis
+        .node_logging_to(&[("RUST_LOG", "rtcio_signal=info")], log.stdio())
+        .await;
     let (mut alice, bob) = support::pair(&heir, &leaving, "call").await;
     bob.relay(alice.id(), json!({ "n": 0 }));
     expect_relays(&mut alice, &bob, 0..1).await;
@@ -409,18 +401,10 @@ async fn what_a_client_sends_to_a_node_it_left_follows_its_session() {
     // Its notes to the heir wait at the gate, so its connections outlive the hand-off.
     gate.hold_first();
     leaving.sigterm().await;
-    let handed = "sessions handed to another node";
-    support::poll_until(support::WAIT, Duration::from_millis(10), async || {
-        match std::fs::read_to_string(&log) {
-            Ok(said) if said.contains(handed) => Ok(()),
-            _ => Err(format!("not yet said: {handed}")),
-        }
-    })
-    .await;
+    log.until_said("sessions handed to another node").await;
     bob.relay(alice.id(), json!({ "n": 1 }));
     gate.open();
     expect_relays(&mut alice, &bob, 1..2).await;
-    let _ = std::fs::remove_file(&log);
 }
 
 /// A client that connects to a node while it hands its sessions off (it still accepts them

@@ -219,6 +219,41 @@ impl Server {
     }
 }
 
+/// A server's log in a file of its own, for a test that waits on what the server says;
+/// removed when dropped.
+pub struct LogFile(std::path::PathBuf);
+
+impl LogFile {
+    pub fn new(name: &str) -> LogFile {
+        let file = format!("rtcio-{name}-{}.log", std::process::id());
+        LogFile(std::env::temp_dir().join(file))
+    }
+
+    /// A fresh, empty log for a server to write to.
+    pub fn stdio(&self) -> Stdio {
+        std::fs::File::create(&self.0).expect("log file").into()
+    }
+
+    /// Waits (up to [`WAIT`]) until the server has logged `text`.
+    pub async fn until_said(&self, text: &str) {
+        poll_until(
+            WAIT,
+            Duration::from_millis(10),
+            async || match std::fs::read_to_string(&self.0) {
+                Ok(said) if said.contains(text) => Ok(()),
+                _ => Err(format!("not yet said: {text}")),
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Drops `peer`'s connection without a close frame and waits until the server holds its
 /// session away (there is no event to await: the server tells nobody). For a server with no
 /// other session away.

@@ -153,6 +153,11 @@ impl Redis {
 
     /// A server node of a cluster on this Redis, with these settings too.
     pub async fn node_with(&self, settings: &[(&str, &str)]) -> Server {
+        self.node_logging_to(settings, Stdio::inherit()).await
+    }
+
+    /// [`Redis::node_with`], its log going to `log`.
+    pub async fn node_logging_to(&self, settings: &[(&str, &str)], log: Stdio) -> Server {
         let url = self.url();
         let mut env = vec![("JWT_SECRET", SECRET), ("REDIS_URL", url.as_str())];
         env.extend_from_slice(settings);
@@ -160,7 +165,7 @@ impl Redis {
         if let Some(ca) = &ca {
             env.push(("REDIS_CA_FILE", ca));
         }
-        Server::start_with(&[], &env).await
+        Server::start_logging_to(&[], &env, log).await
     }
 
     /// A node whose links from other nodes all come through a [`LinkGate`].
