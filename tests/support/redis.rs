@@ -168,16 +168,35 @@ impl Redis {
         Server::start_logging_to(&[], &env, log).await
     }
 
-    /// A node whose links from other nodes all come through a [`LinkGate`].
+    /// A node whose links from other nodes all come through a [`LinkGate`]. The node picks
+    /// its own port (one picked for it could be taken by another test's node meanwhile), and
+    /// the gate listens on that port of the address the node advertises.
     pub async fn node_behind_gate(&self) -> (Server, LinkGate) {
-        let port = free_port();
-        let (listen, gate_at) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
         let node = self
             .node_with(&[
-                ("CLUSTER_LINK_LISTEN", &listen),
+                ("CLUSTER_LINK_LISTEN", "127.0.0.2:0"),
                 ("CLUSTER_LINK_ADVERTISE", "127.0.0.3"),
             ])
             .await;
+        let mut conn = self.connection().await.expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("rtcio:node:*:link")
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        let mut gate_at = None;
+        for key in keys {
+            let address: String = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            if address.starts_with("127.0.0.3:") {
+                gate_at = Some(address);
+            }
+        }
+        let gate_at = gate_at.expect("the gated node advertises its link");
+        let listen = gate_at.replacen("127.0.0.3", "127.0.0.2", 1);
         (node, LinkGate::start(&gate_at, &listen).await)
     }
 
